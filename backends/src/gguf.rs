@@ -1,0 +1,213 @@
+//! Opening GGUF files: header parsing, validation and typed metadata access.
+//!
+//! Everything read from the file is untrusted: a wrong architecture, missing
+//! metadata, a tensor whose data lies past the end of the file (a truncated
+//! download) or an unparsable header is reported as a [`GgufError`].
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
+use candle_core::Device;
+
+/// Why a GGUF file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    /// The file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The header or the tensor table is not valid GGUF.
+    #[error("{path} is not a valid GGUF file: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The file holds a model family this build cannot run.
+    #[error("{path}: unsupported architecture '{arch}' (supported: llama)")]
+    UnsupportedArchitecture {
+        /// The file.
+        path: PathBuf,
+        /// `general.architecture` as found in the file.
+        arch: String,
+    },
+    /// A metadata key the model needs is absent or has the wrong type.
+    #[error("{path}: metadata '{key}' is missing or malformed")]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// A tensor the model needs is absent, has the wrong shape, or its data is cut short.
+    #[error("{path}: tensor '{name}': {reason}")]
+    Tensor {
+        /// The file.
+        path: PathBuf,
+        /// Tensor name.
+        name: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// An opened, header-validated GGUF file.
+pub struct GgufFile {
+    path: PathBuf,
+    /// Parsed header: metadata and tensor table.
+    pub content: Content,
+    reader: BufReader<File>,
+    file_len: u64,
+}
+
+impl GgufFile {
+    /// Opens `path`, parses the header and checks that every tensor's data lies inside the file.
+    pub fn open(path: &Path) -> Result<Self, GgufError> {
+        let io = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader).map_err(|e| GgufError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let me = Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+            file_len,
+        };
+        me.check_tensor_extents()?;
+        Ok(me)
+    }
+
+    /// The path this file was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_tensor_extents(&self) -> Result<(), GgufError> {
+        for (name, info) in &self.content.tensor_infos {
+            let elems = info.shape.elem_count();
+            let block = info.ggml_dtype.block_size();
+            if block == 0 || elems % block != 0 {
+                return Err(self.tensor_err(name, "element count is not a whole number of blocks"));
+            }
+            let bytes = (elems / block) as u64 * info.ggml_dtype.type_size() as u64;
+            let end = self
+                .content
+                .tensor_data_offset
+                .checked_add(info.offset)
+                .and_then(|start| start.checked_add(bytes));
+            match end {
+                Some(end) if end <= self.file_len => {}
+                _ => {
+                    return Err(self.tensor_err(
+                        name,
+                        &format!(
+                            "data ends past the end of the file ({} bytes): the file is truncated",
+                            self.file_len
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn tensor_err(&self, name: &str, reason: &str) -> GgufError {
+        GgufError::Tensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn metadata_err(&self, key: &str) -> GgufError {
+        GgufError::Metadata {
+            path: self.path.clone(),
+            key: key.to_string(),
+        }
+    }
+
+    /// `general.architecture`.
+    pub fn architecture(&self) -> Result<&str, GgufError> {
+        self.string("general.architecture")
+    }
+
+    /// A string metadata value.
+    pub fn string(&self, key: &str) -> Result<&str, GgufError> {
+        match self.content.metadata.get(key) {
+            Some(Value::String(s)) => Ok(s),
+            _ => Err(self.metadata_err(key)),
+        }
+    }
+
+    /// An integer metadata value of any integer width, as `usize`.
+    pub fn usize(&self, key: &str) -> Result<usize, GgufError> {
+        let v = self
+            .content
+            .metadata
+            .get(key)
+            .ok_or_else(|| self.metadata_err(key))?;
+        let n: Option<u64> = match v {
+            Value::U8(x) => Some(u64::from(*x)),
+            Value::U16(x) => Some(u64::from(*x)),
+            Value::U32(x) => Some(u64::from(*x)),
+            Value::U64(x) => Some(*x),
+            Value::I8(x) => u64::try_from(*x).ok(),
+            Value::I16(x) => u64::try_from(*x).ok(),
+            Value::I32(x) => u64::try_from(*x).ok(),
+            Value::I64(x) => u64::try_from(*x).ok(),
+            _ => None,
+        };
+        n.and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| self.metadata_err(key))
+    }
+
+    /// A float metadata value.
+    pub fn f32(&self, key: &str) -> Result<f32, GgufError> {
+        match self.content.metadata.get(key) {
+            Some(Value::F32(x)) => Ok(*x),
+            Some(Value::F64(x)) => Ok(*x as f32),
+            _ => Err(self.metadata_err(key)),
+        }
+    }
+
+    /// Reads one tensor, checking its dimensions (in candle's order: rows first).
+    pub fn tensor(&mut self, name: &str, dims: &[usize]) -> Result<QTensor, GgufError> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| self.tensor_err(name, "missing"))?;
+        if info.shape.dims() != dims {
+            return Err(self.tensor_err(
+                name,
+                &format!("shape {:?}, expected {:?}", info.shape.dims(), dims),
+            ));
+        }
+        info.read(
+            &mut self.reader,
+            self.content.tensor_data_offset,
+            &Device::Cpu,
+        )
+        .map_err(|e| self.tensor_err(name, &e.to_string()))
+    }
+
+    /// Whether the file has a tensor of that name.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+}

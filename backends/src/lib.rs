@@ -1,0 +1,12 @@
+//! Model math for Inferno nodes: GGUF LLMs with their own tokenizer and chat
+//! template, sampling, and the continuous-batching engine.
+
+pub mod chat;
+pub mod engine;
+pub mod frontend;
+pub mod gguf;
+pub mod model;
+pub mod sampling;
+pub mod scheduler;
+pub mod stop;
+pub mod tokenizer;

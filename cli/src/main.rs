@@ -1,0 +1,90 @@
+//! `inferno`: run and use an Inferno cluster from the command line.
+
+mod bench;
+mod generate;
+mod models;
+mod pull;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+/// Distributed LLM inference and federated learning.
+#[derive(Parser)]
+#[command(name = "inferno", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a GGUF model on this machine, streaming to stdout.
+    Generate(generate::GenerateArgs),
+    /// Fetch a model into the models directory and print its path.
+    Pull(pull::PullArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Engine throughput and latency at several concurrency levels.
+    Engine(bench::EngineBenchArgs),
+}
+
+/// Options shared by commands that compute on this machine.
+#[derive(Args, Clone, Debug)]
+pub struct ComputeArgs {
+    /// Compute threads for model math (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ComputeArgs {
+    /// Applies the thread count; must run before any model is loaded.
+    fn apply(&self) {
+        if let Some(n) = self.threads {
+            // Read once by candle when its thread pool starts; set before any thread exists.
+            std::env::set_var("CANDLE_NUM_THREADS", n.max(1).to_string());
+        }
+    }
+}
+
+/// Where models live unless `--models-dir` says otherwise: `~/.inferno/models`.
+pub fn default_models_dir() -> PathBuf {
+    std::env::var_os("INFERNO_MODELS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".inferno/models")))
+        .unwrap_or_else(|| PathBuf::from(".inferno/models"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("INFERNO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match &cli.command {
+        Command::Generate(a) => a.compute.apply(),
+        Command::Bench(BenchCommand::Engine(a)) => a.compute.apply(),
+        Command::Pull(_) => {}
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Generate(a) => generate::run(a).await,
+            Command::Pull(a) => pull::run(a).await,
+            Command::Bench(BenchCommand::Engine(a)) => bench::run_engine(a).await,
+        }
+    })
+}

@@ -1,0 +1,43 @@
+//! Helpers for tests that run the real `inferno` binary as separate processes.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Path of the `inferno` binary under test: `INFERNO_BIN`, or the workspace's
+/// debug build (build it first with `cargo build -p inferno-cli`).
+pub fn inferno_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("INFERNO_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug/inferno")
+}
+
+/// A command running the `inferno` binary, with logs quiet unless asked for.
+pub fn inferno() -> Command {
+    let bin = inferno_binary();
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p inferno-cli` first (the test script does)",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+/// The default model for tests: `INFERNO_TEST_MODEL`, or where `inferno pull` puts it.
+pub fn test_model() -> PathBuf {
+    let p = std::env::var_os("INFERNO_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            home.join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.exists(),
+        "test model {} is missing: run `inferno pull` or set INFERNO_TEST_MODEL",
+        p.display()
+    );
+    p
+}

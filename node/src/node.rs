@@ -1,0 +1,227 @@
+//! The node's public face: start the actor tree, submit requests, read status.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backends::engine::EngineConfig;
+use backends::frontend::ModelFrontend;
+use protocol::{GenerateError, GenerateEvent, GenerateRequest};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::restart::RestartBudget;
+use crate::scheduler::SchedulerMsg;
+use crate::supervisor::{NodeArgs, NodeMsg, NodeSupervisor};
+
+/// How long a call into the actor tree may take before it is reported as an error.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A model to serve.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// Name clients use.
+    pub name: String,
+    /// GGUF file.
+    pub path: PathBuf,
+    /// Engine limits (queue, batch, KV budget).
+    pub engine: EngineConfig,
+}
+
+/// Lifecycle of a model on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
+pub enum ModelState {
+    /// Weights are loading.
+    Loading,
+    /// Serving.
+    Ready,
+    /// The worker crashed and is being restarted.
+    Restarting,
+    /// Out of restarts or unloadable; not serving.
+    Failed(String),
+}
+
+impl ModelState {
+    /// A short word for logs and tables.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ModelState::Loading => "loading",
+            ModelState::Ready => "ready",
+            ModelState::Restarting => "restarting",
+            ModelState::Failed(_) => "failed",
+        }
+    }
+}
+
+/// State and load of one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    /// Model name.
+    pub name: String,
+    /// Lifecycle state.
+    pub state: ModelState,
+    /// Worker restarts so far.
+    pub restarts: usize,
+    /// Requests waiting for a slot.
+    pub waiting: usize,
+    /// Sequences running.
+    pub running: usize,
+    /// KV cache bytes reserved by running sequences.
+    pub kv_used_bytes: usize,
+}
+
+/// Errors of node operations other than generation itself.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The actor tree could not start.
+    #[error("node failed to start: {0}")]
+    Start(String),
+    /// The actor tree did not answer in time.
+    #[error("node did not answer: {0}")]
+    NoAnswer(String),
+    /// The model is unknown here.
+    #[error("unknown model: {0}")]
+    UnknownModel(String),
+    /// The model did not become ready in time.
+    #[error("model {name} is not ready after {waited:?}: {state}")]
+    NotReady {
+        /// Model name.
+        name: String,
+        /// How long we waited.
+        waited: Duration,
+        /// Its last state.
+        state: String,
+    },
+}
+
+/// A running node.
+pub struct Node {
+    supervisor: ActorRef<NodeMsg>,
+    schedulers: HashMap<String, ActorRef<SchedulerMsg>>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+async fn call<M, R>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(ractor::RpcReplyPort<R>) -> M,
+) -> Result<R, NodeError>
+where
+    M: ractor::Message,
+    R: Send + 'static,
+{
+    match actor.call(build, Some(CALL_TIMEOUT)).await {
+        Ok(CallResult::Success(r)) => Ok(r),
+        Ok(CallResult::Timeout) => Err(NodeError::NoAnswer("timed out".into())),
+        Ok(CallResult::SenderError) => Err(NodeError::NoAnswer("reply dropped".into())),
+        Err(e) => Err(NodeError::NoAnswer(e.to_string())),
+    }
+}
+
+impl Node {
+    /// Starts the actor tree and loads every model. A model that fails to
+    /// load is reported `Failed` while the others serve.
+    pub async fn start(models: Vec<ModelSpec>, budget: RestartBudget) -> Result<Node, NodeError> {
+        let args = NodeArgs { models, budget };
+        let (supervisor, join) = Actor::spawn(None, NodeSupervisor, args)
+            .await
+            .map_err(|e| NodeError::Start(e.to_string()))?;
+        let schedulers = call(&supervisor, NodeMsg::Schedulers).await?.into_iter().collect();
+        Ok(Node {
+            supervisor,
+            schedulers,
+            join,
+        })
+    }
+
+    fn scheduler(&self, model: &str) -> Result<&ActorRef<SchedulerMsg>, GenerateError> {
+        self.schedulers
+            .get(model)
+            .ok_or_else(|| GenerateError::UnknownModel(model.to_string()))
+    }
+
+    /// Submits a request; returns its event stream. Dropping the receiver cancels it.
+    pub async fn generate(
+        &self,
+        model: &str,
+        request: GenerateRequest,
+    ) -> Result<mpsc::Receiver<GenerateEvent>, GenerateError> {
+        let sched = self.scheduler(model)?;
+        match sched
+            .call(|r| SchedulerMsg::Generate(request, r), Some(CALL_TIMEOUT))
+            .await
+        {
+            Ok(CallResult::Success(answer)) => answer,
+            _ => Err(GenerateError::Unavailable(format!("model {model} did not answer"))),
+        }
+    }
+
+    /// Tokenizer and chat template of a loaded model.
+    pub async fn frontend(&self, model: &str) -> Result<Arc<ModelFrontend>, GenerateError> {
+        let sched = self.scheduler(model)?;
+        match call(sched, SchedulerMsg::Frontend).await {
+            Ok(Some(f)) => Ok(f),
+            _ => Err(GenerateError::Unavailable(format!("model {model} is not loaded"))),
+        }
+    }
+
+    /// State and load of every model, in name order.
+    pub async fn status(&self) -> Vec<ModelStatus> {
+        let mut names: Vec<&String> = self.schedulers.keys().collect();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Ok(s) = call(&self.schedulers[name], SchedulerMsg::Status).await {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// State of one model.
+    pub async fn model_status(&self, model: &str) -> Result<ModelStatus, NodeError> {
+        let sched = self
+            .schedulers
+            .get(model)
+            .ok_or_else(|| NodeError::UnknownModel(model.to_string()))?;
+        call(sched, SchedulerMsg::Status).await
+    }
+
+    /// Waits until a model is ready, failing early if it failed.
+    pub async fn wait_ready(&self, model: &str, timeout: Duration) -> Result<(), NodeError> {
+        let start = Instant::now();
+        loop {
+            let s = self.model_status(model).await?;
+            match s.state {
+                ModelState::Ready => return Ok(()),
+                ModelState::Failed(_) => {}
+                _ if start.elapsed() < timeout => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                _ => {}
+            }
+            return Err(NodeError::NotReady {
+                name: model.to_string(),
+                waited: start.elapsed(),
+                state: format!("{:?}", s.state),
+            });
+        }
+    }
+
+    /// Fault hook for tests: the model's engine thread panics at its next step.
+    pub fn inject_worker_panic(&self, model: &str) -> bool {
+        self.schedulers
+            .get(model)
+            .is_some_and(|s| s.cast(SchedulerMsg::InjectPanic).is_ok())
+    }
+
+    /// Stops every model and the supervisor, and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.supervisor.cast(NodeMsg::Shutdown);
+        let _ = tokio::time::timeout(CALL_TIMEOUT, self.join).await;
+    }
+}

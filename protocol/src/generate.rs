@@ -1,0 +1,161 @@
+//! Text-generation requests and the events streamed back for them.
+
+use serde::{Deserialize, Serialize};
+
+/// One message of a chat conversation, as the chat template sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with the given role and content.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// How the next token is chosen from the model's logits.
+///
+/// Defaults follow llama.cpp's server: temperature 0.8, top-k 40, top-p 0.95,
+/// min-p 0.05, no penalties, a random seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 means greedy (always the most likely token).
+    pub temperature: f32,
+    /// Keep only the k most likely tokens; 0 disables the filter.
+    pub top_k: u32,
+    /// Keep the smallest set of tokens whose probability mass reaches p; 1 disables.
+    pub top_p: f32,
+    /// Drop tokens whose probability is below `min_p` times the top token's; 0 disables.
+    pub min_p: f32,
+    /// Divide positive logits (multiply negative ones) of tokens already seen
+    /// in the last `penalty_last_n` tokens of prompt and output; 1 disables.
+    pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token already generated (OpenAI semantics).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was already generated.
+    pub frequency_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    pub penalty_last_n: u32,
+    /// Seed of the random generator: the same seed and request give the same output.
+    /// `None` picks a fresh seed per request.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            penalty_last_n: 64,
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding: the most likely token at every step.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
+    }
+}
+
+/// A request to generate text from an already tokenized or raw prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    /// The prompt's token ids (already rendered through the chat template if any).
+    pub prompt_tokens: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// How to pick tokens.
+    pub sampling: SamplingParams,
+    /// Strings that end generation; the matched stop string is not emitted.
+    pub stop: Vec<String>,
+    /// Keep generating past the end-of-sequence token (benchmarks use this).
+    pub ignore_eos: bool,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced its end-of-sequence token or a stop string matched.
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI spelling of this reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Token counts of one finished request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum GenerateError {
+    /// The waiting queue is full; try again later (HTTP 429/503).
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// The request can never be served as asked (HTTP 400).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The model is not loaded here (HTTP 404).
+    #[error("unknown model: {0}")]
+    UnknownModel(String),
+    /// The model worker crashed or is restarting; the request was not completed (HTTP 503).
+    #[error("model unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One event of a generation stream. A stream ends with exactly one
+/// `Finished` or `Failed` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum GenerateEvent {
+    /// New text (never a partial UTF-8 character) and the ids of the tokens it came from.
+    Token {
+        /// Decoded text of these tokens; may be empty while a stop string or a
+        /// multi-byte character is held back.
+        text: String,
+        /// Token ids generated since the previous event.
+        token_ids: Vec<u32>,
+    },
+    /// Generation ended normally.
+    Finished {
+        /// Why it ended.
+        reason: FinishReason,
+        /// Token counts.
+        usage: Usage,
+    },
+    /// Generation failed; no further events follow.
+    Failed(GenerateError),
+}
