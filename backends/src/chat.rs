@@ -144,7 +144,9 @@ fn python_methods(
                 let () = from_args(args)?;
                 return Ok(s.to_lowercase().into());
             }
-            "title" | "capitalize" => return state.apply_filter(method, &[value.clone()]),
+            "title" | "capitalize" => {
+                return state.apply_filter(method, std::slice::from_ref(value))
+            }
             "startswith" => {
                 let (arg,): (Value,) = from_args(args)?;
                 return affix_matches(&arg, |p| s.starts_with(p)).map(Value::from);
@@ -179,7 +181,7 @@ fn python_methods(
         match method {
             "items" => {
                 let () = from_args(args)?;
-                return state.apply_filter("items", &[value.clone()]);
+                return state.apply_filter("items", std::slice::from_ref(value));
             }
             "keys" => {
                 let () = from_args(args)?;
@@ -428,7 +430,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             out,
-            "<s>\n  USER:x hi there|hi there |true|x,hi,there</s>\na=17"
+            "<s>\n  USER:x hi there|hi there |True|x,hi,there</s>\na=17"
         );
     }
 
