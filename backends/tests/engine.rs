@@ -5,15 +5,23 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use backends::engine::{spawn_engine, EngineConfig, EngineHandle};
-use protocol::{ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingParams};
+use protocol::{
+    ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingParams,
+};
 use tokio::sync::mpsc::Receiver;
 
 fn model_path() -> PathBuf {
-    let p = std::env::var_os("INFERNO_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    assert!(p.exists(), "test model {} missing: run `inferno pull` or set INFERNO_TEST_MODEL", p.display());
+    let p = std::env::var_os("INFERNO_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.exists(),
+        "test model {} missing: run `inferno pull` or set INFERNO_TEST_MODEL",
+        p.display()
+    );
     p
 }
 
@@ -22,7 +30,13 @@ fn engine(cfg: EngineConfig) -> EngineHandle {
 }
 
 fn request(prompt_tokens: Vec<u32>, max_tokens: u32, sampling: SamplingParams) -> GenerateRequest {
-    GenerateRequest { prompt_tokens, max_tokens, sampling, stop: Vec::new(), ignore_eos: false }
+    GenerateRequest {
+        prompt_tokens,
+        max_tokens,
+        sampling,
+        stop: Vec::new(),
+        ignore_eos: false,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -57,15 +71,27 @@ fn collect(mut rx: Receiver<GenerateEvent>) -> Outcome {
 }
 
 fn chat(h: &EngineHandle, text: &str) -> Vec<u32> {
-    h.frontend().chat_prompt(&[ChatMessage::new("user", text)]).unwrap()
+    h.frontend()
+        .chat_prompt(&[ChatMessage::new("user", text)])
+        .unwrap()
 }
 
 #[test]
 fn greedy_completion_is_sensible() {
     let h = engine(EngineConfig::default());
-    let prompt = h.frontend().encode("Monday, Tuesday, Wednesday, Thursday,").unwrap();
-    let out = collect(h.submit(request(prompt, 6, SamplingParams::greedy())).unwrap());
-    assert!(out.text.trim_start().starts_with("Friday"), "got {:?}", out.text);
+    let prompt = h
+        .frontend()
+        .encode("Monday, Tuesday, Wednesday, Thursday,")
+        .unwrap();
+    let out = collect(
+        h.submit(request(prompt, 6, SamplingParams::greedy()))
+            .unwrap(),
+    );
+    assert!(
+        out.text.trim_start().starts_with("Friday"),
+        "got {:?}",
+        out.text
+    );
     assert_eq!(out.finish, Some(FinishReason::Length));
 }
 
@@ -73,10 +99,17 @@ fn greedy_completion_is_sensible() {
 fn chat_answer_ends_at_end_of_turn() {
     let h = engine(EngineConfig::default());
     let prompt = chat(&h, "Say hello.");
-    let out = collect(h.submit(request(prompt, 64, SamplingParams::greedy())).unwrap());
+    let out = collect(
+        h.submit(request(prompt, 64, SamplingParams::greedy()))
+            .unwrap(),
+    );
     assert_eq!(out.finish, Some(FinishReason::Stop), "text: {:?}", out.text);
     assert!(!out.text.contains("<|im_end|>"));
-    assert!(out.text.to_lowercase().contains("hello"), "got {:?}", out.text);
+    assert!(
+        out.text.to_lowercase().contains("hello"),
+        "got {:?}",
+        out.text
+    );
 }
 
 #[test]
@@ -97,12 +130,25 @@ fn greedy_output_is_identical_alone_and_batched() {
     drop(alone_engine);
 
     // Small steps force prompt chunks to be mixed with other sequences' decode steps.
-    let batched = engine(EngineConfig { max_step_tokens: 16, ..EngineConfig::default() });
-    let first = batched.submit(request(chat(&batched, prompts[0]), 24, SamplingParams::greedy())).unwrap();
+    let batched = engine(EngineConfig {
+        max_step_tokens: 16,
+        ..EngineConfig::default()
+    });
+    let first = batched
+        .submit(request(
+            chat(&batched, prompts[0]),
+            24,
+            SamplingParams::greedy(),
+        ))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let rest: Vec<_> = prompts[1..]
         .iter()
-        .map(|p| batched.submit(request(chat(&batched, p), 24, SamplingParams::greedy())).unwrap())
+        .map(|p| {
+            batched
+                .submit(request(chat(&batched, p), 24, SamplingParams::greedy()))
+                .unwrap()
+        })
         .collect();
     let mut together = vec![collect(first).tokens];
     together.extend(rest.into_iter().map(|rx| collect(rx).tokens));
@@ -116,8 +162,21 @@ fn greedy_output_is_identical_alone_and_batched() {
 fn same_seed_same_text_and_other_seed_differs() {
     let h = engine(EngineConfig::default());
     let prompt = chat(&h, "Tell me a short story about a dragon.");
-    let sampling = |seed| SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: Some(seed), ..SamplingParams::default() };
-    let run = |seed| collect(h.submit(request(prompt.clone(), 32, sampling(seed))).unwrap()).tokens;
+    let sampling = |seed| SamplingParams {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        seed: Some(seed),
+        ..SamplingParams::default()
+    };
+    let run = |seed| {
+        collect(
+            h.submit(request(prompt.clone(), 32, sampling(seed)))
+                .unwrap(),
+        )
+        .tokens
+    };
     let a = run(42);
     assert_eq!(a, run(42));
     assert_ne!(a, run(43));
@@ -126,9 +185,18 @@ fn same_seed_same_text_and_other_seed_differs() {
 #[test]
 fn stop_string_ends_generation_and_is_not_emitted() {
     let h = engine(EngineConfig::default());
-    let prompt = h.frontend().encode("January, February, March, April,").unwrap();
-    let full = collect(h.submit(request(prompt.clone(), 12, SamplingParams::greedy())).unwrap());
-    let cut = full.text.find("June").expect("greedy continuation names June");
+    let prompt = h
+        .frontend()
+        .encode("January, February, March, April,")
+        .unwrap();
+    let full = collect(
+        h.submit(request(prompt.clone(), 12, SamplingParams::greedy()))
+            .unwrap(),
+    );
+    let cut = full
+        .text
+        .find("June")
+        .expect("greedy continuation names June");
     let mut req = request(prompt, 12, SamplingParams::greedy());
     req.stop = vec!["June".into()];
     let stopped = collect(h.submit(req).unwrap());
@@ -138,14 +206,21 @@ fn stop_string_ends_generation_and_is_not_emitted() {
 
 #[test]
 fn full_queue_is_refused_at_once() {
-    let h = engine(EngineConfig { max_running: 1, max_waiting: 1, ..EngineConfig::default() });
+    let h = engine(EngineConfig {
+        max_running: 1,
+        max_waiting: 1,
+        ..EngineConfig::default()
+    });
     let long = || {
         let mut r = request(vec![100, 200, 300], 400, SamplingParams::greedy());
         r.ignore_eos = true;
         r
     };
     let mut running = h.submit(long()).unwrap();
-    assert!(matches!(running.blocking_recv(), Some(GenerateEvent::Token { .. })));
+    assert!(matches!(
+        running.blocking_recv(),
+        Some(GenerateEvent::Token { .. })
+    ));
     let _waiting = h.submit(long()).unwrap();
     let t = Instant::now();
     match h.submit(long()) {
@@ -171,22 +246,45 @@ fn too_long_request_gets_a_clear_error() {
 
 #[test]
 fn cancelled_request_frees_its_slot() {
-    let h = engine(EngineConfig { max_running: 1, ..EngineConfig::default() });
+    let h = engine(EngineConfig {
+        max_running: 1,
+        ..EngineConfig::default()
+    });
     let mut r = request(vec![100, 200, 300], 2000, SamplingParams::greedy());
     r.ignore_eos = true;
     let mut rx = h.submit(r).unwrap();
-    assert!(matches!(rx.blocking_recv(), Some(GenerateEvent::Token { .. })));
-    assert_eq!(h.stats().running.load(std::sync::atomic::Ordering::Acquire), 1);
+    assert!(matches!(
+        rx.blocking_recv(),
+        Some(GenerateEvent::Token { .. })
+    ));
+    assert_eq!(
+        h.stats().running.load(std::sync::atomic::Ordering::Acquire),
+        1
+    );
     drop(rx);
     // The only slot is taken until the cancellation is noticed; this request needs it.
     let prompt = h.frontend().encode("Monday, Tuesday,").unwrap();
     let t = Instant::now();
-    let out = collect(h.submit(request(prompt, 4, SamplingParams::greedy())).unwrap());
+    let out = collect(
+        h.submit(request(prompt, 4, SamplingParams::greedy()))
+            .unwrap(),
+    );
     assert_eq!(out.finish, Some(FinishReason::Length));
-    assert!(t.elapsed() < Duration::from_secs(20), "slot was not freed promptly");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "slot was not freed promptly"
+    );
     let deadline = Instant::now() + Duration::from_secs(2);
-    while h.stats().kv_used_bytes.load(std::sync::atomic::Ordering::Acquire) != 0 {
-        assert!(Instant::now() < deadline, "KV memory still reserved after every request ended");
+    while h
+        .stats()
+        .kv_used_bytes
+        .load(std::sync::atomic::Ordering::Acquire)
+        != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "KV memory still reserved after every request ended"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -11,11 +11,17 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 fn model_path() -> PathBuf {
-    let p = std::env::var_os("INFERNO_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    assert!(p.exists(), "test model {} missing: run `inferno pull` or set INFERNO_TEST_MODEL", p.display());
+    let p = std::env::var_os("INFERNO_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.exists(),
+        "test model {} missing: run `inferno pull` or set INFERNO_TEST_MODEL",
+        p.display()
+    );
     p
 }
 
@@ -30,7 +36,8 @@ fn load_err(path: &std::path::Path) -> GgufError {
 #[test]
 fn garbage_file_is_refused() {
     let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(b"this is not a gguf file at all, just text").unwrap();
+    f.write_all(b"this is not a gguf file at all, just text")
+        .unwrap();
     let e = load_err(f.path());
     assert!(matches!(e, GgufError::Corrupt { .. }), "{e}");
     assert!(e.to_string().contains("not a valid GGUF"), "{e}");
@@ -58,12 +65,24 @@ fn header_cut_short_is_refused() {
 fn other_architecture_is_refused() {
     let f = tempfile::NamedTempFile::new().unwrap();
     let arch = Value::String("mamba".into());
-    let t = QTensor::quantize(&Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+    let t = QTensor::quantize(
+        &Tensor::zeros((4, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        GgmlDType::F32,
+    )
+    .unwrap();
     let mut w = std::fs::File::create(f.path()).unwrap();
-    gguf_file::write(&mut w, &[("general.architecture", &arch)], &[("token_embd.weight", &t)]).unwrap();
+    gguf_file::write(
+        &mut w,
+        &[("general.architecture", &arch)],
+        &[("token_embd.weight", &t)],
+    )
+    .unwrap();
     drop(w);
     let e = load_err(f.path());
-    assert!(matches!(e, GgufError::UnsupportedArchitecture { ref arch, .. } if arch == "mamba"), "{e}");
+    assert!(
+        matches!(e, GgufError::UnsupportedArchitecture { ref arch, .. } if arch == "mamba"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -24,8 +24,8 @@
 
 use std::path::PathBuf;
 
-use candle_core::quantized::gguf_file::Content;
 use backends::tokenizer::GgufTokenizer;
+use candle_core::quantized::gguf_file::Content;
 
 #[derive(serde::Deserialize)]
 struct Entry {

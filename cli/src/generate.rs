@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use backends::engine::EngineConfig;
 use clap::Args;
 use node::{ModelSpec, Node, RestartBudget};
 use protocol::{ChatMessage, GenerateEvent, GenerateRequest, SamplingParams};
@@ -60,12 +59,17 @@ pub struct GenerateArgs {
 
 /// Runs `inferno generate`.
 pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
-    let dir = a.models_dir.clone().unwrap_or_else(crate::default_models_dir);
+    let dir = a
+        .models_dir
+        .clone()
+        .unwrap_or_else(crate::default_models_dir);
     let path = crate::models::resolve(&a.model, &dir).await?;
     let spec = ModelSpec {
         name: "model".into(),
         path: path.clone(),
-        engine: EngineConfig::default(),
+        engine: crate::config::NodeConfig::load(a.compute.config.as_deref())?
+            .engine
+            .to_engine_config(),
     };
     let node = Node::start(vec![spec], RestartBudget::default()).await?;
     let result = generate(&node, &a).await;
@@ -111,7 +115,8 @@ async fn generate(node: &Node, a: &GenerateArgs) -> anyhow::Result<()> {
                 writeln!(out)?;
                 let total = started.elapsed().as_secs_f64();
                 let ttft = first_token.map_or(total, |t| (t - started).as_secs_f64());
-                let decode = (usage.completion_tokens.saturating_sub(1)) as f64 / (total - ttft).max(1e-9);
+                let decode =
+                    (usage.completion_tokens.saturating_sub(1)) as f64 / (total - ttft).max(1e-9);
                 eprintln!(
                     "[{} prompt tokens, {} generated, finish: {}, first token {:.0} ms, {:.1} tok/s]",
                     usage.prompt_tokens,

@@ -1,6 +1,7 @@
 //! `inferno`: run and use an Inferno cluster from the command line.
 
 mod bench;
+mod config;
 mod generate;
 mod models;
 mod pull;
@@ -41,6 +42,9 @@ pub struct ComputeArgs {
     /// Compute threads for model math (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Node configuration file (engine limits); see configs/node.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 impl ComputeArgs {

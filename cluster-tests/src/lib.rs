@@ -31,7 +31,9 @@ pub fn test_model() -> PathBuf {
     let p = std::env::var_os("INFERNO_TEST_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
             home.join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
         });
     assert!(

@@ -129,7 +129,10 @@ impl Node {
         let (supervisor, join) = Actor::spawn(None, NodeSupervisor, args)
             .await
             .map_err(|e| NodeError::Start(e.to_string()))?;
-        let schedulers = call(&supervisor, NodeMsg::Schedulers).await?.into_iter().collect();
+        let schedulers = call(&supervisor, NodeMsg::Schedulers)
+            .await?
+            .into_iter()
+            .collect();
         Ok(Node {
             supervisor,
             schedulers,
@@ -155,7 +158,9 @@ impl Node {
             .await
         {
             Ok(CallResult::Success(answer)) => answer,
-            _ => Err(GenerateError::Unavailable(format!("model {model} did not answer"))),
+            _ => Err(GenerateError::Unavailable(format!(
+                "model {model} did not answer"
+            ))),
         }
     }
 
@@ -164,7 +169,9 @@ impl Node {
         let sched = self.scheduler(model)?;
         match call(sched, SchedulerMsg::Frontend).await {
             Ok(Some(f)) => Ok(f),
-            _ => Err(GenerateError::Unavailable(format!("model {model} is not loaded"))),
+            _ => Err(GenerateError::Unavailable(format!(
+                "model {model} is not loaded"
+            ))),
         }
     }
 

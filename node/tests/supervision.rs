@@ -10,16 +10,26 @@ use protocol::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, Samp
 use tokio::sync::mpsc::Receiver;
 
 fn model_path() -> PathBuf {
-    let p = std::env::var_os("INFERNO_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
-    assert!(p.exists(), "test model {} missing: run `inferno pull` or set INFERNO_TEST_MODEL", p.display());
+    let p = std::env::var_os("INFERNO_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        p.exists(),
+        "test model {} missing: run `inferno pull` or set INFERNO_TEST_MODEL",
+        p.display()
+    );
     p
 }
 
 fn spec(name: &str) -> ModelSpec {
-    ModelSpec { name: name.into(), path: model_path(), engine: EngineConfig::default() }
+    ModelSpec {
+        name: name.into(),
+        path: model_path(),
+        engine: EngineConfig::default(),
+    }
 }
 
 fn request(max_tokens: u32) -> GenerateRequest {
@@ -43,17 +53,24 @@ async fn finish(mut rx: Receiver<GenerateEvent>) -> Result<FinishReason, Generat
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), wait).await.expect("request neither finished nor failed")
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("request neither finished nor failed")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_worker_fails_in_flight_requests_and_restarts() {
-    let node = Node::start(vec![spec("a"), spec("b")], RestartBudget::default()).await.unwrap();
+    let node = Node::start(vec![spec("a"), spec("b")], RestartBudget::default())
+        .await
+        .unwrap();
     node.wait_ready("a", Duration::from_secs(30)).await.unwrap();
     node.wait_ready("b", Duration::from_secs(30)).await.unwrap();
 
     let mut in_flight = node.generate("a", request(1000)).await.unwrap();
-    assert!(matches!(in_flight.recv().await, Some(GenerateEvent::Token { .. })));
+    assert!(matches!(
+        in_flight.recv().await,
+        Some(GenerateEvent::Token { .. })
+    ));
     let other = node.generate("b", request(16)).await.unwrap();
     assert!(node.inject_worker_panic("a"));
 
@@ -61,7 +78,11 @@ async fn crashed_worker_fails_in_flight_requests_and_restarts() {
         Err(GenerateError::Unavailable(msg)) => assert!(msg.contains("stopped"), "{msg}"),
         other => panic!("in-flight request should fail, got {other:?}"),
     }
-    assert_eq!(finish(other).await.unwrap(), FinishReason::Length, "model b must keep serving");
+    assert_eq!(
+        finish(other).await.unwrap(),
+        FinishReason::Length,
+        "model b must keep serving"
+    );
 
     node.wait_ready("a", Duration::from_secs(30)).await.unwrap();
     let status = node.model_status("a").await.unwrap();
@@ -78,24 +99,45 @@ async fn wait_for(node: &Node, model: &str, what: &str, pred: impl Fn(&node::Mod
         if pred(&s) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{model} never {what}: {s:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{model} never {what}: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_is_marked_failed_when_restart_budget_is_spent() {
-    let node = Node::start(vec![spec("a")], RestartBudget::new(1, Duration::from_secs(60))).await.unwrap();
+    let node = Node::start(
+        vec![spec("a")],
+        RestartBudget::new(1, Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
     node.wait_ready("a", Duration::from_secs(30)).await.unwrap();
     assert!(node.inject_worker_panic("a"));
-    wait_for(&node, "a", "restarted", |s| s.restarts == 1 && s.state == ModelState::Ready).await;
+    wait_for(&node, "a", "restarted", |s| {
+        s.restarts == 1 && s.state == ModelState::Ready
+    })
+    .await;
     assert!(node.inject_worker_panic("a"));
-    wait_for(&node, "a", "failed", |s| matches!(s.state, ModelState::Failed(_))).await;
+    wait_for(&node, "a", "failed", |s| {
+        matches!(s.state, ModelState::Failed(_))
+    })
+    .await;
     let s = node.model_status("a").await.unwrap();
-    assert!(matches!(s.state, ModelState::Failed(ref r) if r.contains("restart budget")), "{:?}", s.state);
+    assert!(
+        matches!(s.state, ModelState::Failed(ref r) if r.contains("restart budget")),
+        "{:?}",
+        s.state
+    );
     match node.generate("a", request(4)).await {
         Err(GenerateError::Unavailable(msg)) => assert!(msg.contains("failed"), "{msg}"),
-        other => panic!("failed model must refuse requests, got {:?}", other.map(|_| ())),
+        other => panic!(
+            "failed model must refuse requests, got {:?}",
+            other.map(|_| ())
+        ),
     }
     node.shutdown().await;
 }
@@ -105,12 +147,32 @@ async fn unloadable_model_fails_alone_and_unknown_model_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.gguf");
     std::fs::write(&bad, b"not a model").unwrap();
-    let broken = ModelSpec { name: "broken".into(), path: bad, engine: EngineConfig::default() };
-    let node = Node::start(vec![broken, spec("good")], RestartBudget::default()).await.unwrap();
-    node.wait_ready("good", Duration::from_secs(30)).await.unwrap();
+    let broken = ModelSpec {
+        name: "broken".into(),
+        path: bad,
+        engine: EngineConfig::default(),
+    };
+    let node = Node::start(vec![broken, spec("good")], RestartBudget::default())
+        .await
+        .unwrap();
+    node.wait_ready("good", Duration::from_secs(30))
+        .await
+        .unwrap();
     let s = node.model_status("broken").await.unwrap();
-    assert!(matches!(s.state, ModelState::Failed(ref r) if r.contains("not a valid GGUF")), "{:?}", s.state);
-    assert!(matches!(node.generate("nope", request(4)).await, Err(GenerateError::UnknownModel(_))));
-    assert_eq!(finish(node.generate("good", request(4)).await.unwrap()).await.unwrap(), FinishReason::Length);
+    assert!(
+        matches!(s.state, ModelState::Failed(ref r) if r.contains("not a valid GGUF")),
+        "{:?}",
+        s.state
+    );
+    assert!(matches!(
+        node.generate("nope", request(4)).await,
+        Err(GenerateError::UnknownModel(_))
+    ));
+    assert_eq!(
+        finish(node.generate("good", request(4)).await.unwrap())
+            .await
+            .unwrap(),
+        FinishReason::Length
+    );
     node.shutdown().await;
 }

@@ -8,6 +8,5 @@
 pub mod generate;
 
 pub use generate::{
-    ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingParams,
-    Usage,
+    ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingParams, Usage,
 };
