@@ -59,6 +59,12 @@ pub enum GgufError {
     },
 }
 
+/// The message of a candle error without the backtrace candle attaches to it
+/// when `RUST_BACKTRACE` is set.
+pub fn brief(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
 /// An opened, header-validated GGUF file.
 pub struct GgufFile {
     path: PathBuf,
@@ -80,7 +86,7 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|e| GgufError::Corrupt {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: brief(&e),
         })?;
         let me = Self {
             path: path.to_path_buf(),

@@ -19,7 +19,7 @@ pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     /// A tensor operation failed.
-    #[error("tensor operation failed: {0}")]
+    #[error("tensor operation failed: {}", crate::gguf::brief(.0))]
     Candle(#[from] candle_core::Error),
     /// The batch asked for something the model cannot do.
     #[error("invalid batch: {0}")]

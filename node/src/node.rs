@@ -45,6 +45,15 @@ pub enum ModelState {
     Failed(String),
 }
 
+impl std::fmt::Display for ModelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelState::Failed(reason) => write!(f, "failed: {reason}"),
+            other => f.write_str(other.label()),
+        }
+    }
+}
+
 impl ModelState {
     /// A short word for logs and tables.
     pub fn label(&self) -> &'static str {
@@ -87,7 +96,7 @@ pub enum NodeError {
     #[error("unknown model: {0}")]
     UnknownModel(String),
     /// The model did not become ready in time.
-    #[error("model {name} is not ready after {waited:?}: {state}")]
+    #[error("model {name} is not ready ({state})")]
     NotReady {
         /// Model name.
         name: String,
@@ -214,7 +223,7 @@ impl Node {
             return Err(NodeError::NotReady {
                 name: model.to_string(),
                 waited: start.elapsed(),
-                state: format!("{:?}", s.state),
+                state: s.state.to_string(),
             });
         }
     }

@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
+};
 
 use crate::node::ModelSpec;
 use crate::restart::RestartBudget;
@@ -51,9 +53,13 @@ async fn start_worker(m: &mut Managed, supervisor: ActorCell) {
         Ok((worker, _)) => m.worker = Some(worker),
         Err(e) => {
             m.worker = None;
+            let reason = match e {
+                SpawnErr::StartupFailed(inner) => inner.to_string(),
+                other => other.to_string(),
+            };
             let _ = m
                 .scheduler
-                .cast(SchedulerMsg::ModelFailed(format!("cannot load: {e}")));
+                .cast(SchedulerMsg::ModelFailed(format!("cannot load: {reason}")));
         }
     }
 }
