@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub max_step_tokens: usize,
     /// KV cache budget in bytes for all running sequences of this model.
     pub kv_budget_bytes: usize,
+    /// Threads the model's matmuls and attention run on.
+    pub threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +47,7 @@ impl Default for EngineConfig {
             max_waiting: 64,
             max_step_tokens: 256,
             kv_budget_bytes: 512 << 20,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -257,8 +260,8 @@ pub struct Engine {
 impl Engine {
     /// Loads a GGUF model and prepares its engine.
     pub fn load(path: &Path, cfg: &EngineConfig) -> Result<(Engine, EngineHandle), EngineError> {
-        let mut file = GgufFile::open(path)?;
-        let model = LlamaModel::load(&mut file)?;
+        let file = GgufFile::open(path)?;
+        let model = LlamaModel::load(&file, cfg.threads)?;
         let frontend = Arc::new(
             ModelFrontend::from_gguf(&file, model.config().clone())
                 .map_err(|e| EngineError::Frontend(e.to_string()))?,

@@ -5,12 +5,12 @@
 //! download) or an unparsable header is reported as a [`GgufError`].
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::QTensor;
-use candle_core::Device;
+use candle_core::quantized::GgmlDType;
+use memmap2::Mmap;
 
 /// Why a GGUF file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -65,13 +65,13 @@ pub fn brief(e: &candle_core::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
-/// An opened, header-validated GGUF file.
+/// An opened, header-validated GGUF file, memory-mapped: tensor data is
+/// read straight from the mapping, never copied into an intermediate buffer.
 pub struct GgufFile {
     path: PathBuf,
     /// Parsed header: metadata and tensor table.
     pub content: Content,
-    reader: BufReader<File>,
-    file_len: u64,
+    map: Mmap,
 }
 
 impl GgufFile {
@@ -82,17 +82,19 @@ impl GgufFile {
             source,
         };
         let file = File::open(path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
-        let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| GgufError::Corrupt {
-            path: path.to_path_buf(),
-            reason: brief(&e),
-        })?;
+        // SAFETY: the mapping is read-only and private to this process. Another
+        // process truncating the file while it is mapped would fault; model
+        // files are written once (pulls land by atomic rename) and not modified.
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let content =
+            Content::read(&mut Cursor::new(&map[..])).map_err(|e| GgufError::Corrupt {
+                path: path.to_path_buf(),
+                reason: brief(&e),
+            })?;
         let me = Self {
             path: path.to_path_buf(),
             content,
-            reader,
-            file_len,
+            map,
         };
         me.check_tensor_extents()?;
         Ok(me)
@@ -104,32 +106,35 @@ impl GgufFile {
     }
 
     fn check_tensor_extents(&self) -> Result<(), GgufError> {
-        for (name, info) in &self.content.tensor_infos {
-            let elems = info.shape.elem_count();
-            let block = info.ggml_dtype.block_size();
-            if block == 0 || elems % block != 0 {
-                return Err(self.tensor_err(name, "element count is not a whole number of blocks"));
-            }
-            let bytes = (elems / block) as u64 * info.ggml_dtype.type_size() as u64;
-            let end = self
-                .content
-                .tensor_data_offset
-                .checked_add(info.offset)
-                .and_then(|start| start.checked_add(bytes));
-            match end {
-                Some(end) if end <= self.file_len => {}
-                _ => {
-                    return Err(self.tensor_err(
-                        name,
-                        &format!(
-                            "data ends past the end of the file ({} bytes): the file is truncated",
-                            self.file_len
-                        ),
-                    ))
-                }
+        let file_len = self.map.len() as u64;
+        for name in self.content.tensor_infos.keys() {
+            if self
+                .extent(name)
+                .is_none_or(|(start, len)| start + len > file_len)
+            {
+                return Err(self.tensor_err(
+                    name,
+                    &format!(
+                        "data ends past the end of the file ({file_len} bytes): the file is truncated"
+                    ),
+                ));
             }
         }
         Ok(())
+    }
+
+    /// Byte offset and length of a tensor's data, if its size is well formed.
+    fn extent(&self, name: &str) -> Option<(u64, u64)> {
+        let info = self.content.tensor_infos.get(name)?;
+        let elems = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        if block == 0 || elems % block != 0 {
+            return None;
+        }
+        let len = (elems / block) as u64 * info.ggml_dtype.type_size() as u64;
+        let start = self.content.tensor_data_offset.checked_add(info.offset)?;
+        start.checked_add(len)?;
+        Some((start, len))
     }
 
     fn tensor_err(&self, name: &str, reason: &str) -> GgufError {
@@ -191,8 +196,9 @@ impl GgufFile {
         }
     }
 
-    /// Reads one tensor, checking its dimensions (in candle's order: rows first).
-    pub fn tensor(&mut self, name: &str, dims: &[usize]) -> Result<QTensor, GgufError> {
+    /// A tensor's type and raw (mapped) data, checking its dimensions (in
+    /// candle's order: rows first).
+    pub fn tensor_data(&self, name: &str, dims: &[usize]) -> Result<(GgmlDType, &[u8]), GgufError> {
         let info = self
             .content
             .tensor_infos
@@ -204,12 +210,33 @@ impl GgufFile {
                 &format!("shape {:?}, expected {:?}", info.shape.dims(), dims),
             ));
         }
-        info.read(
-            &mut self.reader,
-            self.content.tensor_data_offset,
-            &Device::Cpu,
-        )
-        .map_err(|e| self.tensor_err(name, &e.to_string()))
+        let (start, len) = self
+            .extent(name)
+            .ok_or_else(|| self.tensor_err(name, "malformed size"))?;
+        let range = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(start + len).ok())
+            .filter(|(_, end)| *end <= self.map.len())
+            .ok_or_else(|| self.tensor_err(name, "data lies outside the file"))?;
+        Ok((info.ggml_dtype, &self.map[range.0..range.1]))
+    }
+
+    /// A vector tensor (norm weights) as f32, from F32 or F16 data.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, GgufError> {
+        let (dtype, bytes) = self.tensor_data(name, &[len])?;
+        match dtype {
+            GgmlDType::F32 => Ok(bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()),
+            GgmlDType::F16 => Ok(bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()),
+            other => {
+                Err(self.tensor_err(name, &format!("unsupported type {other:?} for a vector")))
+            }
+        }
     }
 
     /// Whether the file has a tensor of that name.

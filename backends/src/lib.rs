@@ -5,6 +5,7 @@ pub mod chat;
 pub mod engine;
 pub mod frontend;
 pub mod gguf;
+pub mod kernels;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;

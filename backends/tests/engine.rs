@@ -159,6 +159,23 @@ fn greedy_output_is_identical_alone_and_batched() {
 }
 
 #[test]
+fn greedy_output_does_not_depend_on_thread_count() {
+    let run = |threads| {
+        let h = engine(EngineConfig {
+            threads,
+            ..EngineConfig::default()
+        });
+        let prompt = chat(&h, "Name three planets of the solar system.");
+        collect(
+            h.submit(request(prompt, 24, SamplingParams::greedy()))
+                .unwrap(),
+        )
+        .tokens
+    };
+    assert_eq!(run(1), run(2));
+}
+
+#[test]
 fn same_seed_same_text_and_other_seed_differs() {
     let h = engine(EngineConfig::default());
     let prompt = chat(&h, "Tell me a short story about a dragon.");

@@ -72,32 +72,29 @@ pub async fn run_engine(a: EngineBenchArgs) -> anyhow::Result<()> {
         .unwrap_or_else(crate::default_models_dir);
     let path = crate::models::resolve(&a.model, &dir).await?;
     let max_c = a.concurrency.iter().copied().max().unwrap_or(1);
-    let configured = crate::config::NodeConfig::load(a.compute.config.as_deref())?.engine;
+    let configured = a.compute.engine_config()?;
     // Every level's requests must run together, whatever the file says about slots.
     let engine = EngineConfig {
         max_running: max_c.max(configured.max_running),
         max_waiting: (max_c * 2).max(configured.max_waiting),
         max_step_tokens: a.step_tokens.unwrap_or(configured.max_step_tokens),
-        kv_budget_bytes: configured.to_engine_config().kv_budget_bytes,
+        ..configured
     };
+    let threads = engine.threads;
     let spec = ModelSpec {
         name: "bench".into(),
         path,
         engine,
     };
     let node = Node::start(vec![spec], RestartBudget::default()).await?;
-    let result = bench(&node, &a).await;
+    let result = bench(&node, &a, threads).await;
     node.shutdown().await;
     result
 }
 
-async fn bench(node: &Node, a: &EngineBenchArgs) -> anyhow::Result<()> {
+async fn bench(node: &Node, a: &EngineBenchArgs, threads: usize) -> anyhow::Result<()> {
     node.wait_ready("bench", Duration::from_secs(60)).await?;
     let vocab = node.frontend("bench").await?.config.vocab_size as u32;
-    let threads = a
-        .compute
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut prompt = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.gen_range(100..vocab)).collect() };
     // Warm-up: touch every weight once.

@@ -27,6 +27,8 @@ pub struct EngineSection {
     pub max_step_tokens: usize,
     /// KV cache budget per model, in MiB.
     pub kv_budget_mib: usize,
+    /// Compute threads per model (default: all cores).
+    pub threads: Option<usize>,
 }
 
 impl Default for EngineSection {
@@ -37,6 +39,7 @@ impl Default for EngineSection {
             max_waiting: d.max_waiting,
             max_step_tokens: d.max_step_tokens,
             kv_budget_mib: d.kv_budget_bytes >> 20,
+            threads: None,
         }
     }
 }
@@ -49,6 +52,10 @@ impl EngineSection {
             max_waiting: self.max_waiting,
             max_step_tokens: self.max_step_tokens,
             kv_budget_bytes: self.kv_budget_mib.saturating_mul(1 << 20),
+            threads: self
+                .threads
+                .unwrap_or_else(|| EngineConfig::default().threads)
+                .max(1),
         }
     }
 }

@@ -67,9 +67,7 @@ pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let spec = ModelSpec {
         name: "model".into(),
         path: path.clone(),
-        engine: crate::config::NodeConfig::load(a.compute.config.as_deref())?
-            .engine
-            .to_engine_config(),
+        engine: a.compute.engine_config()?,
     };
     let node = Node::start(vec![spec], RestartBudget::default()).await?;
     let result = generate(&node, &a).await;

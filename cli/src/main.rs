@@ -1,6 +1,7 @@
 //! `inferno`: run and use an Inferno cluster from the command line.
 
 mod bench;
+mod bench_kernels;
 mod config;
 mod generate;
 mod models;
@@ -34,6 +35,8 @@ enum Command {
 enum BenchCommand {
     /// Engine throughput and latency at several concurrency levels.
     Engine(bench::EngineBenchArgs),
+    /// Quantized matmul kernels: GFLOP/s and bandwidth per type and batch size.
+    Kernels(bench_kernels::KernelBenchArgs),
 }
 
 /// Options shared by commands that compute on this machine.
@@ -48,12 +51,15 @@ pub struct ComputeArgs {
 }
 
 impl ComputeArgs {
-    /// Applies the thread count; must run before any model is loaded.
-    fn apply(&self) {
+    /// The engine configuration: the config file (or defaults), with `--threads` applied.
+    pub fn engine_config(&self) -> anyhow::Result<backends::engine::EngineConfig> {
+        let mut cfg = config::NodeConfig::load(self.config.as_deref())?
+            .engine
+            .to_engine_config();
         if let Some(n) = self.threads {
-            // Read once by candle when its thread pool starts; set before any thread exists.
-            std::env::set_var("CANDLE_NUM_THREADS", n.max(1).to_string());
+            cfg.threads = n.max(1);
         }
+        Ok(cfg)
     }
 }
 
@@ -84,11 +90,6 @@ fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match &cli.command {
-        Command::Generate(a) => a.compute.apply(),
-        Command::Bench(BenchCommand::Engine(a)) => a.compute.apply(),
-        Command::Pull(_) => {}
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -99,6 +100,9 @@ fn run() -> anyhow::Result<()> {
             Command::Generate(a) => generate::run(a).await,
             Command::Pull(a) => pull::run(a).await,
             Command::Bench(BenchCommand::Engine(a)) => bench::run_engine(a).await,
+            Command::Bench(BenchCommand::Kernels(a)) => {
+                tokio::task::spawn_blocking(move || bench_kernels::run(a)).await?
+            }
         }
     })
 }

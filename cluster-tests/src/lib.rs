@@ -3,16 +3,18 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Path of the `inferno` binary under test: `INFERNO_BIN`, or the workspace's
-/// debug build (build it first with `cargo build -p inferno-cli`).
+/// Path of the `inferno` binary under test: `INFERNO_BIN`, or the one built
+/// next to this test executable (`target/<profile>/inferno`; build it first
+/// with `cargo build -p inferno-cli`, as the test script does).
 pub fn inferno_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("INFERNO_BIN") {
         return PathBuf::from(p);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug/inferno")
+    // Test executables live in target/<profile>/deps/.
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(|dir| dir.join("inferno")))
+        .unwrap_or_else(|| PathBuf::from("inferno"))
 }
 
 /// A command running the `inferno` binary, with logs quiet unless asked for.

@@ -1,0 +1,345 @@
+//! A llama-architecture transformer whose forward pass runs a whole batch of
+//! sequences at once (continuous batching), on our own quantized kernels.
+//!
+//! Every projection and MLP matmul runs once over the tokens of all sequences
+//! in the step (weights are read once per step, whatever the batch); attention
+//! runs per sequence over its own [`KvCache`], which is allocated once for the
+//! sequence's whole budget and written in place.
+
+mod attention;
+mod config;
+mod kv;
+mod ops;
+
+use std::path::Path;
+
+use candle_core::quantized::GgmlDType;
+
+pub use config::LlamaConfig;
+pub use kv::KvCache;
+
+use crate::gguf::{GgufError, GgufFile};
+use crate::kernels::{
+    matmul, matmul_q, quantize_activations, ComputePool, KernelError, QuantMatrix,
+    QuantizedActivations, WeightType,
+};
+use attention::{attend, TokenSlot};
+use ops::{add_in_place, rms_norm, rope, swiglu};
+
+/// Why the model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file was refused.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// A weight matrix cannot be used by the kernels.
+    #[error("tensor {name}: {source}")]
+    Weight {
+        /// Tensor name.
+        name: String,
+        /// Why.
+        source: KernelError,
+    },
+    /// The batch asked for something the model cannot do.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+}
+
+fn weight_type(t: GgmlDType) -> Option<WeightType> {
+    Some(match t {
+        GgmlDType::Q4_0 => WeightType::Q4_0,
+        GgmlDType::Q4_1 => WeightType::Q4_1,
+        GgmlDType::Q8_0 => WeightType::Q8_0,
+        GgmlDType::Q4K => WeightType::Q4K,
+        GgmlDType::Q6K => WeightType::Q6K,
+        GgmlDType::F32 => WeightType::F32,
+        _ => return None,
+    })
+}
+
+/// Reads a `rows x cols` weight matrix into the kernels' layout.
+fn matrix(
+    file: &GgufFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<QuantMatrix, ModelError> {
+    let (dtype, bytes) = file.tensor_data(name, &[rows, cols])?;
+    let wt = weight_type(dtype).ok_or_else(|| GgufError::Tensor {
+        path: file.path().to_path_buf(),
+        name: name.to_string(),
+        reason: format!(
+            "weight type {dtype:?} is not supported yet (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, F32 are)"
+        ),
+    })?;
+    QuantMatrix::from_ggml(wt, rows, cols, bytes).map_err(|source| ModelError::Weight {
+        name: name.to_string(),
+        source,
+    })
+}
+
+struct Block {
+    attn_norm: Vec<f32>,
+    wq: QuantMatrix,
+    wk: QuantMatrix,
+    wv: QuantMatrix,
+    wo: QuantMatrix,
+    ffn_norm: Vec<f32>,
+    w_gate: QuantMatrix,
+    w_up: QuantMatrix,
+    w_down: QuantMatrix,
+}
+
+/// One sequence's share of a batched forward pass.
+pub struct BatchItem<'a> {
+    /// The tokens to process (a prompt chunk, or the one token just sampled).
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]` in the sequence.
+    pub start_pos: usize,
+    /// The sequence's cache; positions `0..start_pos` must already be filled.
+    pub cache: &'a mut KvCache,
+    /// Whether to compute logits for the last token.
+    pub want_logits: bool,
+}
+
+/// Buffers reused from step to step, so a forward pass allocates nothing once warm.
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    xq: QuantizedActivations,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    tmp: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
+    last: Vec<f32>,
+    slots: Vec<TokenSlot>,
+}
+
+fn ensure(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
+/// Matmuls of several matrices that read the same input quantize it once.
+fn project(
+    pool: &ComputePool,
+    w: &QuantMatrix,
+    x: &[f32],
+    rows: usize,
+    xq: &mut QuantizedActivations,
+    fresh: &mut bool,
+    out: &mut [f32],
+) {
+    if *fresh || !xq.serves(w.dtype()) {
+        quantize_activations(x, rows, w.in_dim(), w.dtype(), xq);
+        *fresh = false;
+    }
+    matmul_q(pool, w, xq, out);
+}
+
+/// A loaded llama-family model.
+pub struct LlamaModel {
+    cfg: LlamaConfig,
+    pool: ComputePool,
+    /// The token embedding table, kept quantized; rows are dequantized on lookup.
+    embedding: QuantMatrix,
+    blocks: Vec<Block>,
+    norm: Vec<f32>,
+    /// The output head, or `None` when it is tied to the embedding table.
+    output: Option<QuantMatrix>,
+    /// `[position][head_dim / 2]` cosines and sines for RoPE.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+}
+
+impl LlamaModel {
+    /// Loads the weights of an opened GGUF file; matmuls run on `threads` threads.
+    pub fn load(file: &GgufFile, threads: usize) -> Result<Self, ModelError> {
+        let cfg = LlamaConfig::from_gguf(file)?;
+        let (d, kv, ff) = (cfg.n_embd, cfg.kv_dim(), cfg.n_ff);
+        let embedding = matrix(file, "token_embd.weight", cfg.vocab_size, d)?;
+        let output = if file.has_tensor("output.weight") {
+            Some(matrix(file, "output.weight", cfg.vocab_size, d)?)
+        } else {
+            None
+        };
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            blocks.push(Block {
+                attn_norm: file.vector(&p("attn_norm"), d)?,
+                wq: matrix(file, &p("attn_q"), d, d)?,
+                wk: matrix(file, &p("attn_k"), kv, d)?,
+                wv: matrix(file, &p("attn_v"), kv, d)?,
+                wo: matrix(file, &p("attn_output"), d, d)?,
+                ffn_norm: file.vector(&p("ffn_norm"), d)?,
+                w_gate: matrix(file, &p("ffn_gate"), ff, d)?,
+                w_up: matrix(file, &p("ffn_up"), ff, d)?,
+                w_down: matrix(file, &p("ffn_down"), d, ff)?,
+            });
+        }
+        let norm = file.vector("output_norm.weight", d)?;
+        let half = cfg.head_dim / 2;
+        let mut rope_cos = Vec::with_capacity(cfg.context_length * half);
+        let mut rope_sin = Vec::with_capacity(cfg.context_length * half);
+        for pos in 0..cfg.context_length {
+            for i in 0..half {
+                let freq = 1.0 / cfg.rope_base.powf(2.0 * i as f32 / cfg.head_dim as f32);
+                let angle = pos as f32 * freq;
+                rope_cos.push(angle.cos());
+                rope_sin.push(angle.sin());
+            }
+        }
+        Ok(Self {
+            cfg,
+            pool: ComputePool::new(threads.max(1)),
+            embedding,
+            blocks,
+            norm,
+            output,
+            rope_cos,
+            rope_sin,
+        })
+    }
+
+    /// Opens and loads a GGUF file in one go.
+    pub fn from_path(path: &Path, threads: usize) -> Result<Self, ModelError> {
+        Self::load(&GgufFile::open(path)?, threads)
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Threads the matmuls run on.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Runs one step over all items. Logits of the last token of every item
+    /// with `want_logits` are written to `logits`, one `vocab_size` row per such
+    /// item, in item order.
+    pub fn forward(
+        &self,
+        items: &mut [BatchItem<'_>],
+        scratch: &mut Scratch,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        let cfg = &self.cfg;
+        let (d, kv, ff, hd) = (cfg.n_embd, cfg.kv_dim(), cfg.n_ff, cfg.head_dim);
+        let pool = &self.pool;
+        let s = scratch;
+        s.slots.clear();
+        for (i, item) in items.iter().enumerate() {
+            let end = item.start_pos + item.tokens.len();
+            if item.tokens.is_empty() || end > item.cache.capacity() || end > cfg.context_length {
+                return Err(ModelError::InvalidBatch(format!(
+                    "{} tokens at position {} do not fit a cache of {}",
+                    item.tokens.len(),
+                    item.start_pos,
+                    item.cache.capacity()
+                )));
+            }
+            if let Some(bad) = item.tokens.iter().find(|t| **t as usize >= cfg.vocab_size) {
+                return Err(ModelError::InvalidBatch(format!(
+                    "token id {bad} is outside the vocabulary"
+                )));
+            }
+            s.slots
+                .extend((item.start_pos..end).map(|pos| TokenSlot { cache: i, pos }));
+        }
+        let t = s.slots.len();
+        for buf in [&mut s.x, &mut s.xn, &mut s.q, &mut s.att, &mut s.tmp] {
+            ensure(buf, t * d);
+        }
+        ensure(&mut s.k, t * kv);
+        ensure(&mut s.v, t * kv);
+        ensure(&mut s.gate, t * ff);
+        ensure(&mut s.up, t * ff);
+
+        let mut row = 0;
+        for item in items.iter() {
+            for &tok in item.tokens {
+                self.embedding
+                    .dequantize_row(tok as usize, &mut s.x[row * d..(row + 1) * d]);
+                row += 1;
+            }
+        }
+
+        let half = hd / 2;
+        for (layer, b) in self.blocks.iter().enumerate() {
+            rms_norm(&s.x[..t * d], &b.attn_norm, cfg.rms_eps, &mut s.xn[..t * d]);
+            let mut fresh = true;
+            project(pool, &b.wq, &s.xn, t, &mut s.xq, &mut fresh, &mut s.q);
+            project(pool, &b.wk, &s.xn, t, &mut s.xq, &mut fresh, &mut s.k);
+            project(pool, &b.wv, &s.xn, t, &mut s.xq, &mut fresh, &mut s.v);
+            for (row, slot) in s.slots.iter().enumerate() {
+                let (cos, sin) = (
+                    &self.rope_cos[slot.pos * half..(slot.pos + 1) * half],
+                    &self.rope_sin[slot.pos * half..(slot.pos + 1) * half],
+                );
+                rope(&mut s.q[row * d..(row + 1) * d], hd, cos, sin);
+                rope(&mut s.k[row * kv..(row + 1) * kv], hd, cos, sin);
+                let cache = &mut *items[slot.cache].cache;
+                let off = cache.offset(layer, slot.pos);
+                cache.k[off..off + kv].copy_from_slice(&s.k[row * kv..(row + 1) * kv]);
+                cache.v[off..off + kv].copy_from_slice(&s.v[row * kv..(row + 1) * kv]);
+            }
+            let caches: Vec<&KvCache> = items.iter().map(|i| &*i.cache).collect();
+            attend(
+                pool,
+                cfg,
+                layer,
+                &caches,
+                &s.slots,
+                &s.q,
+                &mut s.att,
+                &mut s.scores,
+            );
+            matmul(pool, &b.wo, &s.att, t, &mut s.tmp);
+            add_in_place(&mut s.x[..t * d], &s.tmp[..t * d]);
+            rms_norm(&s.x[..t * d], &b.ffn_norm, cfg.rms_eps, &mut s.xn[..t * d]);
+            let mut fresh = true;
+            project(
+                pool,
+                &b.w_gate,
+                &s.xn,
+                t,
+                &mut s.xq,
+                &mut fresh,
+                &mut s.gate,
+            );
+            project(pool, &b.w_up, &s.xn, t, &mut s.xq, &mut fresh, &mut s.up);
+            swiglu(&mut s.gate[..t * ff], &s.up[..t * ff]);
+            matmul(pool, &b.w_down, &s.gate, t, &mut s.tmp);
+            add_in_place(&mut s.x[..t * d], &s.tmp[..t * d]);
+        }
+
+        s.last.clear();
+        let mut row = 0;
+        for item in items.iter() {
+            row += item.tokens.len();
+            if item.want_logits {
+                s.last.extend_from_slice(&s.x[(row - 1) * d..row * d]);
+            }
+        }
+        let wanted = s.last.len() / d;
+        logits.clear();
+        if wanted == 0 {
+            return Ok(());
+        }
+        ensure(&mut s.xn, wanted * d);
+        rms_norm(&s.last, &self.norm, cfg.rms_eps, &mut s.xn[..wanted * d]);
+        logits.resize(wanted * cfg.vocab_size, 0.0);
+        let head = self.output.as_ref().unwrap_or(&self.embedding);
+        matmul(pool, head, &s.xn, wanted, logits);
+        Ok(())
+    }
+}

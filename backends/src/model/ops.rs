@@ -1,0 +1,91 @@
+//! Small element-wise kernels of the transformer block.
+
+/// Root-mean-square normalisation of each `w.len()`-wide row of `x`, scaled by `w`.
+pub(super) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = dot(xr, xr) / d as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for ((o, a), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = a * scale * g;
+        }
+    }
+}
+
+/// `x += y`.
+pub(super) fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// `gate = silu(gate) * up`, the SwiGLU activation.
+pub(super) fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Rotates adjacent pairs of every `head_dim`-wide head in `x` (GGML's
+/// "normal" RoPE layout) by the angles whose cosines and sines are given.
+pub(super) fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * cos[i] - b * sin[i];
+            pair[1] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
+/// Dot product with eight independent accumulators, so it vectorizes.
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_naive_sum() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.1).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-4);
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        rope(&mut x, 4, &[1.0, 1.0], &[0.0, 0.0]);
+        assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
+        let (c, s) = (0.3f32.cos(), 0.3f32.sin());
+        rope(&mut x, 4, &[c, c], &[s, s]);
+        let norm: f32 = x.iter().map(|v| v * v).sum();
+        assert!((norm - 30.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn rms_norm_gives_unit_rms() {
+        let x = vec![3.0, 4.0];
+        let mut out = vec![0.0; 2];
+        rms_norm(&x, &[1.0, 1.0], 0.0, &mut out);
+        let rms = (out.iter().map(|v| v * v).sum::<f32>() / 2.0).sqrt();
+        assert!((rms - 1.0).abs() < 1e-6);
+    }
+}
