@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 
 /// Why a GGUF file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +237,27 @@ impl GgufFile {
                 Err(self.tensor_err(name, &format!("unsupported type {other:?} for a vector")))
             }
         }
+    }
+
+    /// Tells the OS that the mapped pages of tensor `name` are no longer
+    /// needed (its data has been copied into the kernels' layout), so they
+    /// stop counting toward the process's resident memory while the rest of
+    /// the model loads.
+    pub fn release(&self, name: &str) {
+        let Some((start, len)) = self.extent(name) else {
+            return;
+        };
+        let (Ok(start), Ok(len)) = (usize::try_from(start), usize::try_from(len)) else {
+            return;
+        };
+        // SAFETY: the mapping is private, read-only and backed by the file:
+        // MADV_DONTNEED only drops clean pages, which the kernel reads back
+        // from the file unchanged if anything touches them again, so no live
+        // slice ever observes different data.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, start, len)
+        };
     }
 
     /// Whether the file has a tensor of that name.

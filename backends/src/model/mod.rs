@@ -72,10 +72,12 @@ fn matrix(
             "weight type {dtype:?} is not supported yet (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, F32 are)"
         ),
     })?;
-    QuantMatrix::from_ggml(wt, rows, cols, bytes).map_err(|source| ModelError::Weight {
+    let m = QuantMatrix::from_ggml(wt, rows, cols, bytes).map_err(|source| ModelError::Weight {
         name: name.to_string(),
         source,
-    })
+    })?;
+    file.release(name);
+    Ok(m)
 }
 
 struct Block {
