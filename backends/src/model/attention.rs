@@ -31,6 +31,11 @@ impl SharedOut {
     }
 }
 
+/// Scratch floats one pool part needs for tokens attending to up to `longest` positions.
+fn part_scratch(cfg: &LlamaConfig, longest: usize) -> usize {
+    cfg.n_head * longest + cfg.kv_dim()
+}
+
 /// Writes `att[t]`, the attention output of token `t` (all heads), for every token.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attend(
@@ -41,25 +46,28 @@ pub(super) fn attend(
     tokens: &[TokenSlot],
     q: &[f32],
     att: &mut [f32],
-    scores: &mut Vec<f32>,
+    scratch: &mut Vec<f32>,
 ) {
     let d = cfg.n_embd;
     let longest = tokens.iter().map(|t| t.pos + 1).max().unwrap_or(0);
     let work: usize = tokens.iter().map(|t| t.pos + 1).sum::<usize>() * cfg.n_head;
     // Waking another thread costs a few microseconds; only split real work.
     let parts = pool.threads().min(tokens.len()).min(work / 4096 + 1).max(1);
-    if scores.len() < parts * longest {
-        scores.resize(parts * longest, 0.0);
+    let per_scratch = part_scratch(cfg, longest);
+    if scratch.len() < parts * per_scratch {
+        scratch.resize(parts * per_scratch, 0.0);
     }
     let att_out = SharedOut(att.as_mut_ptr());
-    let scores_out = SharedOut(scores.as_mut_ptr());
+    let scratch_out = SharedOut(scratch.as_mut_ptr());
     let per_part = tokens.len().div_ceil(parts);
     let run_part = |part: usize| {
         let first = part * per_part;
         let last = (first + per_part).min(tokens.len());
         // SAFETY: part `part` owns rows `first..last` of `att` and the
-        // `part * longest ..` slice of `scores`; both buffers outlive `run`.
-        let sc = unsafe { std::slice::from_raw_parts_mut(scores_out.at(part * longest), longest) };
+        // `part * per_scratch ..` slice of `scratch`; both outlive `run`.
+        let sc = unsafe {
+            std::slice::from_raw_parts_mut(scratch_out.at(part * per_scratch), per_scratch)
+        };
         for (t, slot) in tokens.iter().enumerate().take(last).skip(first) {
             let out = unsafe { std::slice::from_raw_parts_mut(att_out.at(t * d), d) };
             token_attention(
@@ -80,6 +88,8 @@ pub(super) fn attend(
     }
 }
 
+/// Attention of one token (all heads) over positions `0..=pos`. Each cached
+/// key/value row is widened from f16 once and used by every head of its group.
 fn token_attention(
     cfg: &LlamaConfig,
     layer: usize,
@@ -87,34 +97,46 @@ fn token_attention(
     pos: usize,
     q: &[f32],
     out: &mut [f32],
-    scores: &mut [f32],
+    scratch: &mut [f32],
 ) {
-    let (hd, kv) = (cfg.head_dim, cfg.kv_dim());
-    let group = cfg.n_head / cfg.n_kv_head;
+    use half::slice::HalfFloatSliceExt;
+    let (hd, kv, n_head) = (cfg.head_dim, cfg.kv_dim(), cfg.n_head);
+    let group = n_head / cfg.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
-    let base = cache.offset(layer, 0);
     let n_pos = pos + 1;
-    for h in 0..cfg.n_head {
-        let g = h / group;
-        let qh = &q[h * hd..(h + 1) * hd];
-        let scores = &mut scores[..n_pos];
-        let mut max = f32::NEG_INFINITY;
-        for (p, sc) in scores.iter_mut().enumerate() {
-            let k = &cache.k[base + p * kv + g * hd..base + p * kv + (g + 1) * hd];
-            *sc = dot(qh, k) * scale;
-            max = max.max(*sc);
+    let (scores, row) = scratch.split_at_mut(n_head * n_pos);
+    let row = &mut row[..kv];
+    for p in 0..n_pos {
+        let off = cache.offset(layer, p);
+        cache.k[off..off + kv].convert_to_f32_slice(row);
+        for h in 0..n_head {
+            let g = h / group;
+            scores[h * n_pos + p] =
+                dot(&q[h * hd..(h + 1) * hd], &row[g * hd..(g + 1) * hd]) * scale;
         }
+    }
+    for sc in scores.chunks_exact_mut(n_pos) {
+        let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
-        for sc in scores.iter_mut() {
-            *sc = (*sc - max).exp();
-            sum += *sc;
+        for v in sc.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
         }
-        let oh = &mut out[h * hd..(h + 1) * hd];
-        oh.fill(0.0);
-        for (p, sc) in scores.iter().enumerate() {
-            let w = sc / sum;
-            let v = &cache.v[base + p * kv + g * hd..base + p * kv + (g + 1) * hd];
-            for (o, x) in oh.iter_mut().zip(v) {
+        for v in sc.iter_mut() {
+            *v /= sum;
+        }
+    }
+    out.fill(0.0);
+    for p in 0..n_pos {
+        let off = cache.offset(layer, p);
+        cache.v[off..off + kv].convert_to_f32_slice(row);
+        for h in 0..n_head {
+            let g = h / group;
+            let w = scores[h * n_pos + p];
+            for (o, x) in out[h * hd..(h + 1) * hd]
+                .iter_mut()
+                .zip(&row[g * hd..(g + 1) * hd])
+            {
                 *o += w * x;
             }
         }

@@ -87,6 +87,6 @@ impl LlamaConfig {
 
     /// Bytes of KV cache one token occupies across all layers.
     pub fn kv_bytes_per_token(&self) -> usize {
-        self.n_layer * 2 * self.kv_dim() * std::mem::size_of::<f32>()
+        self.n_layer * 2 * self.kv_dim() * std::mem::size_of::<half::f16>()
     }
 }

@@ -289,10 +289,12 @@ impl LlamaModel {
                 );
                 rope(&mut s.q[row * d..(row + 1) * d], hd, cos, sin);
                 rope(&mut s.k[row * kv..(row + 1) * kv], hd, cos, sin);
-                let cache = &mut *items[slot.cache].cache;
-                let off = cache.offset(layer, slot.pos);
-                cache.k[off..off + kv].copy_from_slice(&s.k[row * kv..(row + 1) * kv]);
-                cache.v[off..off + kv].copy_from_slice(&s.v[row * kv..(row + 1) * kv]);
+                items[slot.cache].cache.write(
+                    layer,
+                    slot.pos,
+                    &s.k[row * kv..(row + 1) * kv],
+                    &s.v[row * kv..(row + 1) * kv],
+                );
             }
             let caches: Vec<&KvCache> = items.iter().map(|i| &*i.cache).collect();
             attend(
