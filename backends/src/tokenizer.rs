@@ -644,22 +644,10 @@ impl StreamDecoder {
     }
 }
 
-/// Path of the test model: `INFERNO_TEST_MODEL`, else the default SmolLM2 GGUF.
-#[cfg(test)]
-pub(crate) fn test_model_path() -> std::path::PathBuf {
-    std::env::var_os("INFERNO_TEST_MODEL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(
-                "/root/.cache/inferno-anchors/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-            )
-        })
-}
-
 /// Reads the test model's GGUF header; panics with a clear message if it is missing.
 #[cfg(test)]
 pub(crate) fn load_test_content() -> Content {
-    let path = test_model_path();
+    let path = inferno_cluster_tests::test_model();
     let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
         panic!(
             "test model {} not found ({e}); set INFERNO_TEST_MODEL to a SmolLM2 GGUF",

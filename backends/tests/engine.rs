@@ -1,7 +1,6 @@
 //! The batched engine on the real default model: batch invariance, seeded
 //! sampling, stop strings, admission limits and cancellation.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use backends::engine::{spawn_engine, EngineConfig, EngineHandle};
@@ -10,23 +9,10 @@ use protocol::{
 };
 use tokio::sync::mpsc::Receiver;
 
-fn model_path() -> PathBuf {
-    let p = std::env::var_os("INFERNO_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        p.exists(),
-        "test model {} missing: run `inferno pull` or set INFERNO_TEST_MODEL",
-        p.display()
-    );
-    p
-}
-
 fn engine(cfg: EngineConfig) -> EngineHandle {
-    spawn_engine(&model_path(), &cfg).expect("model loads").0
+    spawn_engine(&inferno_cluster_tests::test_model(), &cfg)
+        .expect("model loads")
+        .0
 }
 
 fn request(prompt_tokens: Vec<u32>, max_tokens: u32, sampling: SamplingParams) -> GenerateRequest {

@@ -1,7 +1,6 @@
 //! Bad model files are refused with clear errors, never a panic.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use backends::engine::{Engine, EngineConfig, EngineError};
 use backends::gguf::GgufError;
@@ -9,21 +8,6 @@ use backends::model::ModelError;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-
-fn model_path() -> PathBuf {
-    let p = std::env::var_os("INFERNO_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        p.exists(),
-        "test model {} missing: run `inferno pull` or set INFERNO_TEST_MODEL",
-        p.display()
-    );
-    p
-}
 
 fn load_err(path: &std::path::Path) -> GgufError {
     match Engine::load(path, &EngineConfig::default()) {
@@ -45,7 +29,7 @@ fn garbage_file_is_refused() {
 
 #[test]
 fn truncated_file_is_refused() {
-    let bytes = std::fs::read(model_path()).unwrap();
+    let bytes = std::fs::read(inferno_cluster_tests::test_model()).unwrap();
     let mut f = tempfile::NamedTempFile::new().unwrap();
     f.write_all(&bytes[..bytes.len() / 2]).unwrap();
     let e = load_err(f.path());
@@ -54,7 +38,7 @@ fn truncated_file_is_refused() {
 
 #[test]
 fn header_cut_short_is_refused() {
-    let bytes = std::fs::read(model_path()).unwrap();
+    let bytes = std::fs::read(inferno_cluster_tests::test_model()).unwrap();
     let mut f = tempfile::NamedTempFile::new().unwrap();
     f.write_all(&bytes[..4096]).unwrap();
     let e = load_err(f.path());

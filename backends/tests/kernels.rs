@@ -9,8 +9,6 @@
 //! `cargo test -p inferno-backends --release --test kernels -- --ignored --nocapture bench`
 //! prints the kernel benchmark table.
 
-use std::path::PathBuf;
-
 use backends::kernels::{
     available_paths, matmul, matmul_on, matmul_q_on, quantize_activations, resolve_path,
     ComputePool, CpuPath, QuantMatrix, QuantizedActivations, WeightType,
@@ -303,17 +301,9 @@ fn inferno_kernel_override_is_parsed_without_touching_env() {
     }
 }
 
-fn model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("INFERNO_TEST_MODEL") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    PathBuf::from(home).join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 #[test]
 fn real_model_tensors_match_candle() {
-    let path = model_path();
+    let path = inferno_cluster_tests::test_model();
     let mut file = std::fs::File::open(&path).unwrap_or_else(|e| {
         panic!(
             "model file {} is needed for this test ({e}); set INFERNO_TEST_MODEL or run `inferno pull` for SmolLM2-135M-Instruct Q4_1",

@@ -33,17 +33,9 @@ struct Entry {
     ids: Vec<u32>,
 }
 
-fn model_path() -> PathBuf {
-    std::env::var_os("INFERNO_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from("/root/.cache/inferno-anchors/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        })
-}
-
 #[test]
 fn encode_matches_llamacpp() {
-    let path = model_path();
+    let path = inferno_cluster_tests::test_model();
     let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
         panic!(
             "test model {} not found ({e}); set INFERNO_TEST_MODEL to SmolLM2-135M-Instruct GGUF",

@@ -1,7 +1,6 @@
 //! The node's actor tree: a crashed worker fails its in-flight requests,
 //! is restarted within its budget, and never takes other models down.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use backends::engine::EngineConfig;
@@ -9,25 +8,10 @@ use node::{ModelSpec, ModelState, Node, RestartBudget};
 use protocol::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingParams};
 use tokio::sync::mpsc::Receiver;
 
-fn model_path() -> PathBuf {
-    let p = std::env::var_os("INFERNO_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    assert!(
-        p.exists(),
-        "test model {} missing: run `inferno pull` or set INFERNO_TEST_MODEL",
-        p.display()
-    );
-    p
-}
-
 fn spec(name: &str) -> ModelSpec {
     ModelSpec {
         name: name.into(),
-        path: model_path(),
+        path: inferno_cluster_tests::test_model(),
         engine: EngineConfig::default(),
     }
 }
