@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_kernels;
+mod certs;
 mod config;
 mod generate;
 mod models;
@@ -29,6 +30,9 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Cluster certificates for mutual TLS: create the CA, issue member certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 #[derive(Subcommand)]
@@ -99,6 +103,7 @@ fn run() -> anyhow::Result<()> {
         match cli.command {
             Command::Generate(a) => generate::run(a).await,
             Command::Pull(a) => pull::run(a).await,
+            Command::Certs(c) => certs::run(c),
             Command::Bench(BenchCommand::Engine(a)) => bench::run_engine(a).await,
             Command::Bench(BenchCommand::Kernels(a)) => {
                 tokio::task::spawn_blocking(move || bench_kernels::run(a)).await?

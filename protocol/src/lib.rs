@@ -1,11 +1,24 @@
 //! Wire types shared by Inferno nodes, coordinators and clients.
 //!
 //! Everything that crosses a process boundary is defined here, so that the
-//! node, the coordinator and the CLI agree on one vocabulary. The framing,
-//! handshake and transport (QUIC with mutual TLS) are added by the
-//! control-plane work; the types below are what travels inside those frames.
+//! node, the coordinator and the CLI agree on one vocabulary.
+//!
+//! - [`frame`]: length-prefixed bincode frames with a size cap and timeouts.
+//! - [`handshake`]: the [`Hello`] version handshake at the start of a stream.
+//! - [`tls`]: the cluster CA and member identities for mutual TLS.
+//! - [`quic`]: QUIC endpoints (quinn) with mutual TLS, and request helpers.
+//! - [`generate`]: the text-generation types that travel inside frames.
 
+pub mod frame;
 pub mod generate;
+pub mod handshake;
+pub mod quic;
+pub mod tls;
+
+pub use frame::{FrameError, MAX_FRAME_BYTES};
+pub use handshake::{HandshakeError, Hello, Role, PROTOCOL_VERSION};
+pub use quic::QuicError;
+pub use tls::{ClusterCa, MemberIdentity, TlsError};
 
 pub use generate::{
     ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingParams, Usage,

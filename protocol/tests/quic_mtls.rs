@@ -1,0 +1,264 @@
+//! QUIC with mutual TLS on loopback: who gets served and who is refused.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use protocol::frame::{FrameError, MAX_FRAME_BYTES};
+use protocol::quic::{self, QuicError};
+use protocol::tls::{ClusterCa, ALPN_PROTOCOL};
+use protocol::{handshake, Hello, Role};
+use quinn::Endpoint;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+const T: Duration = Duration::from_secs(5);
+const SERVER_CAP: usize = 64 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Ping {
+    text: String,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Pong {
+    text: String,
+    peer: Option<String>,
+}
+
+/// A server named "server" that answers every Ping with a Pong naming the
+/// client, reporting each stream's outcome on the returned channel.
+fn spawn_server(ca: &ClusterCa) -> (SocketAddr, Endpoint, mpsc::UnboundedReceiver<String>) {
+    let id = ca.issue("server").unwrap();
+    let endpoint =
+        quic::server_endpoint("127.0.0.1:0".parse().unwrap(), &id, ca.cert_der()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let ep = endpoint.clone();
+    tokio::spawn(async move {
+        loop {
+            let conn = match quic::accept_connection(&ep, T).await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(format!("handshake: {e}"));
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let peer = quic::peer_name(&conn);
+                while let Ok(Some((send, recv))) = quic::accept_stream(&conn, T).await {
+                    let peer = peer.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let r = quic::serve_stream(send, recv, SERVER_CAP, T, |p: Ping| async {
+                            Pong { text: p.text, peer }
+                        })
+                        .await;
+                        let _ = tx.send(match r {
+                            Ok(()) => "ok".to_string(),
+                            Err(e) => format!("stream: {e:?}"),
+                        });
+                    });
+                }
+            });
+        }
+    });
+    (addr, endpoint, rx)
+}
+
+async fn shutdown(endpoint: &Endpoint) {
+    endpoint.close(quic::CLOSE_NORMAL, b"done");
+    let _ = tokio::time::timeout(T, endpoint.wait_idle()).await;
+}
+
+#[tokio::test]
+async fn member_of_cluster_is_served() {
+    let ca = ClusterCa::generate("cluster").unwrap();
+    let (addr, server, mut outcomes) = spawn_server(&ca);
+    let client_id = ca.issue("client-1").unwrap();
+    let client = quic::client_endpoint(&client_id, ca.cert_der()).unwrap();
+    let conn = quic::connect(&client, addr, "server", T).await.unwrap();
+    assert_eq!(quic::peer_name(&conn).as_deref(), Some("server"));
+    assert_eq!(
+        conn.handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.protocol),
+        Some(ALPN_PROTOCOL.to_vec())
+    );
+
+    for i in 0..3 {
+        let pong: Pong = quic::request(
+            &conn,
+            &Ping {
+                text: format!("hi {i}"),
+            },
+            MAX_FRAME_BYTES,
+            T,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            pong,
+            Pong {
+                text: format!("hi {i}"),
+                peer: Some("client-1".into())
+            }
+        );
+        assert_eq!(outcomes.recv().await.unwrap(), "ok");
+    }
+    conn.close(quic::CLOSE_NORMAL, b"bye");
+    shutdown(&client).await;
+    shutdown(&server).await;
+}
+
+#[tokio::test]
+async fn hello_handshake_over_a_quic_stream() {
+    let ca = ClusterCa::generate("cluster").unwrap();
+    let server_id = ca.issue("server").unwrap();
+    let server =
+        quic::server_endpoint("127.0.0.1:0".parse().unwrap(), &server_id, ca.cert_der()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let ep = server.clone();
+    let srv = tokio::spawn(async move {
+        let conn = quic::accept_connection(&ep, T).await.unwrap().unwrap();
+        let (mut send, mut recv) = quic::accept_stream(&conn, T).await.unwrap().unwrap();
+        let ours = Hello::new(Role::Coordinator, "server");
+        let theirs = handshake::exchange_hello(&mut recv, &mut send, &ours, T)
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        // Keep the connection open until the client has read our hello.
+        let _ = tokio::time::timeout(T, conn.closed()).await;
+        theirs
+    });
+    let client_id = ca.issue("node-7").unwrap();
+    let client = quic::client_endpoint(&client_id, ca.cert_der()).unwrap();
+    let conn = quic::connect(&client, addr, "server", T).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let theirs =
+        handshake::exchange_hello(&mut recv, &mut send, &Hello::new(Role::Node, "node-7"), T)
+            .await
+            .unwrap();
+    assert_eq!(theirs, Hello::new(Role::Coordinator, "server"));
+    conn.close(quic::CLOSE_NORMAL, b"bye");
+    assert_eq!(srv.await.unwrap(), Hello::new(Role::Node, "node-7"));
+    shutdown(&client).await;
+    shutdown(&server).await;
+}
+
+/// Connects and sends one request; any refusal along the way is an error.
+async fn try_request(client: &Endpoint, addr: SocketAddr, name: &str) -> Result<Pong, QuicError> {
+    let conn = quic::connect(client, addr, name, T).await?;
+    let r = quic::request(
+        &conn,
+        &Ping {
+            text: "let me in".into(),
+        },
+        MAX_FRAME_BYTES,
+        T,
+    )
+    .await;
+    conn.close(quic::CLOSE_NORMAL, b"bye");
+    r
+}
+
+#[tokio::test]
+async fn client_from_another_ca_is_refused() {
+    let ca = ClusterCa::generate("cluster").unwrap();
+    let (addr, server, mut outcomes) = spawn_server(&ca);
+    let rogue_ca = ClusterCa::generate("rogue").unwrap();
+    let rogue = rogue_ca.issue("client-1").unwrap();
+    // The rogue trusts the real CA, so only the server's check can stop it.
+    let client = quic::client_endpoint(&rogue, ca.cert_der()).unwrap();
+    let r = try_request(&client, addr, "server").await;
+    assert!(
+        matches!(r, Err(QuicError::Connection(_))),
+        "rogue client got {r:?}"
+    );
+    let outcome = outcomes.recv().await.unwrap();
+    assert!(outcome.starts_with("handshake:"), "{outcome}");
+    shutdown(&client).await;
+    shutdown(&server).await;
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    let ca = ClusterCa::generate("cluster").unwrap();
+    let (addr, server, mut outcomes) = spawn_server(&ca);
+    let mut tls = rustls::ClientConfig::builder_with_provider(protocol::tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(ca.root_store().unwrap())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    let client = quic::client_endpoint_with_tls("127.0.0.1:0".parse().unwrap(), tls).unwrap();
+    let r = try_request(&client, addr, "server").await;
+    assert!(
+        matches!(r, Err(QuicError::Connection(_))),
+        "anonymous client got {r:?}"
+    );
+    let outcome = outcomes.recv().await.unwrap();
+    assert!(outcome.starts_with("handshake:"), "{outcome}");
+    shutdown(&client).await;
+    shutdown(&server).await;
+}
+
+#[tokio::test]
+async fn server_with_wrong_name_is_refused_by_client() {
+    let ca = ClusterCa::generate("cluster").unwrap();
+    let (addr, server, _outcomes) = spawn_server(&ca);
+    let id = ca.issue("client-1").unwrap();
+    let client = quic::client_endpoint(&id, ca.cert_der()).unwrap();
+    let r = quic::connect(&client, addr, "not-the-server", T).await;
+    assert!(matches!(r, Err(QuicError::Connection(_))), "got {r:?}");
+    shutdown(&client).await;
+    shutdown(&server).await;
+}
+
+#[tokio::test]
+async fn oversized_frame_kills_only_its_stream() {
+    let ca = ClusterCa::generate("cluster").unwrap();
+    let (addr, server, mut outcomes) = spawn_server(&ca);
+    let id = ca.issue("client-1").unwrap();
+    let client = quic::client_endpoint(&id, ca.cert_der()).unwrap();
+    let conn = quic::connect(&client, addr, "server", T).await.unwrap();
+
+    // A header announcing 1 GiB, far above the server's cap, and some bytes.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&(1u32 << 30).to_le_bytes()).await.unwrap();
+    send.write_all(&[0u8; 1024]).await.unwrap();
+    let _ = send.finish();
+    let r = protocol::frame::read_frame::<_, Pong>(&mut recv, MAX_FRAME_BYTES, T).await;
+    assert!(
+        matches!(r, Err(FrameError::Io(_)) | Err(FrameError::Closed)),
+        "expected the stream to be reset, got {r:?}"
+    );
+    let outcome = outcomes.recv().await.unwrap();
+    assert!(outcome.contains("TooLarge"), "{outcome}");
+
+    // The same connection still serves new streams.
+    let pong: Pong = quic::request(
+        &conn,
+        &Ping {
+            text: "still there?".into(),
+        },
+        MAX_FRAME_BYTES,
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pong.text, "still there?");
+    assert_eq!(outcomes.recv().await.unwrap(), "ok");
+
+    // A request larger than the cap is refused before anything is sent.
+    let big = "x".repeat(4096);
+    let r: Result<Pong, _> = quic::request(&conn, &Ping { text: big }, 1024, T).await;
+    assert!(
+        matches!(r, Err(QuicError::Frame(FrameError::TooLarge { .. }))),
+        "got {r:?}"
+    );
+    conn.close(quic::CLOSE_NORMAL, b"bye");
+    shutdown(&client).await;
+    shutdown(&server).await;
+}
