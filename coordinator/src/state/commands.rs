@@ -1,0 +1,465 @@
+//! Commands: the entries of the replicated log.
+//!
+//! Every change to the cluster state is a [`Command`] proposed to raft by
+//! the leader and applied, in log order, by every coordinator's
+//! [`ClusterState`](super::ClusterState). Commands carry a format
+//! [`version`](Command::version) so that a coordinator running older code
+//! refuses (deterministically, as a failed no-op) an entry it does not
+//! understand instead of misreading it.
+//!
+//! The wire format is bincode 2 (standard configuration, varint integers)
+//! with a hard size limit of [`MAX_COMMAND_BYTES`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The command format version this code writes and understands.
+pub const COMMAND_VERSION: u32 = 1;
+
+/// Largest encoded command accepted by [`encode`] and [`decode`] (1 MiB).
+pub const MAX_COMMAND_BYTES: usize = 1 << 20;
+
+/// One entry of the replicated log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Format version of this command; see [`COMMAND_VERSION`].
+    pub version: u32,
+    /// The change to apply.
+    pub op: Op,
+}
+
+impl Command {
+    /// Wraps `op` in a command of the current [`COMMAND_VERSION`].
+    pub fn new(op: Op) -> Self {
+        Self {
+            version: COMMAND_VERSION,
+            op,
+        }
+    }
+}
+
+impl From<Op> for Command {
+    fn from(op: Op) -> Self {
+        Self::new(op)
+    }
+}
+
+/// Whether a worker node is reachable and may host replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum NodeStatus {
+    /// The node is alive and may host replicas.
+    Up,
+    /// The node is unreachable; its replicas must be re-placed elsewhere.
+    Down,
+}
+
+/// Lifecycle of one replica of a model on one node.
+///
+/// Allowed transitions (enforced by the state machine): a new replica starts
+/// in `Loading`; `Loading -> Ready`, `Loading -> Failed`, `Ready -> Failed`,
+/// and `Failed -> Loading` (retry in place). Setting `Ready` on a `Ready`
+/// replica or `Failed` on a `Failed` one is an accepted no-op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PlacementState {
+    /// The node has been told to load the model and has not confirmed yet.
+    Loading,
+    /// The replica is loaded and serving.
+    Ready,
+    /// Loading or serving failed; the replica does not count as healthy.
+    Failed,
+}
+
+/// Lifecycle of a federated-learning job.
+///
+/// Allowed transitions: `Pending -> Running | Failed | Cancelled`,
+/// `Running -> Paused | Completed | Failed | Cancelled`,
+/// `Paused -> Running | Failed | Cancelled`. `Completed`, `Failed` and
+/// `Cancelled` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FlJobStatus {
+    /// Created, not started.
+    Pending,
+    /// Rounds are being run.
+    Running,
+    /// Temporarily stopped; may resume.
+    Paused,
+    /// Finished successfully (terminal).
+    Completed,
+    /// Finished with an error (terminal).
+    Failed,
+    /// Stopped by an operator (terminal).
+    Cancelled,
+}
+
+impl FlJobStatus {
+    /// Whether no further transition or round commit is allowed.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// Whether the transition `self -> to` is allowed (`to != self`).
+    pub fn can_become(self, to: Self) -> bool {
+        use FlJobStatus::*;
+        matches!(
+            (self, to),
+            (Pending, Running | Failed | Cancelled)
+                | (Running, Paused | Completed | Failed | Cancelled)
+                | (Paused, Running | Failed | Cancelled)
+        )
+    }
+}
+
+/// A change to the cluster state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// Records a coordinator (raft member) and its address.
+    AddCoordinator {
+        /// Raft node id of the coordinator.
+        id: u64,
+        /// Address (host:port) other coordinators reach it at.
+        addr: String,
+    },
+    /// Forgets a coordinator. The last coordinator cannot be removed.
+    RemoveCoordinator {
+        /// Raft node id of the coordinator.
+        id: u64,
+    },
+    /// Registers a worker node, or updates it if already known (a node that
+    /// restarts re-registers); the node is marked [`NodeStatus::Up`].
+    RegisterNode {
+        /// Unique node id.
+        id: String,
+        /// Address (host:port) the node is reachable at.
+        addr: String,
+        /// CPU cores available for inference.
+        cores: u32,
+        /// Memory available for models and their KV caches, in bytes.
+        memory_bytes: u64,
+        /// Names of the models this node can serve; empty means any model.
+        servable_models: Vec<String>,
+    },
+    /// Marks a node up or down.
+    SetNodeStatus {
+        /// Node id.
+        id: String,
+        /// New status.
+        status: NodeStatus,
+    },
+    /// Registers a model, or updates its spec. Changing the artifact
+    /// (`source`, `format` or `size_bytes`) bumps the model's version.
+    RegisterModel {
+        /// Unique model name (as used in the OpenAI API `model` field).
+        name: String,
+        /// Where nodes fetch the weights from (URL, hub id or path).
+        source: String,
+        /// Weight format, e.g. `gguf` or `safetensors`.
+        format: String,
+        /// Size of the weights in bytes.
+        size_bytes: u64,
+        /// How many replicas the cluster should run.
+        desired_replicas: u32,
+    },
+    /// Forgets a model and all of its placements.
+    UnregisterModel {
+        /// Model name.
+        name: String,
+    },
+    /// Changes how many replicas of a model the cluster should run.
+    ScaleModel {
+        /// Model name.
+        name: String,
+        /// New desired replica count.
+        desired_replicas: u32,
+    },
+    /// Creates a replica of a model on a node, or changes its state; see
+    /// [`PlacementState`] for the allowed transitions.
+    SetPlacement {
+        /// Model name.
+        model: String,
+        /// Node id.
+        node: String,
+        /// New state of the replica.
+        state: PlacementState,
+    },
+    /// Removes the replica of a model from a node.
+    RemovePlacement {
+        /// Model name.
+        model: String,
+        /// Node id.
+        node: String,
+    },
+    /// Creates a tenant.
+    CreateTenant {
+        /// Unique tenant name.
+        name: String,
+    },
+    /// Adds an API key to a tenant.
+    AddApiKey {
+        /// Tenant name.
+        tenant: String,
+        /// Lower-case hex SHA-256 of the key (64 characters). The raw key
+        /// is never replicated.
+        key_hash: String,
+    },
+    /// Revokes an API key of a tenant.
+    RevokeApiKey {
+        /// Tenant name.
+        tenant: String,
+        /// Lower-case hex SHA-256 of the key.
+        key_hash: String,
+    },
+    /// Creates a federated-learning job in [`FlJobStatus::Pending`].
+    CreateFlJob {
+        /// Unique job id.
+        id: String,
+        /// The job spec as submitted (TOML or JSON text), stored verbatim.
+        spec: String,
+    },
+    /// Records that a round of a federated-learning job was aggregated.
+    /// Rounds are numbered from 1 and must be committed in order.
+    FlRoundCommitted {
+        /// Job id.
+        job: String,
+        /// Round number; must be the previous round plus one.
+        round: u64,
+        /// Lower-case hex SHA-256 of the aggregated checkpoint.
+        checkpoint_hash: String,
+        /// Aggregated metrics of the round (name -> value).
+        metrics: BTreeMap<String, f64>,
+    },
+    /// Changes the status of a federated-learning job; see [`FlJobStatus`].
+    SetFlJobStatus {
+        /// Job id.
+        job: String,
+        /// New status.
+        status: FlJobStatus,
+    },
+}
+
+/// Why a command could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EncodeError {
+    /// The encoded command would exceed [`MAX_COMMAND_BYTES`], so every
+    /// replica would refuse it; it must not be proposed.
+    #[error("encoded command is {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// Encoded size in bytes.
+        size: usize,
+        /// The limit, [`MAX_COMMAND_BYTES`].
+        limit: usize,
+    },
+    /// The serializer failed.
+    #[error("cannot encode command: {0}")]
+    Bincode(String),
+}
+
+/// Why bytes could not be decoded into a command.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// The input is larger than [`MAX_COMMAND_BYTES`].
+    #[error("encoded command is {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// Input size in bytes.
+        size: usize,
+        /// The limit, [`MAX_COMMAND_BYTES`].
+        limit: usize,
+    },
+    /// The command was written by a format version this code does not know.
+    #[error("unsupported command version {version} (this coordinator understands {supported})")]
+    UnsupportedVersion {
+        /// Version found in the input.
+        version: u32,
+        /// The version this code understands, [`COMMAND_VERSION`].
+        supported: u32,
+    },
+    /// The input is not a valid command.
+    #[error("malformed command: {0}")]
+    Malformed(String),
+    /// Bytes were left over after the command.
+    #[error("{0} trailing bytes after the command")]
+    TrailingBytes(usize),
+}
+
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_COMMAND_BYTES>,
+> {
+    bincode::config::standard().with_limit::<MAX_COMMAND_BYTES>()
+}
+
+/// Encodes a command for the replicated log.
+///
+/// Fails only if the encoding is larger than [`MAX_COMMAND_BYTES`] (or the
+/// serializer reports an error, which the types here never cause).
+pub fn encode(cmd: &Command) -> Result<Vec<u8>, EncodeError> {
+    let bytes = bincode::serde::encode_to_vec(cmd, config())
+        .map_err(|e| EncodeError::Bincode(e.to_string()))?;
+    if bytes.len() > MAX_COMMAND_BYTES {
+        return Err(EncodeError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_COMMAND_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a command written by [`encode`].
+///
+/// The version is read first: a command of another version is refused with
+/// [`DecodeError::UnsupportedVersion`] without trying to read its body.
+pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
+    if bytes.len() > MAX_COMMAND_BYTES {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: MAX_COMMAND_BYTES,
+        });
+    }
+    let (version, _): (u32, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if version != COMMAND_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            version,
+            supported: COMMAND_VERSION,
+        });
+    }
+    let (cmd, used): (Command, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(DecodeError::TrailingBytes(bytes.len() - used));
+    }
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_ops() -> Vec<Op> {
+        let mut metrics = BTreeMap::new();
+        metrics.insert("loss".to_string(), 0.25);
+        vec![
+            Op::AddCoordinator {
+                id: 1,
+                addr: "10.0.0.1:7000".into(),
+            },
+            Op::RemoveCoordinator { id: 1 },
+            Op::RegisterNode {
+                id: "n1".into(),
+                addr: "10.0.0.2:7100".into(),
+                cores: 8,
+                memory_bytes: 1 << 34,
+                servable_models: vec!["m".into()],
+            },
+            Op::SetNodeStatus {
+                id: "n1".into(),
+                status: NodeStatus::Down,
+            },
+            Op::RegisterModel {
+                name: "m".into(),
+                source: "hf://x/y".into(),
+                format: "gguf".into(),
+                size_bytes: 123,
+                desired_replicas: 2,
+            },
+            Op::UnregisterModel { name: "m".into() },
+            Op::ScaleModel {
+                name: "m".into(),
+                desired_replicas: 3,
+            },
+            Op::SetPlacement {
+                model: "m".into(),
+                node: "n1".into(),
+                state: PlacementState::Ready,
+            },
+            Op::RemovePlacement {
+                model: "m".into(),
+                node: "n1".into(),
+            },
+            Op::CreateTenant { name: "t".into() },
+            Op::AddApiKey {
+                tenant: "t".into(),
+                key_hash: "ab".repeat(32),
+            },
+            Op::RevokeApiKey {
+                tenant: "t".into(),
+                key_hash: "ab".repeat(32),
+            },
+            Op::CreateFlJob {
+                id: "j".into(),
+                spec: "rounds = 3".into(),
+            },
+            Op::FlRoundCommitted {
+                job: "j".into(),
+                round: 1,
+                checkpoint_hash: "cd".repeat(32),
+                metrics,
+            },
+            Op::SetFlJobStatus {
+                job: "j".into(),
+                status: FlJobStatus::Running,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_op_round_trips() {
+        for op in sample_ops() {
+            let cmd = Command::new(op);
+            let bytes = encode(&cmd).unwrap();
+            assert_eq!(decode(&bytes).unwrap(), cmd);
+        }
+    }
+
+    #[test]
+    fn unknown_version_refused_at_decode() {
+        let cmd = Command {
+            version: COMMAND_VERSION + 1,
+            op: Op::CreateTenant { name: "t".into() },
+        };
+        let bytes = encode(&cmd).unwrap();
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::UnsupportedVersion {
+                version: COMMAND_VERSION + 1,
+                supported: COMMAND_VERSION
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_refused() {
+        assert!(matches!(decode(&[]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode(&[1, 200, 200, 200]),
+            Err(DecodeError::Malformed(_))
+        ));
+        let mut bytes = encode(&Command::new(Op::CreateTenant { name: "t".into() })).unwrap();
+        bytes.push(0);
+        assert_eq!(decode(&bytes), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn oversized_commands_refused() {
+        let cmd = Command::new(Op::CreateFlJob {
+            id: "j".into(),
+            spec: "x".repeat(MAX_COMMAND_BYTES),
+        });
+        assert!(matches!(encode(&cmd), Err(EncodeError::TooLarge { .. })));
+        let big = vec![0u8; MAX_COMMAND_BYTES + 1];
+        assert!(matches!(decode(&big), Err(DecodeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn fl_status_transitions() {
+        use FlJobStatus::*;
+        assert!(Pending.can_become(Running));
+        assert!(Running.can_become(Paused));
+        assert!(Paused.can_become(Running));
+        assert!(!Pending.can_become(Completed));
+        assert!(!Completed.can_become(Running));
+        assert!(Cancelled.is_terminal() && !Paused.is_terminal());
+    }
+}

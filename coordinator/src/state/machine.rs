@@ -1,0 +1,804 @@
+//! The replicated cluster state and its deterministic `apply` function.
+//!
+//! [`ClusterState::apply`] is the only way the state changes. It is a pure
+//! function of the current state and the command: no clocks, no randomness,
+//! and every collection is a `BTreeMap`/`BTreeSet`, so two coordinators that
+//! apply the same log hold byte-identical state (see
+//! [`snapshot`](super::snapshot())). A command that fails validation changes
+//! nothing except [`applied_index`](ClusterState::applied_index): the entry
+//! is committed, so every replica must agree it was consumed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::commands::{
+    decode, Command, DecodeError, FlJobStatus, NodeStatus, Op, PlacementState, COMMAND_VERSION,
+};
+
+/// Longest accepted name or id (models, nodes, tenants, jobs), in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// A coordinator (raft member).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorInfo {
+    /// Address (host:port) other coordinators reach it at.
+    pub addr: String,
+}
+
+/// A worker node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Address (host:port) the node is reachable at.
+    pub addr: String,
+    /// CPU cores available for inference.
+    pub cores: u32,
+    /// Memory available for models and their KV caches, in bytes.
+    pub memory_bytes: u64,
+    /// Models this node can serve; empty means any model.
+    pub servable_models: BTreeSet<String>,
+    /// Whether the node is up.
+    pub status: NodeStatus,
+}
+
+impl NodeInfo {
+    /// Whether this node is allowed to host `model`.
+    pub fn can_serve(&self, model: &str) -> bool {
+        self.servable_models.is_empty() || self.servable_models.contains(model)
+    }
+}
+
+/// A registered model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Where nodes fetch the weights from.
+    pub source: String,
+    /// Weight format, e.g. `gguf`.
+    pub format: String,
+    /// Size of the weights in bytes.
+    pub size_bytes: u64,
+    /// How many replicas the cluster should run.
+    pub desired_replicas: u32,
+    /// Starts at 1; bumped whenever the artifact (source, format or size)
+    /// changes on re-registration.
+    pub version: u64,
+}
+
+/// One replica of a model on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// Lifecycle state of the replica.
+    pub state: PlacementState,
+    /// The model version the replica was (last) asked to load.
+    pub model_version: u64,
+}
+
+/// One committed round of a federated-learning job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlRound {
+    /// Round number (from 1).
+    pub round: u64,
+    /// Lower-case hex SHA-256 of the aggregated checkpoint.
+    pub checkpoint_hash: String,
+    /// Aggregated metrics of the round.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// A federated-learning job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlJob {
+    /// The job spec as submitted (TOML or JSON text).
+    pub spec: String,
+    /// Current status.
+    pub status: FlJobStatus,
+    /// Committed rounds, in order.
+    pub rounds: Vec<FlRound>,
+}
+
+impl FlJob {
+    /// The number of the last committed round, 0 if none.
+    pub fn last_round(&self) -> u64 {
+        self.rounds.last().map_or(0, |r| r.round)
+    }
+}
+
+/// What a successfully applied (or skipped) command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyOutcome {
+    /// The index was not above [`ClusterState::applied_index`]; the command
+    /// was ignored (replayed entry).
+    AlreadyApplied {
+        /// The applied index at the time.
+        applied_index: u64,
+    },
+    /// The state changed.
+    Applied,
+    /// The command was valid but the state already matched it.
+    Unchanged,
+    /// A model was registered or re-registered.
+    ModelRegistered {
+        /// The model's version after the command.
+        version: u64,
+    },
+    /// A model was unregistered together with its placements.
+    ModelUnregistered {
+        /// Nodes whose replica of the model was removed, sorted.
+        removed_placements: Vec<String>,
+    },
+}
+
+/// Why a command was refused. The entry is still consumed: the applied
+/// index advances and nothing else changes.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ApplyError {
+    /// The command has a format version this code does not understand.
+    #[error("unsupported command version {version} (this coordinator understands {supported})")]
+    UnsupportedVersion {
+        /// Version of the command.
+        version: u32,
+        /// The version this code understands.
+        supported: u32,
+    },
+    /// The log entry could not be decoded.
+    #[error("undecodable log entry: {0}")]
+    Undecodable(DecodeError),
+    /// A field has an invalid value.
+    #[error("invalid {field}: {reason}")]
+    InvalidField {
+        /// Name of the field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A coordinator with this id already exists.
+    #[error("coordinator {0} already exists")]
+    CoordinatorExists(u64),
+    /// Another coordinator already uses this address.
+    #[error("address {addr} is already used by coordinator {id}")]
+    CoordinatorAddrInUse {
+        /// The address.
+        addr: String,
+        /// The coordinator using it.
+        id: u64,
+    },
+    /// No coordinator with this id.
+    #[error("unknown coordinator {0}")]
+    UnknownCoordinator(u64),
+    /// The last coordinator cannot be removed.
+    #[error("cannot remove the last coordinator {0}")]
+    LastCoordinator(u64),
+    /// No node with this id.
+    #[error("unknown node {0}")]
+    UnknownNode(String),
+    /// No model with this name.
+    #[error("unknown model {0}")]
+    UnknownModel(String),
+    /// The node does not list the model as servable.
+    #[error("node {node} cannot serve model {model}")]
+    NodeCannotServe {
+        /// Model name.
+        model: String,
+        /// Node id.
+        node: String,
+    },
+    /// The node is down and cannot take a loading or ready replica.
+    #[error("node {0} is down")]
+    NodeDown(String),
+    /// The node already holds a replica of the model.
+    #[error("node {node} already holds a replica of model {model}")]
+    DuplicatePlacement {
+        /// Model name.
+        model: String,
+        /// Node id.
+        node: String,
+    },
+    /// The node holds no replica of the model.
+    #[error("node {node} holds no replica of model {model}")]
+    PlacementNotFound {
+        /// Model name.
+        model: String,
+        /// Node id.
+        node: String,
+    },
+    /// The replica cannot go from its current state to the requested one.
+    #[error("replica of {model} on {node} cannot go from {from:?} to {to:?}")]
+    InvalidPlacementTransition {
+        /// Model name.
+        model: String,
+        /// Node id.
+        node: String,
+        /// Current state.
+        from: PlacementState,
+        /// Requested state.
+        to: PlacementState,
+    },
+    /// A tenant with this name already exists.
+    #[error("tenant {0} already exists")]
+    TenantExists(String),
+    /// No tenant with this name.
+    #[error("unknown tenant {0}")]
+    UnknownTenant(String),
+    /// The key hash is already registered (to this or another tenant).
+    #[error("API key already registered")]
+    ApiKeyExists,
+    /// The tenant has no such key.
+    #[error("tenant {0} has no such API key")]
+    ApiKeyNotFound(String),
+    /// A job with this id already exists.
+    #[error("federated-learning job {0} already exists")]
+    FlJobExists(String),
+    /// No job with this id.
+    #[error("unknown federated-learning job {0}")]
+    UnknownFlJob(String),
+    /// The job is in a terminal status.
+    #[error("federated-learning job {job} is finished ({status:?})")]
+    FlJobFinished {
+        /// Job id.
+        job: String,
+        /// Its terminal status.
+        status: FlJobStatus,
+    },
+    /// The job status cannot change as requested.
+    #[error("federated-learning job {job} cannot go from {from:?} to {to:?}")]
+    InvalidFlJobTransition {
+        /// Job id.
+        job: String,
+        /// Current status.
+        from: FlJobStatus,
+        /// Requested status.
+        to: FlJobStatus,
+    },
+    /// A round was committed while the job was not running or paused.
+    #[error("federated-learning job {job} is {status:?}; rounds cannot be committed")]
+    FlJobNotRunning {
+        /// Job id.
+        job: String,
+        /// Its status.
+        status: FlJobStatus,
+    },
+    /// A round was committed out of order.
+    #[error("federated-learning job {job} expected round {expected}, got {got}")]
+    UnexpectedFlRound {
+        /// Job id.
+        job: String,
+        /// The next round number.
+        expected: u64,
+        /// The committed round number.
+        got: u64,
+    },
+}
+
+/// The state replicated by raft across coordinators.
+///
+/// Serializes (serde) to JSON for the admin API and to bincode for
+/// snapshots. All maps are ordered, so iteration and serialization are
+/// deterministic.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    coordinators: BTreeMap<u64, CoordinatorInfo>,
+    nodes: BTreeMap<String, NodeInfo>,
+    models: BTreeMap<String, ModelInfo>,
+    /// model -> node -> replica.
+    placements: BTreeMap<String, BTreeMap<String, Placement>>,
+    tenants: BTreeSet<String>,
+    /// key hash -> tenant.
+    api_keys: BTreeMap<String, String>,
+    fl_jobs: BTreeMap<String, FlJob>,
+    applied_index: u64,
+}
+
+fn check_name(field: &'static str, value: &str) -> Result<(), ApplyError> {
+    if value.is_empty() {
+        return Err(ApplyError::InvalidField {
+            field,
+            reason: "must not be empty".into(),
+        });
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(ApplyError::InvalidField {
+            field,
+            reason: format!("longer than {MAX_NAME_LEN} bytes"),
+        });
+    }
+    Ok(())
+}
+
+fn check_sha256_hex(field: &'static str, value: &str) -> Result<(), ApplyError> {
+    let ok = value.len() == 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApplyError::InvalidField {
+            field,
+            reason: "must be a lower-case hex SHA-256 (64 characters)".into(),
+        })
+    }
+}
+
+impl ClusterState {
+    /// An empty state at applied index 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Index of the last log entry consumed (applied or refused).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Coordinators by raft id.
+    pub fn coordinators(&self) -> &BTreeMap<u64, CoordinatorInfo> {
+        &self.coordinators
+    }
+
+    /// Worker nodes by id.
+    pub fn nodes(&self) -> &BTreeMap<String, NodeInfo> {
+        &self.nodes
+    }
+
+    /// One worker node.
+    pub fn node(&self, id: &str) -> Option<&NodeInfo> {
+        self.nodes.get(id)
+    }
+
+    /// Registered models by name.
+    pub fn models(&self) -> &BTreeMap<String, ModelInfo> {
+        &self.models
+    }
+
+    /// One registered model.
+    pub fn model(&self, name: &str) -> Option<&ModelInfo> {
+        self.models.get(name)
+    }
+
+    /// All replicas: model -> node -> replica.
+    pub fn placements(&self) -> &BTreeMap<String, BTreeMap<String, Placement>> {
+        &self.placements
+    }
+
+    /// Replicas of one model: node -> replica (empty if none).
+    pub fn placements_of(&self, model: &str) -> impl Iterator<Item = (&String, &Placement)> {
+        self.placements.get(model).into_iter().flatten()
+    }
+
+    /// The replica of `model` on `node`, if any.
+    pub fn placement(&self, model: &str, node: &str) -> Option<&Placement> {
+        self.placements.get(model).and_then(|m| m.get(node))
+    }
+
+    /// Replicas hosted by one node: (model, replica), sorted by model.
+    pub fn placements_on<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Placement)> + 'a {
+        self.placements
+            .iter()
+            .filter_map(move |(model, nodes)| nodes.get(node).map(|p| (model, p)))
+    }
+
+    /// Tenant names.
+    pub fn tenants(&self) -> &BTreeSet<String> {
+        &self.tenants
+    }
+
+    /// API key hashes and the tenant each belongs to.
+    pub fn api_keys(&self) -> &BTreeMap<String, String> {
+        &self.api_keys
+    }
+
+    /// The tenant owning the API key with this hash, if any.
+    pub fn tenant_for_key(&self, key_hash: &str) -> Option<&str> {
+        self.api_keys.get(key_hash).map(String::as_str)
+    }
+
+    /// Key hashes of one tenant, sorted.
+    pub fn keys_of<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.api_keys
+            .iter()
+            .filter(move |(_, t)| t.as_str() == tenant)
+            .map(|(k, _)| k)
+    }
+
+    /// Federated-learning jobs by id.
+    pub fn fl_jobs(&self) -> &BTreeMap<String, FlJob> {
+        &self.fl_jobs
+    }
+
+    /// One federated-learning job.
+    pub fn fl_job(&self, id: &str) -> Option<&FlJob> {
+        self.fl_jobs.get(id)
+    }
+
+    /// Decodes and applies a raw log entry. An undecodable entry (including
+    /// one of an unknown version) is consumed as a failed no-op.
+    pub fn apply_entry(&mut self, index: u64, bytes: &[u8]) -> Result<ApplyOutcome, ApplyError> {
+        if index <= self.applied_index {
+            return Ok(ApplyOutcome::AlreadyApplied {
+                applied_index: self.applied_index,
+            });
+        }
+        match decode(bytes) {
+            Ok(cmd) => self.apply(index, &cmd),
+            Err(e) => {
+                self.applied_index = index;
+                Err(match e {
+                    DecodeError::UnsupportedVersion { version, supported } => {
+                        ApplyError::UnsupportedVersion { version, supported }
+                    }
+                    other => ApplyError::Undecodable(other),
+                })
+            }
+        }
+    }
+
+    /// Applies the command at log `index`.
+    ///
+    /// An `index` not above [`applied_index`](Self::applied_index) is
+    /// ignored ([`ApplyOutcome::AlreadyApplied`]). Otherwise the applied
+    /// index becomes `index` whether or not the command is valid; an invalid
+    /// command returns an [`ApplyError`] and changes nothing else.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<ApplyOutcome, ApplyError> {
+        if index <= self.applied_index {
+            return Ok(ApplyOutcome::AlreadyApplied {
+                applied_index: self.applied_index,
+            });
+        }
+        self.applied_index = index;
+        if cmd.version != COMMAND_VERSION {
+            return Err(ApplyError::UnsupportedVersion {
+                version: cmd.version,
+                supported: COMMAND_VERSION,
+            });
+        }
+        self.apply_op(&cmd.op)
+    }
+
+    /// Validates then applies one op. Every check happens before the first
+    /// mutation, so a refused op leaves the state untouched.
+    fn apply_op(&mut self, op: &Op) -> Result<ApplyOutcome, ApplyError> {
+        match op {
+            Op::AddCoordinator { id, addr } => {
+                check_name("addr", addr)?;
+                if self.coordinators.contains_key(id) {
+                    return Err(ApplyError::CoordinatorExists(*id));
+                }
+                if let Some((other, _)) = self.coordinators.iter().find(|(_, c)| &c.addr == addr) {
+                    return Err(ApplyError::CoordinatorAddrInUse {
+                        addr: addr.clone(),
+                        id: *other,
+                    });
+                }
+                self.coordinators
+                    .insert(*id, CoordinatorInfo { addr: addr.clone() });
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::RemoveCoordinator { id } => {
+                if !self.coordinators.contains_key(id) {
+                    return Err(ApplyError::UnknownCoordinator(*id));
+                }
+                if self.coordinators.len() == 1 {
+                    return Err(ApplyError::LastCoordinator(*id));
+                }
+                self.coordinators.remove(id);
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::RegisterNode {
+                id,
+                addr,
+                cores,
+                memory_bytes,
+                servable_models,
+            } => {
+                check_name("node id", id)?;
+                check_name("addr", addr)?;
+                if *cores == 0 {
+                    return Err(ApplyError::InvalidField {
+                        field: "cores",
+                        reason: "must be at least 1".into(),
+                    });
+                }
+                if *memory_bytes == 0 {
+                    return Err(ApplyError::InvalidField {
+                        field: "memory_bytes",
+                        reason: "must be positive".into(),
+                    });
+                }
+                for m in servable_models {
+                    check_name("servable model", m)?;
+                }
+                let info = NodeInfo {
+                    addr: addr.clone(),
+                    cores: *cores,
+                    memory_bytes: *memory_bytes,
+                    servable_models: servable_models.iter().cloned().collect(),
+                    status: NodeStatus::Up,
+                };
+                match self.nodes.insert(id.clone(), info.clone()) {
+                    Some(old) if old == info => Ok(ApplyOutcome::Unchanged),
+                    _ => Ok(ApplyOutcome::Applied),
+                }
+            }
+            Op::SetNodeStatus { id, status } => {
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::UnknownNode(id.clone()))?;
+                if node.status == *status {
+                    return Ok(ApplyOutcome::Unchanged);
+                }
+                node.status = *status;
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::RegisterModel {
+                name,
+                source,
+                format,
+                size_bytes,
+                desired_replicas,
+            } => {
+                check_name("model name", name)?;
+                check_name("source", source)?;
+                check_name("format", format)?;
+                if *size_bytes == 0 {
+                    return Err(ApplyError::InvalidField {
+                        field: "size_bytes",
+                        reason: "must be positive".into(),
+                    });
+                }
+                let version = match self.models.get(name) {
+                    None => 1,
+                    Some(old) => {
+                        let same_artifact = old.source == *source
+                            && old.format == *format
+                            && old.size_bytes == *size_bytes;
+                        if same_artifact && old.desired_replicas == *desired_replicas {
+                            return Ok(ApplyOutcome::Unchanged);
+                        }
+                        if same_artifact {
+                            old.version
+                        } else {
+                            old.version.saturating_add(1)
+                        }
+                    }
+                };
+                self.models.insert(
+                    name.clone(),
+                    ModelInfo {
+                        source: source.clone(),
+                        format: format.clone(),
+                        size_bytes: *size_bytes,
+                        desired_replicas: *desired_replicas,
+                        version,
+                    },
+                );
+                Ok(ApplyOutcome::ModelRegistered { version })
+            }
+            Op::UnregisterModel { name } => {
+                if self.models.remove(name).is_none() {
+                    return Err(ApplyError::UnknownModel(name.clone()));
+                }
+                let removed_placements = self
+                    .placements
+                    .remove(name)
+                    .map(|nodes| nodes.into_keys().collect())
+                    .unwrap_or_default();
+                Ok(ApplyOutcome::ModelUnregistered { removed_placements })
+            }
+            Op::ScaleModel {
+                name,
+                desired_replicas,
+            } => {
+                let model = self
+                    .models
+                    .get_mut(name)
+                    .ok_or_else(|| ApplyError::UnknownModel(name.clone()))?;
+                if model.desired_replicas == *desired_replicas {
+                    return Ok(ApplyOutcome::Unchanged);
+                }
+                model.desired_replicas = *desired_replicas;
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::SetPlacement { model, node, state } => self.set_placement(model, node, *state),
+            Op::RemovePlacement { model, node } => {
+                let not_found = || ApplyError::PlacementNotFound {
+                    model: model.clone(),
+                    node: node.clone(),
+                };
+                let nodes = self.placements.get_mut(model).ok_or_else(not_found)?;
+                nodes.remove(node).ok_or_else(not_found)?;
+                if nodes.is_empty() {
+                    self.placements.remove(model);
+                }
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::CreateTenant { name } => {
+                check_name("tenant name", name)?;
+                if !self.tenants.insert(name.clone()) {
+                    return Err(ApplyError::TenantExists(name.clone()));
+                }
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::AddApiKey { tenant, key_hash } => {
+                check_sha256_hex("key_hash", key_hash)?;
+                if !self.tenants.contains(tenant) {
+                    return Err(ApplyError::UnknownTenant(tenant.clone()));
+                }
+                if self.api_keys.contains_key(key_hash) {
+                    return Err(ApplyError::ApiKeyExists);
+                }
+                self.api_keys.insert(key_hash.clone(), tenant.clone());
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::RevokeApiKey { tenant, key_hash } => {
+                if !self.tenants.contains(tenant) {
+                    return Err(ApplyError::UnknownTenant(tenant.clone()));
+                }
+                if self.api_keys.get(key_hash) != Some(tenant) {
+                    return Err(ApplyError::ApiKeyNotFound(tenant.clone()));
+                }
+                self.api_keys.remove(key_hash);
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::CreateFlJob { id, spec } => {
+                check_name("job id", id)?;
+                if spec.trim().is_empty() {
+                    return Err(ApplyError::InvalidField {
+                        field: "spec",
+                        reason: "must not be empty".into(),
+                    });
+                }
+                if self.fl_jobs.contains_key(id) {
+                    return Err(ApplyError::FlJobExists(id.clone()));
+                }
+                self.fl_jobs.insert(
+                    id.clone(),
+                    FlJob {
+                        spec: spec.clone(),
+                        status: FlJobStatus::Pending,
+                        rounds: Vec::new(),
+                    },
+                );
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::FlRoundCommitted {
+                job,
+                round,
+                checkpoint_hash,
+                metrics,
+            } => {
+                check_sha256_hex("checkpoint_hash", checkpoint_hash)?;
+                if let Some((name, _)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
+                    return Err(ApplyError::InvalidField {
+                        field: "metrics",
+                        reason: format!("{name} is not a finite number"),
+                    });
+                }
+                let fl = self
+                    .fl_jobs
+                    .get_mut(job)
+                    .ok_or_else(|| ApplyError::UnknownFlJob(job.clone()))?;
+                if fl.status.is_terminal() {
+                    return Err(ApplyError::FlJobFinished {
+                        job: job.clone(),
+                        status: fl.status,
+                    });
+                }
+                if !matches!(fl.status, FlJobStatus::Running | FlJobStatus::Paused) {
+                    return Err(ApplyError::FlJobNotRunning {
+                        job: job.clone(),
+                        status: fl.status,
+                    });
+                }
+                let expected = fl.last_round().saturating_add(1);
+                if *round != expected {
+                    return Err(ApplyError::UnexpectedFlRound {
+                        job: job.clone(),
+                        expected,
+                        got: *round,
+                    });
+                }
+                fl.rounds.push(FlRound {
+                    round: *round,
+                    checkpoint_hash: checkpoint_hash.clone(),
+                    metrics: metrics.clone(),
+                });
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::SetFlJobStatus { job, status } => {
+                let fl = self
+                    .fl_jobs
+                    .get_mut(job)
+                    .ok_or_else(|| ApplyError::UnknownFlJob(job.clone()))?;
+                if fl.status == *status {
+                    return Ok(ApplyOutcome::Unchanged);
+                }
+                if fl.status.is_terminal() {
+                    return Err(ApplyError::FlJobFinished {
+                        job: job.clone(),
+                        status: fl.status,
+                    });
+                }
+                if !fl.status.can_become(*status) {
+                    return Err(ApplyError::InvalidFlJobTransition {
+                        job: job.clone(),
+                        from: fl.status,
+                        to: *status,
+                    });
+                }
+                fl.status = *status;
+                Ok(ApplyOutcome::Applied)
+            }
+        }
+    }
+
+    fn set_placement(
+        &mut self,
+        model: &str,
+        node: &str,
+        state: PlacementState,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        use PlacementState::*;
+        let version = self
+            .models
+            .get(model)
+            .ok_or_else(|| ApplyError::UnknownModel(model.to_string()))?
+            .version;
+        let info = self
+            .nodes
+            .get(node)
+            .ok_or_else(|| ApplyError::UnknownNode(node.to_string()))?;
+        if !info.can_serve(model) {
+            return Err(ApplyError::NodeCannotServe {
+                model: model.to_string(),
+                node: node.to_string(),
+            });
+        }
+        if info.status == NodeStatus::Down && state != Failed {
+            return Err(ApplyError::NodeDown(node.to_string()));
+        }
+        let existing = self.placement(model, node).copied();
+        let model_version = match (existing.map(|p| p.state), state) {
+            // A new replica, or a retry in place of a failed one.
+            (None | Some(Failed), Loading) => version,
+            (Some(Loading | Ready), Loading) => {
+                return Err(ApplyError::DuplicatePlacement {
+                    model: model.to_string(),
+                    node: node.to_string(),
+                })
+            }
+            (None, Ready | Failed) => {
+                return Err(ApplyError::PlacementNotFound {
+                    model: model.to_string(),
+                    node: node.to_string(),
+                })
+            }
+            (Some(Ready), Ready) | (Some(Failed), Failed) => return Ok(ApplyOutcome::Unchanged),
+            (Some(Failed), Ready) => {
+                return Err(ApplyError::InvalidPlacementTransition {
+                    model: model.to_string(),
+                    node: node.to_string(),
+                    from: Failed,
+                    to: Ready,
+                })
+            }
+            (Some(Loading), Ready | Failed) | (Some(Ready), Failed) => {
+                existing.map_or(version, |p| p.model_version)
+            }
+        };
+        self.placements
+            .entry(model.to_string())
+            .or_default()
+            .insert(
+                node.to_string(),
+                Placement {
+                    state,
+                    model_version,
+                },
+            );
+        Ok(ApplyOutcome::Applied)
+    }
+}

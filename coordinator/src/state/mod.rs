@@ -1,0 +1,23 @@
+//! The coordinator's replicated state machine: pure, deterministic code
+//! with no I/O.
+//!
+//! - [`commands`]: the log entries ([`Command`], [`Op`]) and their encoding.
+//! - [`machine`]: [`ClusterState`] and its `apply` function.
+//! - [`snapshot`](mod@snapshot): checksummed snapshots of the state.
+//! - [`placement`]: the leader's replica-placement planner.
+
+pub mod commands;
+pub mod machine;
+pub mod placement;
+pub mod snapshot;
+
+pub use commands::{
+    decode, encode, Command, DecodeError, EncodeError, FlJobStatus, NodeStatus, Op, PlacementState,
+    COMMAND_VERSION,
+};
+pub use machine::{ApplyError, ApplyOutcome, ClusterState};
+pub use placement::{plan, Plan, PlannerConfig, Shortfall};
+pub use snapshot::{restore, snapshot, SnapshotError};
+
+#[cfg(test)]
+mod tests;
