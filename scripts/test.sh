@@ -12,3 +12,11 @@ echo "test model: $INFERNO_TEST_MODEL"
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
+
+# The engine end to end on the other CPU paths of the kernels (the run above
+# uses the best one this machine supports; a path the CPU lacks falls back
+# with a warning). The scalar path is ~10x slower, so it runs the greedy tests.
+echo "engine tests on INFERNO_KERNEL=avx2"
+INFERNO_KERNEL=avx2 cargo test --locked -p inferno-backends --test engine
+echo "engine greedy tests on INFERNO_KERNEL=scalar"
+INFERNO_KERNEL=scalar cargo test --locked -p inferno-backends --test engine greedy_
