@@ -1,15 +1,22 @@
 //! Inferno coordinator: Raft-replicated cluster state over QUIC, placement,
 //! and the OpenAI-compatible HTTP API.
 //!
-//! What exists today is the replicated state machine in [`state`]: the log
-//! commands and their encoding, the deterministic [`state::ClusterState`]
-//! with its `apply` function, checksummed snapshots, and the pure placement
-//! planner the leader will run. It does no I/O.
+//! What exists today:
+//! - [`state`]: the replicated state machine: the log commands and their
+//!   encoding, the deterministic [`state::ClusterState`] with its `apply`
+//!   function, checksummed snapshots, and the pure placement planner the
+//!   leader will run. It does no I/O.
+//! - [`raft`]: raft-rs driven through its Ready cycle over durable redb
+//!   storage (fsync before acknowledging), applying committed entries to the
+//!   state machine, with snapshots, log compaction, restart from disk and
+//!   membership changes; tested in-process on a seeded simulated network.
 //!
 //! Not implemented yet (the [control-plane] and [data-plane] issues): the
-//! raft driver that feeds committed entries to the state machine, the QUIC
-//! transport between coordinators and nodes, and the HTTP API.
+//! coordinator process that ticks a [`raft::RaftNode`] and carries its
+//! messages over QUIC, write forwarding and ReadIndex reads for clients, and
+//! the HTTP API.
 
 #![warn(missing_docs)]
 
+pub mod raft;
 pub mod state;
