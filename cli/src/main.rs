@@ -4,6 +4,7 @@ mod bench;
 mod bench_kernels;
 mod certs;
 mod config;
+mod coordinator;
 mod generate;
 mod models;
 mod pull;
@@ -33,6 +34,8 @@ enum Command {
     /// Cluster certificates for mutual TLS: create the CA, issue member certificates.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Run a coordinator (raft-replicated cluster state and the admin API).
+    Coordinator(coordinator::CoordinatorArgs),
 }
 
 #[derive(Subcommand)]
@@ -104,6 +107,7 @@ fn run() -> anyhow::Result<()> {
             Command::Generate(a) => generate::run(a).await,
             Command::Pull(a) => pull::run(a).await,
             Command::Certs(c) => certs::run(c),
+            Command::Coordinator(a) => coordinator::run(a).await,
             Command::Bench(BenchCommand::Engine(a)) => bench::run_engine(a).await,
             Command::Bench(BenchCommand::Kernels(a)) => {
                 tokio::task::spawn_blocking(move || bench_kernels::run(a)).await?

@@ -11,12 +11,12 @@
 //!   state machine, with snapshots, log compaction, restart from disk and
 //!   membership changes; tested in-process on a seeded simulated network.
 //!
-//! Not implemented yet (the [control-plane] and [data-plane] issues): the
-//! coordinator process that ticks a [`raft::RaftNode`] and carries its
-//! messages over QUIC, write forwarding and ReadIndex reads for clients, and
-//! the HTTP API.
+//! - [`server`]: the coordinator process: the task owning the
+//!   [`raft::RaftNode`], raft messages and forwarded writes over QUIC,
+//!   ReadIndex reads, and the admin HTTP API.
 
 #![warn(missing_docs)]
 
 pub mod raft;
+pub mod server;
 pub mod state;

@@ -1,0 +1,294 @@
+//! Starts three real `inferno coordinator` processes and checks leader
+//! election, write forwarding, replication, failover after SIGKILL of the
+//! leader, and catch-up of a restarted coordinator. Every wait is bounded.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol::tls::ClusterCa;
+use serde_json::{json, Value};
+
+const N: usize = 3;
+
+fn inferno_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("INFERNO_BIN") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_BIN_EXE_inferno"))
+}
+
+/// A coordinator process, SIGKILLed when dropped.
+struct Proc {
+    child: Option<Child>,
+    config: PathBuf,
+    http: SocketAddr,
+    id: u64,
+}
+
+impl Proc {
+    fn start(&mut self) {
+        let child = Command::new(inferno_binary())
+            .arg("coordinator")
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "INFERNO_LOG",
+                std::env::var("INFERNO_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn inferno coordinator");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_udp() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    s.local_addr().expect("udp addr")
+}
+
+fn free_tcp() -> SocketAddr {
+    let s = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    s.local_addr().expect("tcp addr")
+}
+
+/// One HTTP/1.1 request; `None` on any transport error.
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    let text = String::from_utf8(resp).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+    let value = serde_json::from_str(body).ok()?;
+    Some((status, value))
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The leader id as seen by any live coordinator (linearizable read).
+fn leader(procs: &[Proc]) -> Option<u64> {
+    procs.iter().filter(|p| p.alive()).find_map(|p| {
+        let (status, v) = http(p.http, "GET", "/admin/v1/cluster", None)?;
+        let id = v["leader_id"].as_u64()?;
+        (status == 200 && id != 0).then_some(id)
+    })
+}
+
+fn model_names(p: &Proc) -> Option<Vec<String>> {
+    let (status, v) = http(p.http, "GET", "/admin/v1/models", None)?;
+    if status != 200 {
+        return None;
+    }
+    Some(
+        v["models"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["name"].as_str().map(String::from))
+            .collect(),
+    )
+}
+
+fn register(p: &Proc, name: &str) -> Option<Value> {
+    let body = json!({
+        "name": name, "source": format!("hf://test/{name}"), "format": "gguf",
+        "size_bytes": 1000, "desired_replicas": 1,
+    });
+    let (status, v) = http(p.http, "POST", "/admin/v1/models", Some(&body))?;
+    (status == 200).then_some(v)
+}
+
+fn write_config(dir: &Path, i: usize, raft: &[SocketAddr], http: &[SocketAddr]) -> PathBuf {
+    let mut text = format!(
+        "id = {id}\ndata_dir = {data:?}\nraft_addr = \"{raft}\"\nhttp_addr = \"{http}\"\n\
+         certs_dir = {certs:?}\nname = \"coordinator-{id}\"\ntick_ms = 50\nelection_ticks = 10\n\
+         heartbeat_ticks = 2\nrequest_timeout_ms = 3000\n",
+        id = i + 1,
+        data = dir.join(format!("data-{}", i + 1)),
+        raft = raft[i],
+        http = http[i],
+        certs = dir.join("certs"),
+    );
+    for j in (0..N).filter(|&j| j != i) {
+        text.push_str(&format!(
+            "\n[[peers]]\nid = {}\nraft_addr = \"{}\"\nname = \"coordinator-{}\"\n",
+            j + 1,
+            raft[j],
+            j + 1
+        ));
+    }
+    let path = dir.join(format!("coordinator-{}.toml", i + 1));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn three_coordinators_elect_replicate_fail_over_and_catch_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let ca = ClusterCa::generate("test-cluster").expect("CA");
+    for i in 1..=N {
+        ca.issue(&format!("coordinator-{i}"))
+            .expect("issue")
+            .save(&certs, false)
+            .expect("save member");
+    }
+    let raft: Vec<SocketAddr> = (0..N).map(|_| free_udp()).collect();
+    let http_addrs: Vec<SocketAddr> = (0..N).map(|_| free_tcp()).collect();
+    let mut procs: Vec<Proc> = (0..N)
+        .map(|i| Proc {
+            child: None,
+            config: write_config(dir.path(), i, &raft, &http_addrs),
+            http: http_addrs[i],
+            id: i as u64 + 1,
+        })
+        .collect();
+    for p in &mut procs {
+        p.start();
+    }
+
+    // Health and a leader.
+    for p in &procs {
+        wait_until("health", Duration::from_secs(10), || {
+            http(p.http, "GET", "/health", None).filter(|(s, _)| *s == 200)
+        });
+    }
+    let first = wait_until("a leader", Duration::from_secs(15), || leader(&procs));
+
+    // Writes through a follower are forwarded to the leader.
+    let follower = procs
+        .iter()
+        .position(|p| p.id != first)
+        .expect("a follower");
+    for name in ["alpha", "beta"] {
+        let v = wait_until("a forwarded write", Duration::from_secs(10), || {
+            register(&procs[follower], name)
+        });
+        assert!(v["result"].is_object(), "unexpected write answer {v}");
+    }
+    // Apply errors come back as JSON errors.
+    let (status, v) = http(
+        procs[follower].http,
+        "DELETE",
+        "/admin/v1/models/missing",
+        None,
+    )
+    .expect("delete answer");
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(v["error"]["type"], "not_found");
+
+    // Every coordinator lists them.
+    for p in &procs {
+        wait_until("replication", Duration::from_secs(10), || {
+            model_names(p).filter(|m| m.contains(&"alpha".into()) && m.contains(&"beta".into()))
+        });
+    }
+
+    // Deletes are forwarded too.
+    let (status, v) = wait_until("a forwarded delete", Duration::from_secs(10), || {
+        http(
+            procs[follower].http,
+            "DELETE",
+            "/admin/v1/models/beta",
+            None,
+        )
+        .filter(|(s, _)| *s != 503)
+    });
+    assert_eq!(status, 200, "{v}");
+
+    // SIGKILL the leader: a new one is elected and writes still succeed.
+    let old = procs
+        .iter()
+        .position(|p| p.id == first)
+        .expect("leader process");
+    procs[old].kill();
+    let second = wait_until("a new leader", Duration::from_secs(15), || {
+        leader(&procs).filter(|&l| l != first)
+    });
+    assert_ne!(second, first);
+    let survivor = procs
+        .iter()
+        .position(|p| p.alive() && p.id != second)
+        .expect("a surviving follower");
+    wait_until("a write after failover", Duration::from_secs(10), || {
+        register(&procs[survivor], "gamma")
+    });
+
+    // The restarted coordinator catches up.
+    procs[old].start();
+    wait_until("catch-up after restart", Duration::from_secs(20), || {
+        model_names(&procs[old]).filter(|m| m == &["alpha".to_string(), "gamma".to_string()])
+    });
+    let (status, v) = http(procs[old].http, "GET", "/admin/v1/cluster", None).expect("cluster");
+    assert_eq!(status, 200);
+    assert_eq!(v["members"], json!([1, 2, 3]));
+
+    // Alone, the restarted coordinator is a minority: reads and writes
+    // fail with 503 within the request timeout instead of hanging.
+    for (i, p) in procs.iter_mut().enumerate() {
+        if i != old {
+            p.kill();
+        }
+    }
+    let started = Instant::now();
+    let (status, v) = http(procs[old].http, "GET", "/admin/v1/models", None).expect("read");
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["type"], "unavailable");
+    let body = json!({"name": "delta", "source": "s", "format": "gguf",
+        "size_bytes": 1, "desired_replicas": 1});
+    let (status, v) =
+        http(procs[old].http, "POST", "/admin/v1/models", Some(&body)).expect("write");
+    assert_eq!(status, 503, "{v}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // SIGTERM stops a coordinator cleanly.
+    let mut child = procs[old].child.take().expect("running");
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let exit = wait_until("exit after SIGTERM", Duration::from_secs(10), || {
+        child.try_wait().ok().flatten()
+    });
+    assert!(exit.success(), "exit status {exit:?}");
+}

@@ -1,0 +1,181 @@
+//! The coordinator process configuration (TOML; see
+//! `configs/coordinator-1.toml`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::ServerError;
+
+/// One other coordinator of the raft group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its raft id (non-zero, unique).
+    pub id: u64,
+    /// The QUIC address its raft listener is reachable at.
+    pub raft_addr: SocketAddr,
+    /// The member name in its certificate (TLS server name).
+    pub name: String,
+}
+
+/// The coordinator configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// This coordinator's raft id (non-zero, unique in the group).
+    pub id: u64,
+    /// Directory of the durable raft log and snapshots.
+    pub data_dir: PathBuf,
+    /// QUIC listen address for raft messages and forwarded writes.
+    pub raft_addr: SocketAddr,
+    /// HTTP listen address of the admin API.
+    pub http_addr: SocketAddr,
+    /// Directory holding `ca.pem`, `NAME.pem` and `NAME-key.pem`.
+    pub certs_dir: PathBuf,
+    /// This coordinator's member name (its certificate's name).
+    pub name: String,
+    /// The other coordinators (not including this one).
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Raft tick interval in milliseconds.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Election timeout in ticks.
+    #[serde(default = "default_election_ticks")]
+    pub election_ticks: usize,
+    /// Leader heartbeat interval in ticks.
+    #[serde(default = "default_heartbeat_ticks")]
+    pub heartbeat_ticks: usize,
+    /// How long a client write or read may wait (commit, apply, forward)
+    /// before failing with 503, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_tick_ms() -> u64 {
+    100
+}
+fn default_election_ticks() -> usize {
+    10
+}
+fn default_heartbeat_ticks() -> usize {
+    2
+}
+fn default_request_timeout_ms() -> u64 {
+    5000
+}
+
+impl CoordinatorConfig {
+    /// Reads and validates a TOML configuration file.
+    pub fn load(path: &Path) -> Result<Self, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ServerError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|reason| ServerError::Config {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let cfg: CoordinatorConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("id must be non-zero".into());
+        }
+        let mut ids = vec![self.id];
+        for p in &self.peers {
+            if p.id == 0 || ids.contains(&p.id) {
+                return Err(format!("peer id {} is zero or duplicated", p.id));
+            }
+            ids.push(p.id);
+        }
+        if self.tick_ms == 0
+            || self.election_ticks <= self.heartbeat_ticks
+            || self.heartbeat_ticks == 0
+        {
+            return Err("need tick_ms > 0 and election_ticks > heartbeat_ticks > 0".into());
+        }
+        if self.request_timeout_ms == 0 {
+            return Err("request_timeout_ms must be non-zero".into());
+        }
+        Ok(())
+    }
+
+    /// All voter ids (this node and its peers), sorted.
+    pub fn voters(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = std::iter::once(self.id)
+            .chain(self.peers.iter().map(|p| p.id))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The tick interval.
+    pub fn tick_interval(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// The client request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+id = 2
+data_dir = "data"
+raft_addr = "127.0.0.1:7102"
+http_addr = "127.0.0.1:8102"
+certs_dir = "certs"
+name = "coordinator-2"
+[[peers]]
+id = 1
+raft_addr = "127.0.0.1:7101"
+name = "coordinator-1"
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let cfg = CoordinatorConfig::parse(BASE).unwrap();
+        assert_eq!(cfg.voters(), vec![1, 2]);
+        assert_eq!(cfg.tick_interval(), Duration::from_millis(100));
+        assert_eq!(cfg.election_ticks, 10);
+        assert_eq!(cfg.heartbeat_ticks, 2);
+        assert_eq!(cfg.request_timeout(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        assert!(CoordinatorConfig::parse(&BASE.replace("id = 2", "id = 1")).is_err());
+        assert!(CoordinatorConfig::parse(&BASE.replace("id = 2", "id = 0")).is_err());
+        let bad_ticks = format!("heartbeat_ticks = 10\n{BASE}");
+        assert!(CoordinatorConfig::parse(&bad_ticks).is_err());
+        let unknown = format!("bogus = 1\n{BASE}");
+        assert!(CoordinatorConfig::parse(&unknown).is_err());
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        for i in 1..=3 {
+            let path = root.join(format!("coordinator-{i}.toml"));
+            let cfg = CoordinatorConfig::load(&path).unwrap();
+            assert_eq!(cfg.id, i);
+            assert_eq!(cfg.peers.len(), 2);
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Frames exchanged between coordinators over QUIC (bincode envelopes,
+//! one request and one response per stream).
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{ApplyError, ApplyOutcome, Op};
+
+/// Largest coordinator-to-coordinator frame (raft batches, snapshots).
+pub const MAX_PEER_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// A request from one coordinator to another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// A batch of raft messages, each protobuf-encoded.
+    Raft {
+        /// The sender's raft id (must match its certificate).
+        from: u64,
+        /// Encoded `raft::eraftpb::Message`s, in order.
+        msgs: Vec<Vec<u8>>,
+    },
+    /// A client write forwarded to the leader.
+    Forward {
+        /// The change to propose.
+        op: Op,
+    },
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Raft messages were accepted for stepping.
+    Ack,
+    /// The outcome of a forwarded write.
+    Write(WriteReply),
+    /// The request was refused (unknown sender, bad message).
+    Refused(String),
+}
+
+/// The outcome of a client write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WriteReply {
+    /// The command was committed and applied.
+    Applied(ApplyOutcome),
+    /// The command was committed but the state machine refused it.
+    Rejected {
+        /// HTTP status to report (400, 404 or 409).
+        status: u16,
+        /// The [`ApplyError`] message.
+        message: String,
+    },
+    /// This node is not the leader; `leader` is the one it knows of
+    /// (0 if none).
+    NotLeader {
+        /// The known leader's id, 0 if none.
+        leader: u64,
+    },
+    /// The write could not be completed (timeout, no quorum, shutdown);
+    /// its outcome may be unknown.
+    Unavailable {
+        /// Why.
+        message: String,
+    },
+}
+
+impl WriteReply {
+    /// Maps an apply result to a reply.
+    pub fn from_apply(result: Result<ApplyOutcome, ApplyError>) -> Self {
+        match result {
+            Ok(o) => WriteReply::Applied(o),
+            Err(e) => WriteReply::Rejected {
+                status: apply_error_status(&e),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// The HTTP status matching an [`ApplyError`]: 404 for unknown entities,
+/// 409 for conflicts, 400 otherwise.
+pub fn apply_error_status(e: &ApplyError) -> u16 {
+    use ApplyError as E;
+    match e {
+        E::UnknownCoordinator(_)
+        | E::UnknownNode(_)
+        | E::UnknownModel(_)
+        | E::UnknownTenant(_)
+        | E::UnknownFlJob(_)
+        | E::ApiKeyNotFound(_)
+        | E::PlacementNotFound { .. } => 404,
+        E::CoordinatorExists(_)
+        | E::CoordinatorAddrInUse { .. }
+        | E::DuplicatePlacement { .. }
+        | E::TenantExists(_)
+        | E::FlJobExists(_)
+        | E::FlJobFinished { .. }
+        | E::InvalidPlacementTransition { .. }
+        | E::InvalidFlJobTransition { .. }
+        | E::LastCoordinator(_) => 409,
+        _ => 400,
+    }
+}
