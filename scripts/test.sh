@@ -16,7 +16,8 @@ cargo test --locked --workspace
 # The engine end to end on the other CPU paths of the kernels (the run above
 # uses the best one this machine supports; a path the CPU lacks falls back
 # with a warning). The scalar path is ~10x slower, so it runs the greedy tests.
+# --workspace keeps the feature set of the run above, so nothing is rebuilt.
 echo "engine tests on INFERNO_KERNEL=avx2"
-INFERNO_KERNEL=avx2 cargo test --locked -p inferno-backends --test engine
+INFERNO_KERNEL=avx2 cargo test --locked --workspace --test engine
 echo "engine greedy tests on INFERNO_KERNEL=scalar"
-INFERNO_KERNEL=scalar cargo test --locked -p inferno-backends --test engine greedy_
+INFERNO_KERNEL=scalar cargo test --locked --workspace --test engine greedy_
