@@ -8,15 +8,22 @@
 //! - [`tls`]: the cluster CA and member identities for mutual TLS.
 //! - [`quic`]: QUIC endpoints (quinn) with mutual TLS, and request helpers.
 //! - [`generate`]: the text-generation types that travel inside frames.
+//! - [`inference`]: coordinator-to-node inference requests and the node's
+//!   heartbeats.
 
 pub mod frame;
 pub mod generate;
 pub mod handshake;
+pub mod inference;
 pub mod quic;
 pub mod tls;
 
 pub use frame::{FrameError, MAX_FRAME_BYTES};
 pub use handshake::{HandshakeError, Hello, Role, PROTOCOL_VERSION};
+pub use inference::{
+    HeartbeatReply, InferenceRequest, NodeHeartbeat, NodeRequest, NodeResponse, Prompt,
+    ReplicaReport, ReplicaState, ServableModel, MAX_NODE_FRAME_BYTES,
+};
 pub use quic::QuicError;
 pub use tls::{ClusterCa, MemberIdentity, TlsError};
 

@@ -1,0 +1,135 @@
+//! What a coordinator sends a node to run one inference, and the node's
+//! control messages (registration, heartbeats) to the coordinators.
+//!
+//! The node owns the tokenizer and chat template of its models, so a
+//! request carries text or chat messages, never token ids; the node renders
+//! and tokenizes it and answers with [`GenerateEvent`](crate::GenerateEvent)s.
+//!
+//! An inference stream: the coordinator opens a bidirectional QUIC stream
+//! to the node and writes one [`InferenceRequest`] frame; the node answers
+//! with `GenerateEvent` frames, the last one `Finished` or `Failed`, then
+//! finishes the stream. A coordinator that resets or stops the stream (its
+//! client went away) cancels the sequence at the node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::generate::{ChatMessage, SamplingParams};
+
+/// The input of an inference request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Prompt {
+    /// Raw text, tokenized as is (OpenAI `/v1/completions`).
+    Text(String),
+    /// A conversation rendered through the model's chat template, with the
+    /// assistant turn opened (OpenAI `/v1/chat/completions`).
+    Chat(Vec<ChatMessage>),
+}
+
+/// One inference request routed to a replica of `model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferenceRequest {
+    /// The model name as registered in the cluster.
+    pub model: String,
+    /// What to continue.
+    pub prompt: Prompt,
+    /// Most tokens to generate; `None` means up to the end of the context.
+    pub max_tokens: Option<u32>,
+    /// How to pick tokens.
+    pub sampling: SamplingParams,
+    /// Strings that end generation (not emitted).
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens.
+    pub ignore_eos: bool,
+}
+
+/// The state of one model replica on a node, as the node reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaState {
+    /// Weights are being loaded.
+    Loading,
+    /// Serving requests.
+    Ready,
+    /// Loading or serving failed for good (restart budget spent).
+    Failed,
+}
+
+/// A node's report of one loaded (or loading) model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    /// Model name.
+    pub model: String,
+    /// Its state.
+    pub state: ReplicaState,
+    /// Sequences being generated.
+    pub running: u32,
+    /// Requests admitted and waiting for a slot.
+    pub waiting: u32,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// A model file a node can serve, as it announces it on registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServableModel {
+    /// Model name (the OpenAI `model` field).
+    pub name: String,
+    /// Size of the weights, in bytes.
+    pub size_bytes: u64,
+}
+
+/// A node's registration and heartbeat, sent to every coordinator.
+///
+/// Heartbeats are not raft writes: each coordinator keeps the latest one
+/// per node in memory for routing; the leader turns silence and replica
+/// state changes into raft writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHeartbeat {
+    /// Unique node id (its certificate name).
+    pub node_id: String,
+    /// Address (host:port) coordinators open inference streams to.
+    pub addr: String,
+    /// CPU cores available for inference.
+    pub cores: u32,
+    /// Memory available for models and their KV caches, in bytes.
+    pub memory_bytes: u64,
+    /// Free KV-cache memory over all loaded models, in bytes.
+    pub free_kv_bytes: u64,
+    /// The models this node has files for.
+    pub servable: Vec<ServableModel>,
+    /// The models it has loaded or is loading.
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// A coordinator's answer to a heartbeat: what the node should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The models placed on this node (load those missing, unload others).
+    /// `None` when the answering coordinator does not know yet (not
+    /// registered, or no leader): the node keeps what it has.
+    pub assigned: Option<Vec<String>>,
+    /// Whether the answering coordinator is the raft leader (its view of
+    /// the placements is the most recent one; prefer it when answers
+    /// differ).
+    pub from_leader: bool,
+}
+
+/// Largest frame on a node connection (requests carry whole prompts).
+pub const MAX_NODE_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// A request from a node to a coordinator, one per QUIC stream
+/// (answered with one [`NodeResponse`]). A coordinator tells nodes from
+/// coordinators by the name in the peer's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRequest {
+    /// Registration and load report; see [`NodeHeartbeat`].
+    Heartbeat(NodeHeartbeat),
+}
+
+/// A coordinator's answer to a [`NodeRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeResponse {
+    /// The answer to a heartbeat.
+    Heartbeat(HeartbeatReply),
+    /// The request was refused, with the reason.
+    Refused(String),
+}
