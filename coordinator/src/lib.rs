@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod openai;
 pub mod raft;
 pub mod server;
 pub mod state;

@@ -365,6 +365,11 @@ impl RaftNode {
         Ok(self.raw.propose_conf_change(Vec::new(), cc)?)
     }
 
+    /// Asks the leader to hand leadership to `to` (a caught-up voter).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.raw.transfer_leader(to)
+    }
+
     /// Requests a linearizable read point; the matching [`ReadState`]
     /// (with `request_ctx == ctx`) appears in a later
     /// [`ReadyOutput::read_states`]. Reads are safe once

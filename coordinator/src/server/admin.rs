@@ -1,151 +1,104 @@
-//! A minimal HTTP/1.1 server for the admin API (one request per
-//! connection, JSON bodies, bounded sizes and timeouts).
+//! The admin HTTP API (axum): cluster view, model registration, scaling.
+//!
+//! Reads are linearizable (ReadIndex through the local raft loop); writes
+//! go to the leader (forwarded over QUIC when this coordinator is a
+//! follower) and are answered after commit and apply. Every error is a
+//! JSON object `{"error": {"message", "type"}}`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use super::peers::{submit_write, Peers};
-use super::raft_loop::{LoopRequest, ReadView};
+use super::nodes::NodeRegistry;
+use super::peers::{submit_membership, submit_write, Peers};
+use super::raft_loop::{LoopRequest, MemberChange, ReadView};
 use super::wire::{PeerRequest, PeerResponse, WriteReply};
 use crate::state::Op;
 
-/// Largest request head (request line and headers).
-const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Largest request body.
+/// Largest accepted request body.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Time allowed to read a request.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the HTTP handlers need.
+/// What the admin handlers need.
 #[derive(Debug)]
-pub struct App {
+pub struct Admin {
+    /// This coordinator's raft id.
+    pub id: u64,
     /// The local raft loop.
     pub requests: mpsc::Sender<LoopRequest>,
     /// The transport to other coordinators (for forwarding writes).
     pub peers: Arc<Peers>,
     /// Client request timeout.
     pub timeout: Duration,
+    /// Node heartbeats heard by this coordinator (load, replica states).
+    pub registry: Arc<NodeRegistry>,
 }
 
-/// Serves HTTP on `listener` until the task is dropped.
-pub async fn serve_http(listener: TcpListener, app: Arc<App>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let app = app.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = serve_conn(stream, app).await {
-                        tracing::debug!("http connection: {e}");
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!("http accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+/// An admin API error: status and message, rendered as JSON.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            404 => "not_found",
+            409 => "conflict",
+            503 => "unavailable",
+            _ => "invalid_request",
         }
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-}
-
-async fn read_request(stream: &mut TcpStream) -> Result<Request, (u16, String)> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
-        }
-        if buf.len() > MAX_HEAD_BYTES {
-            return Err((431, "request head too large".into()));
-        }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| (400, e.to_string()))?;
-        if n == 0 {
-            return Err((400, "connection closed mid-request".into()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| (400, "non-UTF-8 head".into()))?;
-    let mut lines = head.split("\r\n");
-    let mut parts = lines.next().unwrap_or_default().split(' ');
-    let method = parts.next().unwrap_or_default().to_string();
-    let path = parts.next().unwrap_or_default().to_string();
-    let mut content_length = 0usize;
-    for line in lines {
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                content_length = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| (400, "bad Content-Length".to_string()))?;
-            }
-        }
-    }
-    if content_length > MAX_BODY_BYTES {
-        return Err((413, "request body too large".into()));
-    }
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < content_length {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| (400, e.to_string()))?;
-        if n == 0 {
-            return Err((400, "connection closed mid-body".into()));
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(content_length);
-    Ok(Request { method, path, body })
-}
-
-async fn serve_conn(mut stream: TcpStream, app: Arc<App>) -> std::io::Result<()> {
-    let (status, body) = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
-        Err(_) => error(408, "invalid_request", "timed out reading the request"),
-        Ok(Err((status, msg))) => error(status, "invalid_request", &msg),
-        Ok(Ok(req)) => route(&app, req).await,
-    };
-    let body = body.to_string();
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        reason(status),
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Unknown",
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"message": self.message, "type": self.kind()}});
+        (self.status, Json(body)).into_response()
     }
 }
 
-fn error(status: u16, kind: &str, message: &str) -> (u16, Value) {
-    (status, json!({"error": {"message": message, "type": kind}}))
+/// The admin routes, `/admin/v1/...` (merged with the OpenAI routes,
+/// which serve `/health` and answer unknown paths).
+pub fn router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/admin/v1/cluster", get(cluster))
+        .route("/admin/v1/models", get(list_models).post(register_model))
+        .route(
+            "/admin/v1/models/{name}",
+            axum::routing::delete(unregister_model),
+        )
+        .route("/admin/v1/models/{name}/scale", post(scale_model))
+        .route("/admin/v1/members", get(list_members).post(add_member))
+        .route(
+            "/admin/v1/members/{id}",
+            axum::routing::delete(remove_member),
+        )
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(admin)
+}
+
+/// Parses a JSON body into `T`, answering 400 with serde's message.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
 }
 
 /// Body of `POST /admin/v1/models`.
@@ -159,109 +112,267 @@ struct RegisterModelBody {
     desired_replicas: u32,
 }
 
-async fn route(app: &App, req: Request) -> (u16, Value) {
-    let path = req.path.split('?').next().unwrap_or_default();
-    match (req.method.as_str(), path) {
-        ("GET", "/health") => (200, json!({"status": "ok"})),
-        ("GET", "/admin/v1/cluster") => match read(app).await {
-            Ok(v) => (200, cluster_json(&v)),
-            Err(e) => error(503, "unavailable", &e),
-        },
-        ("GET", "/admin/v1/models") => match read(app).await {
-            Ok(v) => (200, json!({"models": models_json(&v)})),
-            Err(e) => error(503, "unavailable", &e),
-        },
-        ("POST", "/admin/v1/models") => {
-            let body: RegisterModelBody = match serde_json::from_slice(&req.body) {
-                Ok(b) => b,
-                Err(e) => return error(400, "invalid_request", &format!("bad JSON body: {e}")),
-            };
-            write(
-                app,
-                Op::RegisterModel {
-                    name: body.name,
-                    source: body.source,
-                    format: body.format,
-                    size_bytes: body.size_bytes,
-                    desired_replicas: body.desired_replicas,
-                },
-            )
-            .await
+/// Body of `POST /admin/v1/models/{name}/scale`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleBody {
+    desired_replicas: u32,
+}
+
+/// Body of `POST /admin/v1/members`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMemberBody {
+    id: u64,
+    name: String,
+    raft_addr: std::net::SocketAddr,
+}
+
+async fn list_members(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
+    let v = read(&admin).await?;
+    Ok(Json(json!({
+        "leader_id": v.leader_id,
+        "voters": v.voters,
+        "coordinators": v.state.coordinators(),
+    })))
+}
+
+/// Adds a coordinator: records its name and address through raft (so
+/// every member can reach it), then adds it as a voter. Start the new
+/// coordinator with `join = true` in its configuration.
+async fn add_member(State(admin): State<Arc<Admin>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let b: AddMemberBody = parse_body(&body)?;
+    if b.id == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "id must be non-zero",
+        ));
+    }
+    let record = Op::AddCoordinator {
+        id: b.id,
+        name: b.name.clone(),
+        addr: b.raft_addr.to_string(),
+    };
+    match commit(&admin, record).await {
+        WriteReply::Applied(_) => {}
+        // Already recorded (a retried call): fine if it is the same member.
+        WriteReply::Rejected { status: 409, .. } => {
+            let v = read(&admin).await?;
+            let same = v
+                .state
+                .coordinators()
+                .get(&b.id)
+                .is_some_and(|c| c.name == b.name && c.addr == b.raft_addr.to_string());
+            if !same {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "coordinator {} or its address is already recorded differently",
+                        b.id
+                    ),
+                ));
+            }
         }
-        ("DELETE", p) if p.starts_with("/admin/v1/models/") => {
-            let Some(name) = percent_decode(&p["/admin/v1/models/".len()..]) else {
-                return error(
-                    400,
-                    "invalid_request",
-                    "bad percent-encoding in the model name",
-                );
-            };
-            write(app, Op::UnregisterModel { name }).await
+        other => return reply_json(other),
+    }
+    reply_json(commit_membership(&admin, MemberChange::Add(b.id)).await)
+}
+
+/// Removes a coordinator from the voters (leadership moves first if it
+/// is the leader), then forgets its address.
+async fn remove_member(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    let v = read(&admin).await?;
+    if !v.voters.contains(&id) && !v.state.coordinators().contains_key(&id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("coordinator {id} is not a member"),
+        ));
+    }
+    if v.voters.len() == 1 && v.voters.contains(&id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the last coordinator cannot be removed",
+        ));
+    }
+    match commit_membership(&admin, MemberChange::Remove(id)).await {
+        WriteReply::Applied(_) => {}
+        other => return reply_json(other),
+    }
+    match commit(&admin, Op::RemoveCoordinator { id }).await {
+        WriteReply::Applied(_) | WriteReply::Rejected { status: 404, .. } => {
+            Ok(Json(json!({"result": "Applied"})))
         }
-        (_, "/health" | "/admin/v1/cluster" | "/admin/v1/models") => {
-            error(405, "invalid_request", "method not allowed")
-        }
-        _ => error(404, "not_found", "no such endpoint"),
+        other => reply_json(other),
     }
 }
 
-async fn read(app: &App) -> Result<ReadView, String> {
+/// Runs a membership change on the leader, forwarding and retrying while
+/// leadership moves, within the request timeout.
+pub async fn commit_membership(admin: &Admin, change: MemberChange) -> WriteReply {
+    let deadline = tokio::time::Instant::now() + admin.timeout;
+    loop {
+        let mut reply = submit_membership(&admin.requests, change, admin.timeout).await;
+        if let WriteReply::NotLeader { leader } = reply {
+            if leader != 0 && leader != admin.id {
+                let req = PeerRequest::Membership { change };
+                reply = match admin.peers.request(leader, &req, admin.timeout).await {
+                    Ok(PeerResponse::Write(r)) => r,
+                    Ok(other) => WriteReply::Unavailable {
+                        message: format!("unexpected answer from leader {leader}: {other:?}"),
+                    },
+                    Err(e) => WriteReply::Unavailable {
+                        message: format!("cannot forward to leader {leader}: {e}"),
+                    },
+                };
+            }
+        }
+        let retry = matches!(reply, WriteReply::NotLeader { .. });
+        if !retry || tokio::time::Instant::now() >= deadline {
+            return reply;
+        }
+        // Leadership is moving (e.g. the leader is removing itself).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn cluster(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
+    let mut v = cluster_json(&read(&admin).await?);
+    let heartbeats: serde_json::Map<String, Value> = admin
+        .registry
+        .snapshot()
+        .into_iter()
+        .map(|(id, s)| {
+            let hb = s.heartbeat;
+            let replicas: Vec<Value> = hb
+                .replicas
+                .iter()
+                .map(|r| {
+                    json!({"model": r.model, "state": format!("{:?}", r.state).to_lowercase(),
+                        "running": r.running, "waiting": r.waiting, "error": r.error})
+                })
+                .collect();
+            let age_ms = u64::try_from(s.age.as_millis()).unwrap_or(u64::MAX);
+            let entry = json!({"age_ms": age_ms, "free_kv_bytes": hb.free_kv_bytes,
+                "replicas": replicas});
+            (id, entry)
+        })
+        .collect();
+    v["heartbeats"] = Value::Object(heartbeats);
+    Ok(Json(v))
+}
+
+async fn list_models(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"models": models_json(&read(&admin).await?)})))
+}
+
+async fn register_model(
+    State(admin): State<Arc<Admin>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let b: RegisterModelBody = parse_body(&body)?;
+    let op = Op::RegisterModel {
+        name: b.name,
+        source: b.source,
+        format: b.format,
+        size_bytes: b.size_bytes,
+        desired_replicas: b.desired_replicas,
+    };
+    write(&admin, op).await
+}
+
+async fn unregister_model(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    write(&admin, Op::UnregisterModel { name }).await
+}
+
+async fn scale_model(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let b: ScaleBody = parse_body(&body)?;
+    let op = Op::ScaleModel {
+        name,
+        desired_replicas: b.desired_replicas,
+    };
+    write(&admin, op).await
+}
+
+/// A linearizable read of the replicated state, or 503.
+pub async fn read(admin: &Admin) -> Result<ReadView, ApiError> {
+    let unavailable = |m: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m);
     let (tx, rx) = oneshot::channel();
     let fut = async {
-        app.requests
+        admin
+            .requests
             .send(LoopRequest::Read { reply: tx })
             .await
-            .map_err(|_| "the raft loop has stopped".to_string())?;
+            .map_err(|_| unavailable("the raft loop has stopped"))?;
         rx.await
-            .map_err(|_| "linearizable read timed out (no quorum?)".to_string())?
+            .map_err(|_| unavailable("linearizable read timed out (no quorum?)"))?
+            .map_err(|e| unavailable(&e))
     };
-    tokio::time::timeout(app.timeout, fut)
+    tokio::time::timeout(admin.timeout, fut)
         .await
-        .map_err(|_| "linearizable read timed out (no quorum?)".to_string())?
+        .map_err(|_| unavailable("linearizable read timed out (no quorum?)"))?
 }
 
-async fn write(app: &App, op: Op) -> (u16, Value) {
-    let mut reply = submit_write(&app.requests, op.clone(), app.timeout).await;
-    if let WriteReply::NotLeader { leader } = reply {
-        reply = if leader == 0 {
-            WriteReply::Unavailable {
-                message: "no leader known".into(),
-            }
-        } else {
-            let req = PeerRequest::Forward { op };
-            let forward = app
-                .peers
-                .request(leader, &req, app.timeout + Duration::from_secs(1));
-            match tokio::time::timeout(app.timeout + Duration::from_secs(2), forward)
-                .await
-                .unwrap_or_else(|_| Err("timed out".into()))
-            {
-                Ok(PeerResponse::Write(r)) => r,
-                Ok(other) => WriteReply::Unavailable {
-                    message: format!("unexpected answer from leader {leader}: {other:?}"),
-                },
-                Err(e) => WriteReply::Unavailable {
-                    message: format!("cannot forward to leader {leader}: {e}"),
-                },
-            }
+/// Commits `op` through the leader (forwarding if needed) and answers
+/// with its outcome.
+pub async fn write(admin: &Admin, op: Op) -> Result<Json<Value>, ApiError> {
+    reply_json(commit(admin, op).await)
+}
+
+/// The HTTP answer for a write's outcome.
+fn reply_json(reply: WriteReply) -> Result<Json<Value>, ApiError> {
+    match reply {
+        WriteReply::Applied(outcome) => Ok(Json(json!({"result": outcome}))),
+        WriteReply::Rejected { status, message } => Err(ApiError::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            message,
+        )),
+        WriteReply::NotLeader { leader } => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("leader changed (now {leader}); retry"),
+        )),
+        WriteReply::Unavailable { message } => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message))
+        }
+    }
+}
+
+/// Proposes `op` locally, or forwards it to the leader this coordinator
+/// knows of; bounded by the request timeout (plus the forwarding hop).
+pub async fn commit(admin: &Admin, op: Op) -> WriteReply {
+    let reply = submit_write(&admin.requests, op.clone(), admin.timeout).await;
+    let WriteReply::NotLeader { leader } = reply else {
+        return reply;
+    };
+    if leader == 0 {
+        return WriteReply::Unavailable {
+            message: "no leader known".into(),
         };
     }
-    match reply {
-        WriteReply::Applied(outcome) => (200, json!({"result": outcome})),
-        WriteReply::Rejected { status, message } => {
-            let kind = match status {
-                404 => "not_found",
-                409 => "conflict",
-                _ => "invalid_request",
-            };
-            error(status, kind, &message)
-        }
-        WriteReply::NotLeader { leader } => error(
-            503,
-            "unavailable",
-            &format!("leader changed (now {leader}); retry"),
-        ),
-        WriteReply::Unavailable { message } => error(503, "unavailable", &message),
+    let req = PeerRequest::Forward { op };
+    let forward = admin
+        .peers
+        .request(leader, &req, admin.timeout + Duration::from_secs(1));
+    match tokio::time::timeout(admin.timeout + Duration::from_secs(2), forward)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+    {
+        Ok(PeerResponse::Write(r)) => r,
+        Ok(other) => WriteReply::Unavailable {
+            message: format!("unexpected answer from leader {leader}: {other:?}"),
+        },
+        Err(e) => WriteReply::Unavailable {
+            message: format!("cannot forward to leader {leader}: {e}"),
+        },
     }
 }
 
@@ -298,37 +409,9 @@ fn cluster_json(v: &ReadView) -> Value {
     })
 }
 
-/// Decodes `%XX` escapes of a path segment; `None` if malformed or not
-/// UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Some("a/b c"));
-        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
-        assert_eq!(percent_decode("bad%2"), None);
-        assert_eq!(percent_decode("bad%zz"), None);
-        assert_eq!(percent_decode("%ff"), None);
-    }
 
     #[test]
     fn apply_errors_map_to_statuses() {
@@ -347,5 +430,14 @@ mod tests {
             reason: "empty".into(),
         };
         assert_eq!(apply_error_status(&invalid), 400);
+    }
+
+    #[test]
+    fn bad_bodies_are_400_with_the_reason() {
+        let e = parse_body::<ScaleBody>(b"{\"desired_replicas\": \"two\"}").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("invalid type"), "{}", e.message);
+        let e = parse_body::<ScaleBody>(b"{not json").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 }

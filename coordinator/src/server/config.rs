@@ -40,6 +40,11 @@ pub struct CoordinatorConfig {
     /// The other coordinators (not including this one).
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Start as a new member of a running group: wait to be added (admin
+    /// call `POST /admin/v1/members`) instead of bootstrapping a group with
+    /// `peers`. Ignored once the data directory holds raft state.
+    #[serde(default)]
+    pub join: bool,
     /// Raft tick interval in milliseconds.
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
@@ -53,6 +58,27 @@ pub struct CoordinatorConfig {
     /// before failing with 503, in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// A worker node silent for this long (milliseconds) is marked down
+    /// and its replicas are placed elsewhere.
+    #[serde(default = "default_node_down_after_ms")]
+    pub node_down_after_ms: u64,
+    /// KV-cache memory the placement planner reserves per replica on top
+    /// of the weights, in MiB (match the nodes' `[engine] kv_budget_mib`).
+    #[serde(default = "default_kv_budget_mib")]
+    pub kv_budget_mib: u64,
+    /// Inference requests this coordinator routes at once; more get 429.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_node_down_after_ms() -> u64 {
+    3000
+}
+fn default_kv_budget_mib() -> u64 {
+    512
+}
+fn default_max_in_flight() -> usize {
+    256
 }
 
 fn default_tick_ms() -> u64 {
@@ -108,6 +134,9 @@ impl CoordinatorConfig {
         if self.request_timeout_ms == 0 {
             return Err("request_timeout_ms must be non-zero".into());
         }
+        if self.node_down_after_ms == 0 || self.max_in_flight == 0 {
+            return Err("node_down_after_ms and max_in_flight must be non-zero".into());
+        }
         Ok(())
     }
 
@@ -123,6 +152,11 @@ impl CoordinatorConfig {
     /// The tick interval.
     pub fn tick_interval(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
+    }
+
+    /// How long a silent node stays up.
+    pub fn node_down_after(&self) -> Duration {
+        Duration::from_millis(self.node_down_after_ms)
     }
 
     /// The client request timeout.

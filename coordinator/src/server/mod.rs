@@ -1,23 +1,26 @@
 //! The coordinator process: the raft loop ([`raft_loop`]), the QUIC
 //! transport between coordinators ([`peers`], [`wire`]) and the admin HTTP
-//! API ([`http`]), wired together by [`run`].
+//! API ([`admin`]), wired together by [`run`].
 
+pub mod admin;
 pub mod config;
-pub mod http;
+pub mod controller;
+pub mod nodes;
 pub mod peers;
 pub mod raft_loop;
+pub mod router;
 pub mod wire;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use protocol::quic::{self, QuicError};
 use protocol::tls::{MemberIdentity, TlsError};
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 pub use config::{CoordinatorConfig, PeerConfig};
 
@@ -71,7 +74,10 @@ pub async fn run(
     let client = quic::client_endpoint(&identity, &ca)?;
     let timeout = cfg.request_timeout();
 
-    let mut raft_cfg = RaftNodeConfig::new(cfg.id, cfg.voters());
+    // A member joining a running group starts with no voters and waits
+    // for the leader to add it (and send it a snapshot).
+    let voters = if cfg.join { Vec::new() } else { cfg.voters() };
+    let mut raft_cfg = RaftNodeConfig::new(cfg.id, voters);
     raft_cfg.tick_interval = cfg.tick_interval();
     raft_cfg.election_tick = cfg.election_ticks;
     raft_cfg.heartbeat_tick = cfg.heartbeat_ticks;
@@ -95,39 +101,86 @@ pub async fn run(
     let (req_tx, req_rx) = mpsc::channel(raft_loop::QUEUE);
     let (fb_tx, fb_rx) = mpsc::channel(raft_loop::QUEUE);
     let mut tasks = Vec::new();
-    let mut outbound = HashMap::new();
     // Raft traffic uses a short timeout: a slow peer must not hold its
     // queue for a whole client timeout.
     let raft_send_timeout =
         (cfg.tick_interval() * cfg.election_ticks as u32).max(Duration::from_millis(500));
     let peers = Arc::new(peers::Peers::new(client.clone(), addrs, raft_send_timeout));
-    for p in &cfg.peers {
-        let (tx, rx) = mpsc::channel(peers::PEER_QUEUE);
-        outbound.insert(p.id, tx);
-        tasks.push(tokio::spawn(peers::peer_sender(
-            cfg.id,
-            p.id,
-            peers.clone(),
-            rx,
-            fb_tx.clone(),
-            raft_send_timeout,
-        )));
-    }
+    let names = Arc::new(RwLock::new(names));
+    let transport = peers::PeerTransport::new(
+        cfg.id,
+        peers.clone(),
+        names.clone(),
+        cfg.peers.iter().map(|p| p.id).collect(),
+        fb_tx,
+        raft_send_timeout,
+    );
+    let (view_tx, view_rx) = watch::channel(raft_loop::LocalView::default());
+    let registry = Arc::new(nodes::NodeRegistry::new());
     tasks.push(tokio::spawn(peers::serve_peers(
         server.clone(),
-        Arc::new(names),
-        inbound_tx,
+        peers::PeerServices {
+            names,
+            inbound: inbound_tx,
+            requests: req_tx.clone(),
+            registry: registry.clone(),
+            view: view_rx.clone(),
+            timeout,
+        },
+    )));
+    let control = controller::ControlConfig {
+        node_down_after: cfg.node_down_after(),
+        planner: crate::state::PlannerConfig {
+            kv_budget_bytes: cfg.kv_budget_mib.saturating_mul(1 << 20),
+        },
+        ..controller::ControlConfig::default()
+    };
+    let members = std::iter::once((cfg.id, (cfg.name.clone(), cfg.raft_addr.to_string())))
+        .chain(
+            cfg.peers
+                .iter()
+                .map(|p| (p.id, (p.name.clone(), p.raft_addr.to_string()))),
+        )
+        .collect();
+    tasks.push(tokio::spawn(controller::run(
+        view_rx.clone(),
+        registry.clone(),
         req_tx.clone(),
+        control,
+        members,
         timeout,
     )));
-    let app = Arc::new(http::App {
+    let router = Arc::new(router::Router::new(
+        client.clone(),
+        view_rx,
+        registry.clone(),
+        router::RouterConfig {
+            max_in_flight: cfg.max_in_flight,
+            node_stale_after: (cfg.node_down_after() * 2 / 3).max(Duration::from_millis(500)),
+            ..router::RouterConfig::default()
+        },
+    ));
+    let admin = Arc::new(admin::Admin {
+        id: cfg.id,
         requests: req_tx,
         peers,
         timeout,
+        registry,
     });
-    tasks.push(tokio::spawn(http::serve_http(http, app)));
+    let app = admin::router(admin).merge(inference_routes(router));
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, app).await {
+            tracing::error!("http server stopped: {e}");
+        }
+    }));
 
-    let raft = raft_loop::RaftLoop::new(node, outbound, cfg.tick_interval(), timeout);
+    let raft = raft_loop::RaftLoop::new(
+        node,
+        Box::new(transport),
+        cfg.tick_interval(),
+        timeout,
+        view_tx,
+    );
     let mut raft_task = tokio::spawn(raft.run(inbound_rx, req_rx, fb_rx));
     tracing::info!(
         id = cfg.id,
@@ -151,4 +204,37 @@ pub async fn run(
     server.close(quic::CLOSE_NORMAL, b"shutdown");
     client.close(quic::CLOSE_NORMAL, b"shutdown");
     result
+}
+
+/// The OpenAI-compatible routes, served by `router`, with `/metrics`
+/// gauges refreshed from the node heartbeats.
+fn inference_routes(router: Arc<router::Router>) -> axum::Router {
+    let metrics = Arc::new(crate::openai::Metrics::new());
+    tokio::spawn(refresh_gauges(router.clone(), metrics.clone()));
+    crate::openai::router(Arc::new(router::RouterBackend(router)), metrics)
+}
+
+/// Copies the routing queue depth and the nodes' running and waiting
+/// sequences into the metrics, every second, until the router is gone.
+async fn refresh_gauges(router: Arc<router::Router>, metrics: Arc<crate::openai::Metrics>) {
+    let router = Arc::downgrade(&router);
+    let mut known: std::collections::BTreeSet<String> = Default::default();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        metrics.set_queue_depth(i64::try_from(router.in_flight()).unwrap_or(i64::MAX));
+        let mut seen = std::collections::BTreeSet::new();
+        for (hb, _) in router.nodes() {
+            let running: u32 = hb.replicas.iter().map(|r| r.running).sum();
+            let waiting: u32 = hb.replicas.iter().map(|r| r.waiting).sum();
+            metrics.set_node_sequences(&hb.node_id, running.into(), waiting.into());
+            seen.insert(hb.node_id);
+        }
+        for gone in known.difference(&seen) {
+            metrics.forget_node(gone);
+        }
+        known = seen;
+    }
 }

@@ -1,20 +1,25 @@
 //! QUIC transport between coordinators: the client side ([`Peers`], one
 //! cached connection per peer, and per-peer raft sender tasks) and the
-//! server side ([`serve_peers`]).
+//! server side ([`serve_peers`]), which also answers worker nodes'
+//! heartbeats.
 
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use protobuf::Message as PbMessage;
 use protocol::quic::{self, QuicError};
+use protocol::{NodeRequest, NodeResponse, MAX_NODE_FRAME_BYTES};
 use quinn::{Connection, Endpoint};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::raft_loop::{Feedback, LoopRequest};
+use super::nodes::{assignment, NodeRegistry};
+use super::raft_loop::{Feedback, LocalView, LoopRequest, MemberChange, Transport};
 use super::wire::{PeerRequest, PeerResponse, WriteReply, MAX_PEER_FRAME_BYTES};
 use crate::raft::{Message, MessageType, SnapshotStatus};
+use crate::state::ClusterState;
 
 /// Capacity of each per-peer outbound raft message queue.
 pub const PEER_QUEUE: usize = 1024;
@@ -25,7 +30,7 @@ const MAX_BATCH: usize = 256;
 #[derive(Debug)]
 pub struct Peers {
     endpoint: Endpoint,
-    addrs: HashMap<u64, (SocketAddr, String)>,
+    addrs: Mutex<HashMap<u64, (SocketAddr, String)>>,
     conns: Mutex<HashMap<u64, Connection>>,
     connect_timeout: Duration,
 }
@@ -40,9 +45,25 @@ impl Peers {
     ) -> Self {
         Peers {
             endpoint,
-            addrs,
+            addrs: Mutex::new(addrs),
             conns: Mutex::new(HashMap::new()),
             connect_timeout,
+        }
+    }
+
+    /// The address and member name of peer `id`, if known.
+    pub fn address(&self, id: u64) -> Option<(SocketAddr, String)> {
+        let addrs = self.addrs.lock().unwrap_or_else(|p| p.into_inner());
+        addrs.get(&id).cloned()
+    }
+
+    /// Records (or changes) the address of peer `id`.
+    pub fn set_address(&self, id: u64, addr: SocketAddr, name: String) {
+        let mut addrs = self.addrs.lock().unwrap_or_else(|p| p.into_inner());
+        if addrs.get(&id) != Some(&(addr, name.clone())) {
+            addrs.insert(id, (addr, name));
+            drop(addrs);
+            self.forget(id);
         }
     }
 
@@ -65,10 +86,9 @@ impl Peers {
             return Ok(c);
         }
         let (addr, name) = self
-            .addrs
-            .get(&id)
+            .address(id)
             .ok_or_else(|| format!("unknown peer {id}"))?;
-        let c = quic::connect(&self.endpoint, *addr, name, self.connect_timeout)
+        let c = quic::connect(&self.endpoint, addr, &name, self.connect_timeout)
             .await
             .map_err(|e| format!("connect to {name} ({addr}): {e}"))?;
         if let Ok(mut conns) = self.conns.lock() {
@@ -150,25 +170,31 @@ pub async fn peer_sender(
     }
 }
 
-/// Accepts coordinator connections on `endpoint` until it is closed.
-/// Only members named in `names` (member name → raft id) are served.
-pub async fn serve_peers(
-    endpoint: Endpoint,
-    names: Arc<HashMap<String, u64>>,
-    inbound: mpsc::Sender<Message>,
-    requests: mpsc::Sender<LoopRequest>,
-    timeout: Duration,
-) {
+/// What the QUIC server side needs to answer coordinators and nodes.
+#[derive(Debug, Clone)]
+pub struct PeerServices {
+    /// Coordinator member name → raft id (grows as members are added).
+    pub names: Arc<RwLock<HashMap<String, u64>>>,
+    /// Raft messages to the local raft loop.
+    pub inbound: mpsc::Sender<Message>,
+    /// Client requests to the local raft loop (forwarded writes).
+    pub requests: mpsc::Sender<LoopRequest>,
+    /// Node heartbeats.
+    pub registry: Arc<NodeRegistry>,
+    /// The locally applied state (for node assignments).
+    pub view: watch::Receiver<LocalView>,
+    /// Request timeout.
+    pub timeout: Duration,
+}
+
+/// Accepts connections on `endpoint` until it is closed: coordinators
+/// (named in `names`) speak [`PeerRequest`]s, every other member of the
+/// cluster CA is a worker node speaking [`NodeRequest`]s.
+pub async fn serve_peers(endpoint: Endpoint, services: PeerServices) {
     loop {
-        match quic::accept_connection(&endpoint, timeout).await {
+        match quic::accept_connection(&endpoint, services.timeout).await {
             Ok(Some(conn)) => {
-                tokio::spawn(serve_conn(
-                    conn,
-                    names.clone(),
-                    inbound.clone(),
-                    requests.clone(),
-                    timeout,
-                ));
+                tokio::spawn(serve_conn(conn, services.clone()));
             }
             Ok(None) => break,
             Err(e) => tracing::debug!("peer connection failed: {e}"),
@@ -176,53 +202,85 @@ pub async fn serve_peers(
     }
 }
 
-async fn serve_conn(
-    conn: Connection,
-    names: Arc<HashMap<String, u64>>,
-    inbound: mpsc::Sender<Message>,
-    requests: mpsc::Sender<LoopRequest>,
-    timeout: Duration,
-) {
-    let Some(peer_id) = quic::peer_name(&conn).and_then(|n| names.get(&n).copied()) else {
-        conn.close(quic::CLOSE_NORMAL, b"not a coordinator of this group");
+async fn serve_conn(conn: Connection, services: PeerServices) {
+    let Some(name) = quic::peer_name(&conn) else {
+        conn.close(quic::CLOSE_NORMAL, b"no member name in the certificate");
         return;
     };
+    let peer_id = services
+        .names
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&name)
+        .copied();
     loop {
         match quic::accept_stream(&conn, quic::IDLE_TIMEOUT * 2).await {
             Ok(Some((send, recv))) => {
-                let inbound = inbound.clone();
-                let requests = requests.clone();
+                let services = services.clone();
+                let name = name.clone();
                 tokio::spawn(async move {
-                    let r = quic::serve_stream(
-                        send,
-                        recv,
-                        MAX_PEER_FRAME_BYTES,
-                        timeout + Duration::from_secs(1),
-                        |req: PeerRequest| handle(peer_id, req, inbound, requests, timeout),
-                    )
-                    .await;
+                    let timeout = services.timeout + Duration::from_secs(1);
+                    let r = match peer_id {
+                        Some(peer_id) => {
+                            quic::serve_stream(
+                                send,
+                                recv,
+                                MAX_PEER_FRAME_BYTES,
+                                timeout,
+                                |req: PeerRequest| handle(peer_id, req, services),
+                            )
+                            .await
+                        }
+                        None => quic::serve_stream(
+                            send,
+                            recv,
+                            MAX_NODE_FRAME_BYTES,
+                            timeout,
+                            |req: NodeRequest| async move { handle_node(&name, req, &services) },
+                        )
+                        .await,
+                    };
                     if let Err(e) = r {
-                        tracing::debug!("peer stream from {peer_id}: {e}");
+                        tracing::debug!("peer stream: {e}");
                     }
                 });
             }
             Ok(None) => break,
             Err(QuicError::Timeout(_)) => continue,
             Err(e) => {
-                tracing::debug!("peer connection from {peer_id} ended: {e}");
+                tracing::debug!("peer connection from {name} ended: {e}");
                 break;
             }
         }
     }
 }
 
-async fn handle(
-    peer_id: u64,
-    req: PeerRequest,
-    inbound: mpsc::Sender<Message>,
-    requests: mpsc::Sender<LoopRequest>,
-    timeout: Duration,
-) -> PeerResponse {
+/// Answers a node: records its heartbeat and tells it what to run.
+fn handle_node(name: &str, req: NodeRequest, services: &PeerServices) -> NodeResponse {
+    match req {
+        NodeRequest::Heartbeat(hb) => {
+            if hb.node_id != name {
+                return NodeResponse::Refused(format!(
+                    "node id {:?} is not the certificate's name {name:?}",
+                    hb.node_id
+                ));
+            }
+            if !services.registry.record(hb) {
+                return NodeResponse::Refused("too many nodes".into());
+            }
+            let view = services.view.borrow();
+            NodeResponse::Heartbeat(assignment(&view.state, name, view.is_leader))
+        }
+    }
+}
+
+async fn handle(peer_id: u64, req: PeerRequest, services: PeerServices) -> PeerResponse {
+    let PeerServices {
+        inbound,
+        requests,
+        timeout,
+        ..
+    } = services;
     match req {
         PeerRequest::Raft { from, msgs } => {
             if from != peer_id {
@@ -245,6 +303,155 @@ async fn handle(
         }
         PeerRequest::Forward { op } => {
             PeerResponse::Write(submit_write(&requests, op, timeout).await)
+        }
+        PeerRequest::Membership { change } => {
+            PeerResponse::Write(submit_membership(&requests, change, timeout).await)
+        }
+    }
+}
+
+/// Hands a membership change to the local raft loop and waits for its
+/// outcome, at most `timeout`.
+pub async fn submit_membership(
+    requests: &mpsc::Sender<LoopRequest>,
+    change: MemberChange,
+    timeout: Duration,
+) -> WriteReply {
+    let (tx, rx) = oneshot::channel();
+    let unavailable = |m: &str| WriteReply::Unavailable {
+        message: m.to_string(),
+    };
+    let fut = async {
+        if requests
+            .send(LoopRequest::ChangeMembership { change, reply: tx })
+            .await
+            .is_err()
+        {
+            return unavailable("the raft loop has stopped");
+        }
+        rx.await
+            .unwrap_or_else(|_| unavailable("the raft loop dropped the request"))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| unavailable("timed out waiting for the membership change"))
+}
+
+/// The raft loop's [`Transport`]: one queue and sender task per peer,
+/// created for the configured peers and for members added at runtime
+/// (their addresses come from the replicated coordinator records), and
+/// dropped for members that were removed.
+pub struct PeerTransport {
+    self_id: u64,
+    peers: Arc<Peers>,
+    names: Arc<RwLock<HashMap<String, u64>>>,
+    outbound: HashMap<u64, mpsc::Sender<Message>>,
+    configured: BTreeSet<u64>,
+    feedback: mpsc::Sender<Feedback>,
+    send_timeout: Duration,
+}
+
+impl std::fmt::Debug for PeerTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTransport")
+            .field("self_id", &self.self_id)
+            .field("peers", &self.outbound.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl PeerTransport {
+    /// A transport for member `self_id` with a sender for each of the
+    /// `configured` peers (whose addresses `peers` already knows).
+    pub fn new(
+        self_id: u64,
+        peers: Arc<Peers>,
+        names: Arc<RwLock<HashMap<String, u64>>>,
+        configured: BTreeSet<u64>,
+        feedback: mpsc::Sender<Feedback>,
+        send_timeout: Duration,
+    ) -> Self {
+        let mut t = PeerTransport {
+            self_id,
+            peers,
+            names,
+            outbound: HashMap::new(),
+            configured: configured.clone(),
+            feedback,
+            send_timeout,
+        };
+        for id in configured {
+            t.ensure(id);
+        }
+        t
+    }
+
+    fn ensure(&mut self, id: u64) {
+        if id == self.self_id || self.outbound.contains_key(&id) {
+            return;
+        }
+        if self.peers.address(id).is_none() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        self.outbound.insert(id, tx);
+        tokio::spawn(peer_sender(
+            self.self_id,
+            id,
+            self.peers.clone(),
+            rx,
+            self.feedback.clone(),
+            self.send_timeout,
+        ));
+    }
+}
+
+impl Transport for PeerTransport {
+    fn send(&mut self, msg: Message) -> bool {
+        match self.outbound.get(&msg.to) {
+            Some(q) => q.try_send(msg).is_ok(),
+            None => {
+                tracing::debug!("raft message to unknown peer {}", msg.to);
+                false
+            }
+        }
+    }
+
+    fn sync(&mut self, voters: &[u64], state: &ClusterState) {
+        for (id, info) in state.coordinators() {
+            // This member's own configuration wins for the peers it
+            // names (their addresses may have changed since recorded).
+            if *id == self.self_id || self.configured.contains(id) {
+                self.ensure(*id);
+                continue;
+            }
+            let Ok(addr) = info.addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            if self.peers.address(*id) != Some((addr, info.name.clone())) {
+                self.peers.set_address(*id, addr, info.name.clone());
+                let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+                names.insert(info.name.clone(), *id);
+            }
+            self.ensure(*id);
+        }
+        for id in voters {
+            self.ensure(*id);
+        }
+        let keep = |id: &u64| {
+            voters.contains(id)
+                || self.configured.contains(id)
+                || state.coordinators().contains_key(id)
+        };
+        let gone: Vec<u64> = self
+            .outbound
+            .keys()
+            .copied()
+            .filter(|id| !keep(id))
+            .collect();
+        for id in gone {
+            // Dropping the queue ends its sender task.
+            self.outbound.remove(&id);
         }
     }
 }

@@ -3,15 +3,20 @@
 //! and answers client proposals and linearizable reads.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft::Storage;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::wire::WriteReply;
 use crate::raft::{Message, NodeError, ProposalId, RaftNode, SnapshotStatus};
 use crate::state::{self, ApplyError, ApplyOutcome, ClusterState, Command, Op};
+
+/// Longest delay between a write being applied and routing and the
+/// controller seeing it.
+const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 
 /// Capacity of the client request and inbound message queues.
 pub const QUEUE: usize = 1024;
@@ -26,11 +31,51 @@ pub enum LoopRequest {
         /// Where the outcome goes.
         reply: oneshot::Sender<WriteReply>,
     },
+    /// Adds or removes a voter (leader only); answered once the conf
+    /// change is applied here.
+    ChangeMembership {
+        /// The change.
+        change: MemberChange,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<WriteReply>,
+    },
     /// A linearizable read of the state (ReadIndex).
     Read {
         /// Where the state goes, or why it could not be read.
         reply: oneshot::Sender<Result<ReadView, String>>,
     },
+}
+
+/// A change to the raft voters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MemberChange {
+    /// Add this raft id as a voter.
+    Add(u64),
+    /// Remove this raft id.
+    Remove(u64),
+}
+
+impl MemberChange {
+    fn done(self, voters: &[u64]) -> bool {
+        match self {
+            MemberChange::Add(id) => voters.contains(&id),
+            MemberChange::Remove(id) => !voters.contains(&id),
+        }
+    }
+
+    fn to_conf_change(self) -> raft::eraftpb::ConfChangeV2 {
+        use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+        let (id, kind) = match self {
+            MemberChange::Add(id) => (id, ConfChangeType::AddNode),
+            MemberChange::Remove(id) => (id, ConfChangeType::RemoveNode),
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        cc
+    }
 }
 
 /// Delivery feedback from the per-peer senders.
@@ -59,6 +104,33 @@ pub struct ReadView {
     pub state: ClusterState,
 }
 
+/// Where the raft loop sends messages to other coordinators.
+pub trait Transport: Send {
+    /// Queues `msg` for `msg.to`; `false` if it cannot be queued (unknown
+    /// peer, full queue), which the loop reports as unreachable.
+    fn send(&mut self, msg: Message) -> bool;
+    /// Called after every Ready cycle with the current voters and state,
+    /// so members added or removed at runtime get (or lose) a sender.
+    fn sync(&mut self, voters: &[u64], state: &ClusterState);
+}
+
+/// The locally applied state, published after every change (not a
+/// linearizable read: a follower may lag). Used by routing and by the
+/// leader's controller.
+#[derive(Debug, Clone, Default)]
+pub struct LocalView {
+    /// The leader this node knows of (0 if none).
+    pub leader_id: u64,
+    /// Whether this coordinator is the leader.
+    pub is_leader: bool,
+    /// Raft voters.
+    pub voters: Vec<u64>,
+    /// Current term.
+    pub term: u64,
+    /// The applied state.
+    pub state: Arc<ClusterState>,
+}
+
 type Deadline = Instant;
 /// Where a read's answer goes.
 type ReadReply = oneshot::Sender<Result<ReadView, String>>;
@@ -66,7 +138,7 @@ type ReadReply = oneshot::Sender<Result<ReadView, String>>;
 /// The raft loop: create with [`RaftLoop::new`], then `run`.
 pub struct RaftLoop {
     node: RaftNode,
-    outbound: HashMap<u64, mpsc::Sender<Message>>,
+    transport: Box<dyn Transport>,
     timeout: Duration,
     tick: Duration,
     /// Pending proposals: reply, deadline, and the lowest log index the
@@ -76,6 +148,9 @@ pub struct RaftLoop {
     reads: HashMap<Vec<u8>, (ReadReply, Deadline)>,
     awaiting_apply: Vec<(u64, ReadReply, Deadline)>,
     next_read: u64,
+    published: watch::Sender<LocalView>,
+    membership: Vec<(MemberChange, oneshot::Sender<WriteReply>, Deadline)>,
+    last_publish: Instant,
 }
 
 impl std::fmt::Debug for RaftLoop {
@@ -87,17 +162,21 @@ impl std::fmt::Debug for RaftLoop {
 }
 
 impl RaftLoop {
-    /// A loop for `node` sending to the per-peer queues `outbound`,
-    /// failing client requests after `timeout`.
+    /// A loop for `node` sending through `transport`, failing client
+    /// requests after `timeout` and publishing its applied state.
     pub fn new(
         node: RaftNode,
-        outbound: HashMap<u64, mpsc::Sender<Message>>,
+        transport: Box<dyn Transport>,
         tick: Duration,
         timeout: Duration,
+        published: watch::Sender<LocalView>,
     ) -> Self {
         RaftLoop {
+            published,
+            membership: Vec::new(),
+            last_publish: Instant::now(),
             node,
-            outbound,
+            transport,
             timeout,
             tick,
             proposals: HashMap::new(),
@@ -187,6 +266,9 @@ impl RaftLoop {
                     }
                 }
             }
+            LoopRequest::ChangeMembership { change, reply } => {
+                self.change_membership(change, reply, deadline)
+            }
             LoopRequest::Read { reply } => {
                 if self.node.leader_id() == 0 {
                     let _ = reply.send(Err("no leader known".into()));
@@ -200,19 +282,63 @@ impl RaftLoop {
         }
     }
 
-    fn ready(&mut self) -> Result<(), NodeError> {
-        let out = self.node.on_ready()?;
-        for m in out.messages_to_send {
-            let to = m.to;
-            match self.outbound.get(&to) {
-                Some(q) => {
-                    if q.try_send(m).is_err() {
-                        self.node.report_unreachable(to);
-                    }
-                }
-                None => tracing::debug!("raft message to unknown peer {to}"),
+    fn change_membership(
+        &mut self,
+        change: MemberChange,
+        reply: oneshot::Sender<WriteReply>,
+        deadline: Deadline,
+    ) {
+        if !self.node.is_leader() {
+            let _ = reply.send(WriteReply::NotLeader {
+                leader: self.node.leader_id(),
+            });
+            return;
+        }
+        let voters = self.node.voters();
+        if change.done(&voters) {
+            let _ = reply.send(WriteReply::Applied(ApplyOutcome::Applied));
+            return;
+        }
+        if change == MemberChange::Remove(self.node.id()) {
+            // A leader cannot cleanly remove itself: hand leadership to
+            // another voter; the caller retries with the new leader.
+            if let Some(to) = voters.iter().copied().find(|v| *v != self.node.id()) {
+                self.node.transfer_leader(to);
+            }
+            let _ = reply.send(WriteReply::NotLeader { leader: 0 });
+            return;
+        }
+        match self.node.propose_conf_change(change.to_conf_change()) {
+            Ok(()) => self.membership.push((change, reply, deadline)),
+            Err(e) => {
+                let _ = reply.send(WriteReply::Unavailable {
+                    message: format!("membership change refused: {e}"),
+                });
             }
         }
+    }
+
+    fn ready(&mut self) -> Result<(), NodeError> {
+        let out = self.node.on_ready()?;
+        if !self.membership.is_empty() {
+            let voters = self.node.voters();
+            let (done, pending): (Vec<_>, Vec<_>) = self
+                .membership
+                .drain(..)
+                .partition(|(c, _, _)| c.done(&voters));
+            self.membership = pending;
+            for (_, reply, _) in done {
+                let _ = reply.send(WriteReply::Applied(ApplyOutcome::Applied));
+            }
+        }
+        self.transport.sync(&self.node.voters(), self.node.state());
+        for m in out.messages_to_send {
+            let to = m.to;
+            if !self.transport.send(m) {
+                self.node.report_unreachable(to);
+            }
+        }
+        self.publish();
         if !out.proposals_applied.is_empty() {
             let results: HashMap<u64, &Result<ApplyOutcome, ApplyError>> =
                 out.applied.iter().map(|(i, r)| (*i, r)).collect();
@@ -251,6 +377,32 @@ impl RaftLoop {
         Ok(())
     }
 
+    /// Publishes the local view if the leader, term or voters moved, or
+    /// if the applied index moved and the last copy is older than
+    /// [`PUBLISH_EVERY`] (copying the state on every write would tax
+    /// write-heavy loads; the ticker publishes what is left).
+    fn publish(&mut self) {
+        let node = &self.node;
+        let current = self.published.borrow();
+        let roles_changed = current.leader_id != node.leader_id()
+            || current.term != node.term()
+            || current.is_leader != node.is_leader()
+            || current.voters != node.voters();
+        let applied_changed = current.state.applied_index() != node.state().applied_index();
+        drop(current);
+        let due = self.last_publish.elapsed() >= PUBLISH_EVERY;
+        if roles_changed || (applied_changed && due) {
+            self.last_publish = Instant::now();
+            self.published.send_replace(LocalView {
+                leader_id: node.leader_id(),
+                is_leader: node.is_leader(),
+                voters: node.voters(),
+                term: node.term(),
+                state: Arc::new(node.state().clone()),
+            });
+        }
+    }
+
     fn view(&self) -> ReadView {
         ReadView {
             leader_id: self.node.leader_id(),
@@ -269,6 +421,8 @@ impl RaftLoop {
         self.reads
             .retain(|_, (reply, d)| *d > now && !reply.is_closed());
         self.awaiting_apply
+            .retain(|(_, reply, d)| *d > now && !reply.is_closed());
+        self.membership
             .retain(|(_, reply, d)| *d > now && !reply.is_closed());
     }
 }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::raft_loop::MemberChange;
 use crate::state::{ApplyError, ApplyOutcome, Op};
 
 /// Largest coordinator-to-coordinator frame (raft batches, snapshots).
@@ -22,6 +23,11 @@ pub enum PeerRequest {
     Forward {
         /// The change to propose.
         op: Op,
+    },
+    /// A membership change forwarded to the leader.
+    Membership {
+        /// The change.
+        change: MemberChange,
     },
 }
 

@@ -118,6 +118,8 @@ pub enum Op {
     AddCoordinator {
         /// Raft node id of the coordinator.
         id: u64,
+        /// Its member name (the name in its certificate).
+        name: String,
         /// Address (host:port) other coordinators reach it at.
         addr: String,
     },
@@ -343,6 +345,7 @@ mod tests {
         vec![
             Op::AddCoordinator {
                 id: 1,
+                name: "coordinator-1".into(),
                 addr: "10.0.0.1:7000".into(),
             },
             Op::RemoveCoordinator { id: 1 },

@@ -23,6 +23,8 @@ pub const MAX_NAME_LEN: usize = 256;
 /// A coordinator (raft member).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoordinatorInfo {
+    /// Member name (the name in its certificate; the TLS server name).
+    pub name: String,
     /// Address (host:port) other coordinators reach it at.
     pub addr: String,
 }
@@ -461,7 +463,8 @@ impl ClusterState {
     /// mutation, so a refused op leaves the state untouched.
     fn apply_op(&mut self, op: &Op) -> Result<ApplyOutcome, ApplyError> {
         match op {
-            Op::AddCoordinator { id, addr } => {
+            Op::AddCoordinator { id, name, addr } => {
+                check_name("name", name)?;
                 check_name("addr", addr)?;
                 if self.coordinators.contains_key(id) {
                     return Err(ApplyError::CoordinatorExists(*id));
@@ -472,8 +475,13 @@ impl ClusterState {
                         id: *other,
                     });
                 }
-                self.coordinators
-                    .insert(*id, CoordinatorInfo { addr: addr.clone() });
+                self.coordinators.insert(
+                    *id,
+                    CoordinatorInfo {
+                        name: name.clone(),
+                        addr: addr.clone(),
+                    },
+                );
                 Ok(ApplyOutcome::Applied)
             }
             Op::RemoveCoordinator { id } => {

@@ -163,10 +163,12 @@ fn coordinators() {
         [
             Op::AddCoordinator {
                 id: 1,
+                name: "c1".into(),
                 addr: "a:1".into(),
             },
             Op::AddCoordinator {
                 id: 2,
+                name: "c2".into(),
                 addr: "b:1".into(),
             },
         ],
@@ -178,6 +180,7 @@ fn coordinators() {
             &mut s,
             Op::AddCoordinator {
                 id: 1,
+                name: "c1".into(),
                 addr: "c:1".into()
             }
         ),
@@ -188,6 +191,7 @@ fn coordinators() {
             &mut s,
             Op::AddCoordinator {
                 id: 3,
+                name: "c3".into(),
                 addr: "a:1".into()
             }
         ),
@@ -201,6 +205,7 @@ fn coordinators() {
             &mut s,
             Op::AddCoordinator {
                 id: 3,
+                name: "c3".into(),
                 addr: String::new()
             }
         ),
@@ -856,10 +861,12 @@ fn sample_log() -> Vec<Command> {
     let mut ops = vec![
         Op::AddCoordinator {
             id: 1,
+            name: "c1".into(),
             addr: "c1:7000".into(),
         },
         Op::AddCoordinator {
             id: 2,
+            name: "c2".into(),
             addr: "c2:7000".into(),
         },
         node("n3", 32),

@@ -1,0 +1,250 @@
+//! The axum [`Router`] of the OpenAI API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::backend::InferenceBackend;
+use super::chunks::{Endpoint, Shape};
+use super::errors::ApiError;
+use super::metrics::Metrics;
+use super::request::{ChatCompletionRequest, CompletionRequest};
+use super::tracker::RequestTracker;
+use super::validate::{self, Validated};
+use super::{collect, dispatch, stream};
+
+/// Metrics label of requests for models that are not served.
+const UNKNOWN_MODEL_LABEL: &str = "unknown";
+
+/// Limits of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Longest a non-streaming request may take, routing included.
+    pub total_timeout: Duration,
+    /// Streaming: longest wait for the next event (the first one included).
+    pub idle_timeout: Duration,
+    /// Longest wait for a replica to accept a request (and for `/ready`).
+    pub route_timeout: Duration,
+    /// Largest request body, in bytes (larger ones get 413).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            total_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(60),
+            route_timeout: Duration::from_secs(30),
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+struct AppState<B> {
+    backend: Arc<B>,
+    metrics: Arc<Metrics>,
+    config: ApiConfig,
+    created: u64,
+}
+
+/// The OpenAI API with the default [`ApiConfig`].
+pub fn router<B: InferenceBackend>(backend: Arc<B>, metrics: Arc<Metrics>) -> Router {
+    router_with_config(backend, metrics, ApiConfig::default())
+}
+
+/// The OpenAI API: `/v1/models`, `/v1/chat/completions`, `/v1/completions`,
+/// `/health`, `/ready` and `/metrics`.
+pub fn router_with_config<B: InferenceBackend>(
+    backend: Arc<B>,
+    metrics: Arc<Metrics>,
+    config: ApiConfig,
+) -> Router {
+    let state = Arc::new(AppState {
+        backend,
+        metrics,
+        config,
+        created: dispatch::unix_now(),
+    });
+    Router::new()
+        .route("/v1/models", get(models::<B>))
+        .route("/v1/chat/completions", post(chat_completions::<B>))
+        .route("/v1/completions", post(completions::<B>))
+        .route("/health", get(health))
+        .route("/ready", get(ready::<B>))
+        .route("/metrics", get(metrics_text::<B>))
+        .fallback(no_such_route)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state)
+}
+
+async fn models<B: InferenceBackend>(State(s): State<Arc<AppState<B>>>) -> Response {
+    let data: Vec<_> = s
+        .backend
+        .models()
+        .into_iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "object": "model",
+                "created": s.created,
+                "owned_by": "inferno",
+            })
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+async fn chat_completions<B: InferenceBackend>(
+    State(s): State<Arc<AppState<B>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let parsed = read_body(body, s.config.max_body_bytes)
+        .and_then(|b| validate::parse_body::<ChatCompletionRequest>(&b));
+    let model = parsed.as_ref().ok().and_then(|r| r.model.clone());
+    serve(&s, model, parsed.and_then(validate::chat), Endpoint::Chat).await
+}
+
+async fn completions<B: InferenceBackend>(
+    State(s): State<Arc<AppState<B>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let parsed = read_body(body, s.config.max_body_bytes)
+        .and_then(|b| validate::parse_body::<CompletionRequest>(&b));
+    let model = parsed.as_ref().ok().and_then(|r| r.model.clone());
+    serve(
+        &s,
+        model,
+        parsed.and_then(validate::completion),
+        Endpoint::Text,
+    )
+    .await
+}
+
+fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large(limit)
+        } else {
+            ApiError::invalid(rejection.body_text(), None)
+        }
+    })
+}
+
+/// Routes a validated request for `model` and answers it, streaming or whole.
+async fn serve<B: InferenceBackend>(
+    s: &AppState<B>,
+    model: Option<String>,
+    parsed: Result<Validated, ApiError>,
+    endpoint: Endpoint,
+) -> Response {
+    let arrived = Instant::now();
+    // Only served models become label values, so clients cannot grow the series.
+    let label = match model {
+        Some(m) if s.backend.models().iter().any(|e| e.id == m) => m,
+        _ => UNKNOWN_MODEL_LABEL.to_string(),
+    };
+    let mut tracker = RequestTracker::new(s.metrics.clone(), label);
+    let v = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            tracker.failed(&e);
+            return e.into_response();
+        }
+    };
+    let shape = Shape::new(endpoint, v.request.model.clone(), v.include_usage);
+    let total_deadline = arrived + s.config.total_timeout;
+    let route_deadline = total_deadline.min(arrived + s.config.route_timeout);
+    let first_deadline = if v.stream {
+        route_deadline.max(arrived + s.config.idle_timeout)
+    } else {
+        total_deadline
+    };
+    if v.stream {
+        return match dispatch::start(&*s.backend, v.request, route_deadline, first_deadline).await {
+            Ok(started) => stream::respond(started, shape, tracker, s.config.idle_timeout),
+            Err(e) => {
+                tracker.failed(&e);
+                e.into_response()
+            }
+        };
+    }
+    // Nothing has reached the client yet: a replica that fails mid-way
+    // (node killed, model restarting) gets the whole request retried once
+    // on another replica.
+    let mut result = Err(ApiError::unavailable("not attempted"));
+    for attempt in 0..NON_STREAMING_ATTEMPTS {
+        let route_deadline = if attempt == 0 {
+            route_deadline
+        } else {
+            total_deadline.min(Instant::now() + s.config.route_timeout)
+        };
+        result = match dispatch::start(
+            &*s.backend,
+            v.request.clone(),
+            route_deadline,
+            first_deadline,
+        )
+        .await
+        {
+            Ok(started) => {
+                collect::respond(started, shape.clone(), &mut tracker, total_deadline).await
+            }
+            Err(e) => Err(e),
+        };
+        match &result {
+            Err(e) if e.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::warn!("retrying a non-streaming request: {}", e.message());
+            }
+            _ => break,
+        }
+    }
+    match result {
+        Ok(response) => response,
+        Err(e) => {
+            tracker.failed(&e);
+            e.into_response()
+        }
+    }
+}
+
+/// Tries of a non-streaming request whose replica fails (503).
+const NON_STREAMING_ATTEMPTS: usize = 2;
+
+async fn health() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn ready<B: InferenceBackend>(State(s): State<Arc<AppState<B>>>) -> Response {
+    match tokio::time::timeout(s.config.route_timeout, s.backend.ready()).await {
+        Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),
+        Ok(Err(e)) => ApiError::unavailable(format!("Not ready: {e}")).into_response(),
+        Err(_) => ApiError::unavailable("Not ready: no replica answered in time.").into_response(),
+    }
+}
+
+async fn metrics_text<B: InferenceBackend>(State(s): State<Arc<AppState<B>>>) -> Response {
+    match s.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn no_such_route(uri: Uri) -> Response {
+    ApiError::no_such_route(uri.path()).into_response()
+}

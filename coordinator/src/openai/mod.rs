@@ -1,0 +1,35 @@
+//! The OpenAI-compatible HTTP API that every coordinator serves.
+//!
+//! [`router`] builds an axum [`Router`](axum::Router) over any
+//! [`InferenceBackend`] (the coordinator's request router, or a fake in
+//! tests):
+//!
+//! - `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`
+//!   (streaming as server-sent events or whole);
+//! - `GET /health`, `GET /ready` (a round trip to a replica) and
+//!   `GET /metrics` (Prometheus, from a [`Metrics`] registry).
+//!
+//! Errors are OpenAI error objects ([`ApiError`]). A failure before the
+//! first token is an HTTP status; after it, an error event ends the stream.
+//! Dropping a response (the client went away) drops the generation's event
+//! receiver, which cancels the request at the node.
+//!
+//! Tests: `coordinator/tests/openai_api.rs`.
+
+mod backend;
+mod chunks;
+mod collect;
+mod dispatch;
+mod errors;
+mod handlers;
+mod metrics;
+mod request;
+mod response;
+mod stream;
+mod tracker;
+mod validate;
+
+pub use backend::{InferenceBackend, ModelEntry, RouteError, Routed};
+pub use errors::ApiError;
+pub use handlers::{router, router_with_config, ApiConfig};
+pub use metrics::Metrics;

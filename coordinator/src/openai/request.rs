@@ -1,0 +1,128 @@
+//! OpenAI request bodies as clients send them, before validation. Every
+//! field is optional here so that [`validate`](super::validate) can name
+//! what is missing; unknown fields are ignored.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Body of `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ChatCompletionRequest {
+    /// Model name.
+    pub model: Option<String>,
+    /// The conversation.
+    pub messages: Option<Vec<ChatMessageIn>>,
+    /// Sampling and output options.
+    #[serde(flatten)]
+    pub params: GenerationParams,
+}
+
+/// Body of `POST /v1/completions`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct CompletionRequest {
+    /// Model name.
+    pub model: Option<String>,
+    /// The text to continue.
+    pub prompt: Option<PromptIn>,
+    /// Sampling and output options.
+    #[serde(flatten)]
+    pub params: GenerationParams,
+}
+
+/// Options shared by chat and text completions, including the extensions
+/// that vLLM and llama.cpp accept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct GenerationParams {
+    /// Softmax temperature, 0..=2.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass, (0, 1].
+    pub top_p: Option<f32>,
+    /// Most tokens to generate (deprecated spelling for chat).
+    pub max_tokens: Option<i64>,
+    /// Most tokens to generate.
+    pub max_completion_tokens: Option<i64>,
+    /// Strings that end generation.
+    pub stop: Option<StopIn>,
+    /// Seed of the sampler.
+    pub seed: Option<i64>,
+    /// OpenAI presence penalty, -2..=2.
+    pub presence_penalty: Option<f32>,
+    /// OpenAI frequency penalty, -2..=2.
+    pub frequency_penalty: Option<f32>,
+    /// Stream the answer as server-sent events.
+    pub stream: Option<bool>,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+    /// Number of choices; only 1 is supported.
+    pub n: Option<i64>,
+    /// Keep generating past end-of-sequence (vLLM extension).
+    pub ignore_eos: Option<bool>,
+    /// Top-k filter; 0 or -1 disables (vLLM/llama.cpp extension).
+    pub top_k: Option<i64>,
+    /// Min-p filter, 0..=1 (vLLM/llama.cpp extension).
+    pub min_p: Option<f32>,
+    /// Repetition penalty, > 0, 1 disables (vLLM/llama.cpp extension).
+    pub repetition_penalty: Option<f32>,
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct StreamOptions {
+    /// Send a final chunk with empty `choices` and the usage.
+    pub include_usage: Option<bool>,
+}
+
+/// One message of a chat request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessageIn {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// The text; `null` for assistant messages that only made tool calls.
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+}
+
+/// A message's content: a string or an array of content parts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    /// Plain text.
+    Text(String),
+    /// Content parts; only `{"type":"text","text":...}` is supported.
+    Parts(Vec<ContentPart>),
+}
+
+/// One content part.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    /// The part's type (`text`, `image_url`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a `text` part.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// `stop`: one string or an array of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopIn {
+    /// One stop string.
+    One(String),
+    /// Several stop strings.
+    Many(Vec<String>),
+}
+
+/// `prompt`: a string, or an array (only one string is supported).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptIn {
+    /// One prompt.
+    Text(String),
+    /// An array of prompts or of token ids.
+    Array(Vec<Value>),
+}

@@ -1,0 +1,304 @@
+//! Turns OpenAI request bodies into [`InferenceRequest`]s, with 400
+//! messages that name the offending parameter.
+
+use protocol::{ChatMessage, InferenceRequest, Prompt, SamplingParams};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::errors::ApiError;
+use super::request::{
+    ChatCompletionRequest, ChatMessageIn, CompletionRequest, GenerationParams, MessageContent,
+    PromptIn, StopIn,
+};
+
+/// Most stop strings one request may carry.
+const MAX_STOP_STRINGS: usize = 16;
+
+/// A validated request and how to answer it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// What to send to a replica.
+    pub request: InferenceRequest,
+    /// Answer with server-sent events.
+    pub stream: bool,
+    /// Streaming: end with a chunk that carries the usage.
+    pub include_usage: bool,
+}
+
+/// Parses a JSON body into `T`; malformed JSON and wrong types are 400s
+/// naming the field when it can be found.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::invalid(
+            format!("We could not parse the JSON body of your request: {e}"),
+            None,
+        )
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err(ApiError::invalid(
+            "The request body must be a JSON object.",
+            None,
+        ));
+    };
+    T::deserialize(&value).map_err(|e| match bad_param::<T>(object) {
+        Some(param) => {
+            let detail = expectation(&param).map_or_else(|| e.to_string(), str::to_string);
+            ApiError::invalid(
+                format!("Invalid type or value for '{param}': {detail}."),
+                Some(&param),
+            )
+        }
+        None => ApiError::invalid(format!("Invalid request body: {e}."), None),
+    })
+}
+
+/// The first top-level field that fails to deserialize on its own.
+fn bad_param<T: DeserializeOwned>(object: &Map<String, Value>) -> Option<String> {
+    object.iter().find_map(|(key, value)| {
+        let mut single = Map::new();
+        single.insert(key.clone(), value.clone());
+        T::deserialize(&Value::Object(single))
+            .is_err()
+            .then(|| key.clone())
+    })
+}
+
+/// What a field that serde describes poorly (untagged enums) should be.
+fn expectation(param: &str) -> Option<&'static str> {
+    match param {
+        "stop" => Some("expected a string or an array of strings"),
+        "prompt" => Some("expected a string or an array of one string"),
+        "messages" => Some(
+            "expected an array of messages, each with a string 'role' and a 'content' \
+             that is a string or an array of text parts",
+        ),
+        _ => None,
+    }
+}
+
+/// Validates a chat completion request.
+pub fn chat(req: ChatCompletionRequest) -> Result<Validated, ApiError> {
+    let model = model(req.model)?;
+    let Some(messages) = req.messages else {
+        return Err(ApiError::invalid(
+            "Missing required parameter: 'messages'.",
+            Some("messages"),
+        ));
+    };
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "'messages' must contain at least one message.",
+            Some("messages"),
+        ));
+    }
+    let messages = messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| chat_message(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    finish(model, Prompt::Chat(messages), req.params)
+}
+
+/// Validates a text completion request.
+pub fn completion(req: CompletionRequest) -> Result<Validated, ApiError> {
+    let model = model(req.model)?;
+    let prompt = match req.prompt {
+        None => {
+            return Err(ApiError::invalid(
+                "Missing required parameter: 'prompt'.",
+                Some("prompt"),
+            ))
+        }
+        Some(PromptIn::Text(text)) => text,
+        Some(PromptIn::Array(items)) => match <[Value; 1]>::try_from(items) {
+            Ok([Value::String(text)]) => text,
+            _ => {
+                return Err(ApiError::invalid(
+                    "'prompt' must be a string or an array of exactly one string; batched \
+                     and token-id prompts are not supported.",
+                    Some("prompt"),
+                ))
+            }
+        },
+    };
+    finish(model, Prompt::Text(prompt), req.params)
+}
+
+fn model(model: Option<String>) -> Result<String, ApiError> {
+    match model {
+        Some(m) if !m.trim().is_empty() => Ok(m),
+        _ => Err(ApiError::invalid(
+            "You must provide a model parameter.",
+            Some("model"),
+        )),
+    }
+}
+
+fn chat_message(index: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
+    let param = format!("messages[{index}]");
+    let role = match m.role.as_str() {
+        "system" | "developer" => "system",
+        "user" => "user",
+        "assistant" => "assistant",
+        other => {
+            return Err(ApiError::invalid(
+                format!(
+                    "Unsupported role '{other}' in {param}; expected system, developer, \
+                     user or assistant."
+                ),
+                Some(&format!("{param}.role")),
+            ))
+        }
+    };
+    let content = match m.content {
+        None => String::new(),
+        Some(MessageContent::Text(text)) => text,
+        Some(MessageContent::Parts(parts)) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for part in parts {
+                match (part.kind.as_str(), part.text) {
+                    ("text", Some(text)) => texts.push(text),
+                    (kind, _) => {
+                        return Err(ApiError::invalid(
+                            format!(
+                                "Unsupported content part of type '{kind}' in {param}; only \
+                                 text parts with a 'text' field are supported."
+                            ),
+                            Some(&format!("{param}.content")),
+                        ))
+                    }
+                }
+            }
+            texts.join("\n")
+        }
+    };
+    Ok(ChatMessage::new(role, content))
+}
+
+fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validated, ApiError> {
+    if let Some(n) = p.n {
+        if n != 1 {
+            return Err(ApiError::invalid(
+                format!("Only n=1 is supported, got n={n}."),
+                Some("n"),
+            ));
+        }
+    }
+    let temperature = in_range("temperature", p.temperature, 1.0, 0.0, 2.0, false)?;
+    let top_p = in_range("top_p", p.top_p, 1.0, 0.0, 1.0, true)?;
+    let presence_penalty = in_range(
+        "presence_penalty",
+        p.presence_penalty,
+        0.0,
+        -2.0,
+        2.0,
+        false,
+    )?;
+    let frequency_penalty = in_range(
+        "frequency_penalty",
+        p.frequency_penalty,
+        0.0,
+        -2.0,
+        2.0,
+        false,
+    )?;
+    let min_p = in_range("min_p", p.min_p, 0.0, 0.0, 1.0, false)?;
+    let repetition_penalty = match p.repetition_penalty {
+        None => 1.0,
+        Some(r) if r.is_finite() && r > 0.0 => r,
+        Some(r) => {
+            return Err(ApiError::invalid(
+                format!("'repetition_penalty' must be greater than 0, got {r}."),
+                Some("repetition_penalty"),
+            ))
+        }
+    };
+    let top_k = match p.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) => u32::try_from(k).map_err(|_| {
+            ApiError::invalid(
+                format!("'top_k' must be -1 (disabled) or a non-negative integer, got {k}."),
+                Some("top_k"),
+            )
+        })?,
+    };
+    let (max_param, max_value) = match (p.max_completion_tokens, p.max_tokens) {
+        (Some(m), _) => ("max_completion_tokens", Some(m)),
+        (None, m) => ("max_tokens", m),
+    };
+    let max_tokens = match max_value {
+        None => None,
+        Some(m) => Some(u32::try_from(m).ok().filter(|&m| m >= 1).ok_or_else(|| {
+            ApiError::invalid(
+                format!("'{max_param}' must be an integer of at least 1, got {m}."),
+                Some(max_param),
+            )
+        })?),
+    };
+    let stop = match p.stop {
+        None => Vec::new(),
+        Some(StopIn::One(s)) => vec![s],
+        Some(StopIn::Many(v)) => v,
+    };
+    let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
+    if stop.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid(
+            format!("'stop' may contain at most {MAX_STOP_STRINGS} strings."),
+            Some("stop"),
+        ));
+    }
+    let sampling = SamplingParams {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        repetition_penalty,
+        presence_penalty,
+        frequency_penalty,
+        // Reinterpreting the bits keeps negative seeds distinct and reproducible.
+        seed: p.seed.map(|s| s as u64),
+        ..SamplingParams::default()
+    };
+    let stream = p.stream.unwrap_or(false);
+    let include_usage = stream
+        && p.stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+    Ok(Validated {
+        request: InferenceRequest {
+            model,
+            prompt,
+            max_tokens,
+            sampling,
+            stop,
+            ignore_eos: p.ignore_eos.unwrap_or(false),
+        },
+        stream,
+        include_usage,
+    })
+}
+
+/// `value` (or `default`) if it lies in `min..=max` (`(min, max]` when
+/// `exclusive_min`).
+fn in_range(
+    name: &str,
+    value: Option<f32>,
+    default: f32,
+    min: f32,
+    max: f32,
+    exclusive_min: bool,
+) -> Result<f32, ApiError> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    let above_min = if exclusive_min { v > min } else { v >= min };
+    if v.is_finite() && above_min && v <= max {
+        Ok(v)
+    } else {
+        let open = if exclusive_min { "(" } else { "[" };
+        Err(ApiError::invalid(
+            format!("'{name}' must be in {open}{min}, {max}], got {v}."),
+            Some(name),
+        ))
+    }
+}

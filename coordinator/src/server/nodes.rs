@@ -1,0 +1,123 @@
+//! The latest heartbeat of every worker node, as this coordinator heard
+//! it. Heartbeats are not replicated: each coordinator keeps its own table
+//! for routing, and the leader's [`controller`](super::controller) turns
+//! it into raft writes (registration, up/down, replica states).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use protocol::{HeartbeatReply, NodeHeartbeat, ReplicaState};
+
+use crate::state::{ClusterState, PlacementState};
+
+/// Most nodes remembered; heartbeats from more are refused.
+pub const MAX_NODES: usize = 4096;
+
+/// A heartbeat and how long ago it arrived.
+#[derive(Debug, Clone)]
+pub struct SeenNode {
+    /// The last heartbeat.
+    pub heartbeat: NodeHeartbeat,
+    /// Time since it arrived.
+    pub age: Duration,
+}
+
+impl SeenNode {
+    /// Whether the node reports `model` ready.
+    pub fn serves(&self, model: &str) -> bool {
+        self.heartbeat
+            .replicas
+            .iter()
+            .any(|r| r.model == model && r.state == ReplicaState::Ready)
+    }
+}
+
+/// Heartbeats by node id.
+#[derive(Debug)]
+pub struct NodeRegistry {
+    started: Instant,
+    nodes: Mutex<HashMap<String, (Instant, NodeHeartbeat)>>,
+}
+
+impl Default for NodeRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NodeRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        NodeRegistry {
+            started: Instant::now(),
+            nodes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Instant, NodeHeartbeat)>> {
+        // A poisoned lock only means a panic elsewhere mid-insert; the map
+        // itself is still consistent.
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long this registry has been collecting heartbeats.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Records a heartbeat; `false` if the table is full.
+    pub fn record(&self, hb: NodeHeartbeat) -> bool {
+        let mut nodes = self.lock();
+        if nodes.len() >= MAX_NODES && !nodes.contains_key(&hb.node_id) {
+            return false;
+        }
+        nodes.insert(hb.node_id.clone(), (Instant::now(), hb));
+        true
+    }
+
+    /// The last heartbeat of `node`.
+    pub fn get(&self, node: &str) -> Option<SeenNode> {
+        self.lock().get(node).map(|(at, hb)| SeenNode {
+            heartbeat: hb.clone(),
+            age: at.elapsed(),
+        })
+    }
+
+    /// Every node heard from, by id.
+    pub fn snapshot(&self) -> BTreeMap<String, SeenNode> {
+        self.lock()
+            .iter()
+            .map(|(id, (at, hb))| {
+                (
+                    id.clone(),
+                    SeenNode {
+                        heartbeat: hb.clone(),
+                        age: at.elapsed(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// What a node should run, according to `state`: the models placed on it
+/// and not failed. `None` when the node is not registered yet.
+pub fn assignment(state: &ClusterState, node: &str, from_leader: bool) -> HeartbeatReply {
+    let assigned = state.node(node).map(|_| {
+        state
+            .placements()
+            .iter()
+            .filter(|(_, nodes)| {
+                nodes
+                    .get(node)
+                    .is_some_and(|p| p.state != PlacementState::Failed)
+            })
+            .map(|(model, _)| model.clone())
+            .collect()
+    });
+    HeartbeatReply {
+        assigned,
+        from_leader,
+    }
+}

@@ -1,0 +1,433 @@
+//! Routing inference requests straight to ready replicas over QUIC.
+//!
+//! Any coordinator routes without a raft write: it reads the locally
+//! applied placements and the node heartbeats it hears, picks a replica by
+//! power of two choices over its own outstanding requests per node, and
+//! streams the request and its events over one QUIC stream. A node that
+//! fails before the first token (connection refused, stream reset, silent
+//! for too long) gets the request retried once on another replica.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use protocol::quic::{self, STREAM_ERROR_BAD_FRAME};
+use protocol::{
+    frame, GenerateError, GenerateEvent, InferenceRequest, NodeHeartbeat, MAX_NODE_FRAME_BYTES,
+};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use super::nodes::NodeRegistry;
+use super::raft_loop::LocalView;
+use crate::openai::{InferenceBackend, ModelEntry, RouteError, Routed};
+use crate::state::{NodeStatus, PlacementState};
+
+/// Capacity of the event channel of one routed request.
+const EVENT_QUEUE: usize = 64;
+
+/// Limits and timeouts of routing.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterConfig {
+    /// Requests this coordinator routes at once; one more is refused
+    /// (429) until one finishes.
+    pub max_in_flight: usize,
+    /// A node whose last heartbeat is older than this is not chosen, and
+    /// a request waiting on it is failed over.
+    pub node_stale_after: Duration,
+    /// Longest wait for the next event of a stream (or the first).
+    pub event_timeout: Duration,
+    /// Time allowed to connect to a node and send the request.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            max_in_flight: 256,
+            node_stale_after: Duration::from_millis(2000),
+            event_timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Routes requests to replicas; cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Router {
+    endpoint: Endpoint,
+    view: watch::Receiver<LocalView>,
+    registry: Arc<NodeRegistry>,
+    cfg: RouterConfig,
+    conns: Mutex<HashMap<String, Connection>>,
+    outstanding: Mutex<HashMap<String, usize>>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one request against this coordinator and one node until dropped.
+struct Slot {
+    router: Arc<Router>,
+    node: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.router.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let mut out = self.router.outstanding();
+        if let Some(n) = out.get_mut(&self.node) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl Router {
+    /// A router dialling nodes from `endpoint` (the coordinator's client
+    /// endpoint, with its member certificate).
+    pub fn new(
+        endpoint: Endpoint,
+        view: watch::Receiver<LocalView>,
+        registry: Arc<NodeRegistry>,
+        cfg: RouterConfig,
+    ) -> Self {
+        Router {
+            endpoint,
+            view,
+            registry,
+            cfg,
+            conns: Mutex::new(HashMap::new()),
+            outstanding: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn outstanding(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.outstanding.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<String, Connection>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests being routed by this coordinator now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The registered models and how many replicas of each are ready.
+    pub fn model_entries(&self) -> Vec<ModelEntry> {
+        let names: Vec<String> = self.view.borrow().state.models().keys().cloned().collect();
+        names
+            .into_iter()
+            .map(|id| {
+                let ready = self.replicas(&id).map_or(0, |r| r.len());
+                ModelEntry {
+                    ready_replicas: u32::try_from(ready).unwrap_or(u32::MAX),
+                    id,
+                }
+            })
+            .collect()
+    }
+
+    /// A real round trip: a one-token greedy generation on a ready replica
+    /// of the first model that has one.
+    pub async fn round_trip(self: &Arc<Self>) -> Result<(), RouteError> {
+        let model = self
+            .model_entries()
+            .into_iter()
+            .find(|m| m.ready_replicas > 0)
+            .ok_or_else(|| RouteError::NoReplica("no model has a ready replica".into()))?;
+        let req = InferenceRequest {
+            model: model.id,
+            prompt: protocol::Prompt::Text("Hello".into()),
+            max_tokens: Some(1),
+            sampling: protocol::SamplingParams::greedy(),
+            stop: Vec::new(),
+            ignore_eos: true,
+        };
+        let mut routed = self.generate(req).await?;
+        loop {
+            match routed.events.recv().await {
+                Some(GenerateEvent::Finished { .. }) => return Ok(()),
+                Some(GenerateEvent::Failed(e)) => {
+                    return Err(RouteError::Unavailable(e.to_string()))
+                }
+                Some(GenerateEvent::Token { .. }) => {}
+                None => return Err(RouteError::Unavailable("the replica went away".into())),
+            }
+        }
+    }
+
+    /// The latest heartbeats, for metrics and status.
+    pub fn nodes(&self) -> Vec<(NodeHeartbeat, Duration)> {
+        self.registry
+            .snapshot()
+            .into_values()
+            .map(|s| (s.heartbeat, s.age))
+            .collect()
+    }
+
+    /// Ready replicas of `model`: (node id, address), or why there is none.
+    fn replicas(&self, model: &str) -> Result<Vec<(String, String)>, RouteError> {
+        let view = self.view.borrow();
+        let state = &view.state;
+        if state.model(model).is_none() {
+            return Err(RouteError::UnknownModel(model.to_string()));
+        }
+        let ready: Vec<(String, String)> = state
+            .placements_of(model)
+            .filter(|(_, p)| p.state == PlacementState::Ready)
+            .filter_map(|(node, _)| {
+                let info = state.node(node)?;
+                let seen = self.registry.get(node)?;
+                (info.status == NodeStatus::Up
+                    && seen.age < self.cfg.node_stale_after
+                    && seen.serves(model))
+                .then(|| (node.clone(), info.addr.clone()))
+            })
+            .collect();
+        if ready.is_empty() {
+            return Err(RouteError::NoReplica(model.to_string()));
+        }
+        Ok(ready)
+    }
+
+    /// Power of two choices over this coordinator's outstanding requests.
+    fn choose(&self, mut candidates: Vec<(String, String)>) -> Option<(String, String)> {
+        if candidates.len() <= 1 {
+            return candidates.pop();
+        }
+        let mut rng = rand::thread_rng();
+        let a = rng.gen_range(0..candidates.len());
+        let mut b = rng.gen_range(0..candidates.len() - 1);
+        if b >= a {
+            b += 1;
+        }
+        let out = self.outstanding();
+        let load = |i: usize| out.get(&candidates[i].0).copied().unwrap_or(0);
+        let pick = if load(b) < load(a) { b } else { a };
+        drop(out);
+        Some(candidates.swap_remove(pick))
+    }
+
+    /// Routes `req` to a ready replica and returns its event stream once
+    /// the node has answered with a first event. A node that fails before
+    /// that is dropped and the request tried once more on another replica.
+    pub async fn generate(self: &Arc<Self>, req: InferenceRequest) -> Result<Routed, RouteError> {
+        let taken = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if taken >= self.cfg.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(RouteError::Overloaded { retry_after_s: 1 });
+        }
+        // Until a node is chosen, the slot is this coordinator's only.
+        let mut slot = Slot {
+            router: self.clone(),
+            node: String::new(),
+        };
+        let mut tried: Vec<String> = Vec::new();
+        let mut errors = Vec::new();
+        for _attempt in 0..2 {
+            let candidates: Vec<_> = match self.replicas(&req.model) {
+                Ok(c) => c.into_iter().filter(|(n, _)| !tried.contains(n)).collect(),
+                Err(e) if errors.is_empty() => return Err(e),
+                Err(_) => break,
+            };
+            let Some((node, addr)) = self.choose(candidates) else {
+                break;
+            };
+            tried.push(node.clone());
+            *self.outstanding().entry(node.clone()).or_insert(0) += 1;
+            slot.node = node.clone();
+            match self.open(&node, &addr, &req).await {
+                Ok((send, mut recv, first)) => {
+                    if let GenerateEvent::Failed(GenerateError::Unavailable(m)) = &first {
+                        // The replica is restarting or unloading: try another.
+                        errors.push(format!("{node}: {m}"));
+                        let _ = recv.stop(STREAM_ERROR_BAD_FRAME);
+                        self.release_node(&mut slot);
+                        continue;
+                    }
+                    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+                    let router = self.clone();
+                    let node_id = node.clone();
+                    let terminal = matches!(
+                        first,
+                        GenerateEvent::Finished { .. } | GenerateEvent::Failed(_)
+                    );
+                    let _ = tx.try_send(first);
+                    if !terminal {
+                        tokio::spawn(async move {
+                            router.pump(&node_id, send, recv, tx).await;
+                            drop(slot);
+                        });
+                    }
+                    return Ok(Routed { node, events: rx });
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node, "routing failed before the first event: {e}");
+                    self.forget(&node);
+                    errors.push(format!("{node}: {e}"));
+                    self.release_node(&mut slot);
+                }
+            }
+        }
+        Err(RouteError::Unavailable(format!(
+            "replicas failed: {}",
+            errors.join("; ")
+        )))
+    }
+
+    fn release_node(&self, slot: &mut Slot) {
+        let mut out = self.outstanding();
+        if let Some(n) = out.get_mut(&slot.node) {
+            *n = n.saturating_sub(1);
+        }
+        slot.node.clear();
+    }
+
+    fn forget(&self, node: &str) {
+        self.conns().remove(node);
+    }
+
+    async fn connection(&self, node: &str, addr: &str) -> Result<Connection, String> {
+        if let Some(c) = self
+            .conns()
+            .get(node)
+            .filter(|c| c.close_reason().is_none())
+        {
+            return Ok(c.clone());
+        }
+        let sock: SocketAddr = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{addr} resolves to nothing"))?;
+        let c = quic::connect(&self.endpoint, sock, node, self.cfg.connect_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.conns().insert(node.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Opens a stream, sends the request and waits for the first event.
+    async fn open(
+        &self,
+        node: &str,
+        addr: &str,
+        req: &InferenceRequest,
+    ) -> Result<(SendStream, RecvStream, GenerateEvent), String> {
+        let conn = self.connection(node, addr).await?;
+        let (mut send, mut recv) = tokio::time::timeout(self.cfg.connect_timeout, conn.open_bi())
+            .await
+            .map_err(|_| "timed out opening a stream".to_string())?
+            .map_err(|e| e.to_string())?;
+        frame::write_frame(
+            &mut send,
+            req,
+            MAX_NODE_FRAME_BYTES,
+            self.cfg.connect_timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let first = self.next_event(node, &mut recv).await?;
+        Ok((send, recv, first))
+    }
+
+    /// The next event from `node`, failing if the node goes silent
+    /// (stale heartbeats) or the stream breaks.
+    async fn next_event(&self, node: &str, recv: &mut RecvStream) -> Result<GenerateEvent, String> {
+        let deadline = tokio::time::Instant::now() + self.cfg.event_timeout;
+        let check = self.cfg.node_stale_after / 4;
+        let read = frame::read_frame::<_, GenerateEvent>(
+            recv,
+            MAX_NODE_FRAME_BYTES,
+            self.cfg.event_timeout,
+        );
+        tokio::pin!(read);
+        loop {
+            tokio::select! {
+                r = &mut read => return r.map_err(|e| e.to_string()),
+                _ = tokio::time::sleep(check) => {
+                    let stale = self
+                        .registry
+                        .get(node)
+                        .is_none_or(|s| s.age >= self.cfg.node_stale_after);
+                    if stale {
+                        return Err(format!("node {node} stopped sending heartbeats"));
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err("timed out waiting for the node".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards events until the terminal one; stops the node stream at
+    /// once if the receiver goes away (the client disconnected).
+    async fn pump(
+        &self,
+        node: &str,
+        mut send: SendStream,
+        mut recv: RecvStream,
+        tx: mpsc::Sender<GenerateEvent>,
+    ) {
+        loop {
+            let next = tokio::select! {
+                _ = tx.closed() => {
+                    let _ = send.reset(STREAM_ERROR_BAD_FRAME);
+                    let _ = recv.stop(STREAM_ERROR_BAD_FRAME);
+                    return;
+                }
+                e = self.next_event(node, &mut recv) => e,
+            };
+            let event = match next {
+                Ok(e) => e,
+                Err(e) => {
+                    self.forget(node);
+                    GenerateEvent::Failed(GenerateError::Unavailable(format!(
+                        "node {node} failed mid-stream: {e}"
+                    )))
+                }
+            };
+            let terminal = matches!(
+                event,
+                GenerateEvent::Finished { .. } | GenerateEvent::Failed(_)
+            );
+            if tx.send(event).await.is_err() {
+                let _ = send.reset(STREAM_ERROR_BAD_FRAME);
+                let _ = recv.stop(STREAM_ERROR_BAD_FRAME);
+                return;
+            }
+            if terminal {
+                let _ = send.finish();
+                return;
+            }
+        }
+    }
+}
+
+/// The OpenAI layer's view of the [`Router`].
+#[derive(Debug, Clone)]
+pub struct RouterBackend(pub Arc<Router>);
+
+impl InferenceBackend for RouterBackend {
+    fn models(&self) -> Vec<ModelEntry> {
+        self.0.model_entries()
+    }
+
+    fn generate(
+        &self,
+        req: InferenceRequest,
+    ) -> impl std::future::Future<Output = Result<Routed, RouteError>> + Send {
+        let router = self.0.clone();
+        async move { router.generate(req).await }
+    }
+
+    fn ready(&self) -> impl std::future::Future<Output = Result<(), RouteError>> + Send {
+        let router = self.0.clone();
+        async move { router.round_trip().await }
+    }
+}

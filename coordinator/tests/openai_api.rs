@@ -1,0 +1,748 @@
+//! The OpenAI API (`coordinator::openai`) driven through its router with a
+//! scripted backend.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use futures_util::StreamExt;
+use protocol::{
+    ChatMessage, FinishReason, GenerateError, GenerateEvent, InferenceRequest, Prompt, Usage,
+};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+use coordinator::openai::{
+    router, router_with_config, ApiConfig, InferenceBackend, Metrics, ModelEntry, RouteError,
+    Routed,
+};
+
+const MODEL: &str = "smollm";
+
+/// What the fake backend does with a request.
+#[derive(Clone)]
+enum Script {
+    /// Sends these events and drops the sender (the stream ends).
+    Events(Vec<GenerateEvent>),
+    /// Sends these events and keeps the sender (the stream stays open).
+    Hold(Vec<GenerateEvent>),
+    /// Refuses to route.
+    Reject(RouteError),
+}
+
+struct Fake {
+    script: Script,
+    ready: Result<(), RouteError>,
+    requests: Mutex<Vec<InferenceRequest>>,
+    held: Mutex<Vec<mpsc::Sender<GenerateEvent>>>,
+}
+
+impl Fake {
+    fn new(script: Script) -> Arc<Self> {
+        Arc::new(Self {
+            script,
+            ready: Ok(()),
+            requests: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn last_request(&self) -> InferenceRequest {
+        self.requests.lock().unwrap().last().cloned().unwrap()
+    }
+
+    fn held_sender(&self) -> mpsc::Sender<GenerateEvent> {
+        self.held.lock().unwrap()[0].clone()
+    }
+}
+
+impl InferenceBackend for Fake {
+    fn models(&self) -> Vec<ModelEntry> {
+        vec![ModelEntry {
+            id: MODEL.into(),
+            ready_replicas: 1,
+        }]
+    }
+
+    async fn generate(&self, req: InferenceRequest) -> Result<Routed, RouteError> {
+        let model = req.model.clone();
+        self.requests.lock().unwrap().push(req);
+        if model != MODEL {
+            return Err(RouteError::UnknownModel(model));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let send_all = |events: &[GenerateEvent]| {
+            for e in events {
+                tx.try_send(e.clone()).unwrap();
+            }
+        };
+        match &self.script {
+            Script::Reject(e) => return Err(e.clone()),
+            Script::Events(events) => send_all(events),
+            Script::Hold(events) => {
+                send_all(events);
+                self.held.lock().unwrap().push(tx.clone());
+            }
+        }
+        Ok(Routed {
+            node: "node-a".into(),
+            events: rx,
+        })
+    }
+
+    async fn ready(&self) -> Result<(), RouteError> {
+        self.ready.clone()
+    }
+}
+
+fn token(text: &str) -> GenerateEvent {
+    GenerateEvent::Token {
+        text: text.into(),
+        token_ids: vec![1],
+    }
+}
+
+fn finished() -> GenerateEvent {
+    GenerateEvent::Finished {
+        reason: FinishReason::Stop,
+        usage: Usage {
+            prompt_tokens: 5,
+            completion_tokens: 2,
+        },
+    }
+}
+
+fn hello_world() -> Script {
+    Script::Events(vec![token("Hello"), token(" world"), finished()])
+}
+
+fn make_app(fake: &Arc<Fake>) -> (Router, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    (router(fake.clone(), metrics.clone()), metrics)
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// The `data:` payloads of an SSE body.
+    fn events(&self) -> Vec<String> {
+        self.body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The SSE payloads that are JSON (all but `[DONE]`).
+    fn chunks(&self) -> Vec<Value> {
+        self.events()
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect()
+    }
+
+    fn assert_error(&self, status: StatusCode, param: Option<&str>) -> Value {
+        assert_eq!(self.status, status, "{}", self.body);
+        let v = self.json();
+        let error = &v["error"];
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        assert!(error["type"].is_string(), "{v}");
+        assert!(error.get("code").is_some(), "{v}");
+        match param {
+            Some(p) => assert_eq!(error["param"], p, "{v}"),
+            None => assert!(error.get("param").is_some(), "{v}"),
+        }
+        error.clone()
+    }
+}
+
+async fn send(app: Router, method: &str, uri: &str, body: &str) -> Answer {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+async fn post(app: Router, uri: &str, body: Value) -> Answer {
+    send(app, "POST", uri, &body.to_string()).await
+}
+
+fn chat_body(extra: Value) -> Value {
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+#[tokio::test]
+async fn openai_chat_non_streaming() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let a = post(app, "/v1/chat/completions", chat_body(json!({}))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let v = a.json();
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], MODEL);
+    assert!(v["created"].as_u64().unwrap() > 1_600_000_000);
+    assert_eq!(
+        v["choices"],
+        json!([{
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello world"},
+            "logprobs": null,
+            "finish_reason": "stop",
+        }])
+    );
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7})
+    );
+    let req = fake.last_request();
+    assert_eq!(
+        req.prompt,
+        Prompt::Chat(vec![ChatMessage::new("user", "Hi")])
+    );
+    assert_eq!(req.max_tokens, None);
+    // OpenAI defaults, not llama.cpp's.
+    assert_eq!(req.sampling.temperature, 1.0);
+    assert_eq!(req.sampling.top_p, 1.0);
+    assert_eq!(req.sampling.top_k, 0);
+    assert_eq!(req.sampling.min_p, 0.0);
+    assert_eq!(req.sampling.repetition_penalty, 1.0);
+    assert_eq!(req.sampling.seed, None);
+    assert!(!req.ignore_eos);
+}
+
+#[tokio::test]
+async fn openai_completion_non_streaming() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let body = json!({"model": MODEL, "prompt": ["Once"], "max_tokens": 16});
+    let a = post(app, "/v1/completions", body).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let v = a.json();
+    assert!(v["id"].as_str().unwrap().starts_with("cmpl-"));
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(
+        v["choices"],
+        json!([{"index": 0, "text": "Hello world", "logprobs": null, "finish_reason": "stop"}])
+    );
+    assert_eq!(v["usage"]["total_tokens"], 7);
+    let req = fake.last_request();
+    assert_eq!(req.prompt, Prompt::Text("Once".into()));
+    assert_eq!(req.max_tokens, Some(16));
+}
+
+#[tokio::test]
+async fn openai_chat_streaming_chunks_in_order() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let a = post(
+        app,
+        "/v1/chat/completions",
+        chat_body(json!({"stream": true})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = a.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks = a.chunks();
+    assert_eq!(chunks.len(), 4, "{}", a.body);
+    let id = chunks[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-"));
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], id);
+        assert!(c.get("usage").is_none(), "{c}");
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(
+        chunks[1]["choices"][0]["delta"],
+        json!({"content": "Hello"})
+    );
+    assert_eq!(
+        chunks[2]["choices"][0]["delta"],
+        json!({"content": " world"})
+    );
+    assert_eq!(chunks[1]["choices"][0]["finish_reason"], Value::Null);
+    assert_eq!(chunks[3]["choices"][0]["delta"], json!({}));
+    assert_eq!(chunks[3]["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn openai_stream_include_usage_ends_with_usage_chunk() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let body = chat_body(json!({"stream": true, "stream_options": {"include_usage": true}}));
+    let a = post(app, "/v1/chat/completions", body).await;
+    let chunks = a.chunks();
+    assert_eq!(chunks.len(), 5, "{}", a.body);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(
+        last["usage"],
+        json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7})
+    );
+    for c in &chunks[..4] {
+        assert_eq!(c["usage"], Value::Null, "{c}");
+        assert!(c.get("usage").is_some());
+    }
+    assert_eq!(a.events().last().map(String::as_str), Some("[DONE]"));
+}
+
+#[tokio::test]
+async fn openai_completion_streaming() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let body = json!({"model": MODEL, "prompt": "Once", "stream": true});
+    let a = post(app, "/v1/completions", body).await;
+    let chunks = a.chunks();
+    let texts: Vec<_> = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["Hello", " world", ""]);
+    assert_eq!(chunks[2]["choices"][0]["finish_reason"], "stop");
+    assert!(chunks.iter().all(|c| c["object"] == "text_completion"));
+    assert_eq!(a.events().last().map(String::as_str), Some("[DONE]"));
+}
+
+#[tokio::test]
+async fn openai_stop_string_and_array_and_params_reach_the_backend() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let a = post(
+        app.clone(),
+        "/v1/chat/completions",
+        chat_body(json!({"stop": "\n"})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(fake.last_request().stop, ["\n"]);
+
+    let extra = json!({
+        "stop": ["END", "###"], "temperature": 0, "top_p": 0.5, "seed": 42,
+        "presence_penalty": 0.5, "frequency_penalty": -0.5, "max_tokens": 9,
+        "max_completion_tokens": 12, "ignore_eos": true, "top_k": 20, "min_p": 0.1,
+        "repetition_penalty": 1.1, "n": 1, "user": "someone", "logit_bias": {},
+    });
+    let a = post(app, "/v1/chat/completions", chat_body(extra)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let req = fake.last_request();
+    assert_eq!(req.stop, ["END", "###"]);
+    assert_eq!(req.sampling.temperature, 0.0);
+    assert_eq!(req.sampling.top_p, 0.5);
+    assert_eq!(req.sampling.seed, Some(42));
+    assert_eq!(req.sampling.presence_penalty, 0.5);
+    assert_eq!(req.sampling.frequency_penalty, -0.5);
+    assert_eq!(req.sampling.top_k, 20);
+    assert_eq!(req.sampling.min_p, 0.1);
+    assert_eq!(req.sampling.repetition_penalty, 1.1);
+    assert_eq!(req.max_tokens, Some(12), "max_completion_tokens wins");
+    assert!(req.ignore_eos);
+}
+
+#[tokio::test]
+async fn openai_content_parts() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let body = json!({"model": MODEL, "messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+    ]});
+    let a = post(app.clone(), "/v1/chat/completions", body).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        fake.last_request().prompt,
+        Prompt::Chat(vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "a\nb"),
+        ])
+    );
+    let body = json!({"model": MODEL, "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+    ]});
+    let a = post(app, "/v1/chat/completions", body).await;
+    a.assert_error(StatusCode::BAD_REQUEST, Some("messages[0].content"));
+}
+
+#[tokio::test]
+async fn openai_n_above_one_is_rejected() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let a = post(app, "/v1/chat/completions", chat_body(json!({"n": 2}))).await;
+    let e = a.assert_error(StatusCode::BAD_REQUEST, Some("n"));
+    assert_eq!(e["type"], "invalid_request_error");
+    assert!(fake.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn openai_malformed_json_is_an_openai_400() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let a = send(app.clone(), "POST", "/v1/chat/completions", "{\"model\": ").await;
+    let e = a.assert_error(StatusCode::BAD_REQUEST, None);
+    assert_eq!(e["type"], "invalid_request_error");
+    assert!(e["message"].as_str().unwrap().contains("JSON"), "{e}");
+    // Not a JSON object.
+    let a = send(app, "POST", "/v1/completions", "[1, 2]").await;
+    a.assert_error(StatusCode::BAD_REQUEST, None);
+}
+
+#[tokio::test]
+async fn openai_wrong_types_and_ranges_name_the_parameter() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let cases = [
+        (json!({"temperature": "hot"}), "temperature"),
+        (json!({"temperature": 2.5}), "temperature"),
+        (json!({"top_p": 0}), "top_p"),
+        (json!({"top_p": 1.5}), "top_p"),
+        (json!({"presence_penalty": -3}), "presence_penalty"),
+        (json!({"frequency_penalty": 2.1}), "frequency_penalty"),
+        (json!({"max_tokens": 0}), "max_tokens"),
+        (
+            json!({"max_completion_tokens": -5}),
+            "max_completion_tokens",
+        ),
+        (json!({"stop": 5}), "stop"),
+        (json!({"stream": "yes"}), "stream"),
+        (json!({"top_k": -2}), "top_k"),
+        (json!({"min_p": 1.5}), "min_p"),
+        (json!({"repetition_penalty": 0}), "repetition_penalty"),
+        (json!({"messages": "Hi"}), "messages"),
+        (json!({"messages": []}), "messages"),
+        (json!({"model": null}), "model"),
+        (json!({"model": 7}), "model"),
+    ];
+    for (extra, param) in cases {
+        let a = post(
+            app.clone(),
+            "/v1/chat/completions",
+            chat_body(extra.clone()),
+        )
+        .await;
+        let e = a.assert_error(StatusCode::BAD_REQUEST, Some(param));
+        assert!(
+            e["message"].as_str().unwrap().contains(param),
+            "{extra}: {e}"
+        );
+    }
+    let a = post(app.clone(), "/v1/chat/completions", json!({"model": MODEL})).await;
+    a.assert_error(StatusCode::BAD_REQUEST, Some("messages"));
+    let a = post(app.clone(), "/v1/completions", json!({"model": MODEL})).await;
+    a.assert_error(StatusCode::BAD_REQUEST, Some("prompt"));
+    let a = post(
+        app,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": [1, 2, 3]}),
+    )
+    .await;
+    a.assert_error(StatusCode::BAD_REQUEST, Some("prompt"));
+    assert!(fake.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn openai_unknown_model_is_404() {
+    let fake = Fake::new(hello_world());
+    let (app, metrics) = make_app(&fake);
+    let body = json!({"model": "gpt-9", "messages": [{"role": "user", "content": "Hi"}]});
+    let a = post(app, "/v1/chat/completions", body).await;
+    let e = a.assert_error(StatusCode::NOT_FOUND, Some("model"));
+    assert_eq!(e["code"], "model_not_found");
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.contains(r#"inferno_requests_total{model="unknown",status="404"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn openai_overloaded_is_429_with_retry_after() {
+    let fake = Fake::new(Script::Reject(RouteError::Overloaded { retry_after_s: 7 }));
+    let (app, _) = make_app(&fake);
+    let a = post(app, "/v1/chat/completions", chat_body(json!({}))).await;
+    a.assert_error(StatusCode::TOO_MANY_REQUESTS, None);
+    assert_eq!(a.headers[header::RETRY_AFTER], "7");
+}
+
+#[tokio::test]
+async fn openai_no_replica_is_503() {
+    let fake = Fake::new(Script::Reject(RouteError::NoReplica(MODEL.into())));
+    let (app, _) = make_app(&fake);
+    let a = post(
+        app,
+        "/v1/chat/completions",
+        chat_body(json!({"stream": true})),
+    )
+    .await;
+    a.assert_error(StatusCode::SERVICE_UNAVAILABLE, None);
+}
+
+#[tokio::test]
+async fn openai_failure_as_first_event_is_an_http_status() {
+    let cases = [
+        (
+            GenerateError::InvalidRequest("prompt too long".into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            GenerateError::UnknownModel(MODEL.into()),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            GenerateError::Overloaded("queue full".into()),
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        (
+            GenerateError::Unavailable("worker restarting".into()),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    ];
+    for (error, status) in cases {
+        for stream in [false, true] {
+            let fake = Fake::new(Script::Events(vec![GenerateEvent::Failed(error.clone())]));
+            let (app, _) = make_app(&fake);
+            let body = chat_body(json!({"stream": stream}));
+            let a = post(app, "/v1/chat/completions", body).await;
+            a.assert_error(status, None);
+        }
+    }
+}
+
+#[tokio::test]
+async fn openai_failure_after_first_token_ends_the_stream_with_an_error_event() {
+    let fake = Fake::new(Script::Events(vec![
+        token("Hello"),
+        GenerateEvent::Failed(GenerateError::Unavailable("worker crashed".into())),
+        token("never"),
+    ]));
+    let (app, metrics) = make_app(&fake);
+    let a = post(
+        app,
+        "/v1/chat/completions",
+        chat_body(json!({"stream": true})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let chunks = a.chunks();
+    assert_eq!(chunks.len(), 3, "{}", a.body);
+    assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hello");
+    assert!(chunks[2]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("worker crashed"));
+    assert!(!a.body.contains("never"));
+    assert!(!a.events().iter().any(|e| e == "[DONE]"));
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.contains(r#"inferno_request_errors_total{model="smollm",kind="unavailable"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn openai_stream_that_closes_early_ends_with_an_error_event() {
+    let fake = Fake::new(Script::Events(vec![token("Hello")]));
+    let (app, _) = make_app(&fake);
+    let a = post(
+        app,
+        "/v1/chat/completions",
+        chat_body(json!({"stream": true})),
+    )
+    .await;
+    let chunks = a.chunks();
+    assert!(chunks.last().unwrap()["error"].is_object(), "{}", a.body);
+}
+
+#[tokio::test]
+async fn openai_dropping_the_response_cancels_at_the_node() {
+    let fake = Fake::new(Script::Hold(vec![token("Hello")]));
+    let (app, metrics) = make_app(&fake);
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .body(Body::from(chat_body(json!({"stream": true})).to_string()))
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("assistant"));
+    let sender = fake.held_sender();
+    assert!(!sender.is_closed(), "the stream holds the receiver");
+    assert!(metrics
+        .encode()
+        .unwrap()
+        .contains(r#"inferno_requests_in_flight{model="smollm"} 1"#));
+    drop(body);
+    assert!(sender.is_closed(), "dropping the body drops the receiver");
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.contains(r#"inferno_requests_in_flight{model="smollm"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"inferno_requests_total{model="smollm",status="cancelled"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn openai_timeouts() {
+    let config = ApiConfig {
+        idle_timeout: Duration::from_millis(100),
+        total_timeout: Duration::from_millis(300),
+        ..ApiConfig::default()
+    };
+    let fake = Fake::new(Script::Hold(vec![token("Hello")]));
+    let app = router_with_config(fake.clone(), Arc::new(Metrics::new()), config);
+    let a = post(
+        app.clone(),
+        "/v1/chat/completions",
+        chat_body(json!({"stream": true})),
+    )
+    .await;
+    let chunks = a.chunks();
+    assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hello");
+    assert!(chunks.last().unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("No token"));
+    let a = post(app, "/v1/chat/completions", chat_body(json!({}))).await;
+    a.assert_error(StatusCode::GATEWAY_TIMEOUT, None);
+    // Both receivers were dropped when the requests gave up.
+    assert!(fake.held.lock().unwrap().iter().all(|s| s.is_closed()));
+}
+
+#[tokio::test]
+async fn openai_body_limit_is_413_in_openai_shape() {
+    let config = ApiConfig {
+        max_body_bytes: 1024,
+        ..ApiConfig::default()
+    };
+    let fake = Fake::new(hello_world());
+    let app = router_with_config(fake, Arc::new(Metrics::new()), config);
+    let big = "x".repeat(4096);
+    let a = post(
+        app,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": big}),
+    )
+    .await;
+    a.assert_error(StatusCode::PAYLOAD_TOO_LARGE, None);
+}
+
+#[tokio::test]
+async fn openai_models_health_ready_and_unknown_routes() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let a = send(app.clone(), "GET", "/v1/models", "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    let v = a.json();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["id"], MODEL);
+    assert_eq!(v["data"][0]["object"], "model");
+    assert_eq!(v["data"][0]["owned_by"], "inferno");
+    assert!(v["data"][0]["created"].is_u64());
+    let a = send(app.clone(), "GET", "/health", "").await;
+    assert_eq!(
+        (a.status, a.json()),
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let a = send(app.clone(), "GET", "/ready", "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = send(app, "GET", "/v1/embeddings", "").await;
+    a.assert_error(StatusCode::NOT_FOUND, None);
+
+    let not_ready = Arc::new(Fake {
+        ready: Err(RouteError::NoReplica(MODEL.into())),
+        ..Arc::into_inner(Fake::new(hello_world())).unwrap()
+    });
+    let (app, _) = make_app(&not_ready);
+    let a = send(app, "GET", "/ready", "").await;
+    a.assert_error(StatusCode::SERVICE_UNAVAILABLE, None);
+}
+
+#[tokio::test]
+async fn openai_metrics_count_requests_tokens_and_latencies() {
+    let fake = Fake::new(hello_world());
+    let (app, metrics) = make_app(&fake);
+    metrics.set_queue_depth(3);
+    metrics.set_node_sequences("node-a", 4, 2);
+    for stream in [false, true] {
+        let a = post(
+            app.clone(),
+            "/v1/chat/completions",
+            chat_body(json!({"stream": stream})),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let a = post(
+        app.clone(),
+        "/v1/chat/completions",
+        chat_body(json!({"n": 3})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = send(app, "GET", "/metrics", "").await;
+    assert_eq!(a.status, StatusCode::OK);
+    let text = a.body;
+    for line in [
+        r#"inferno_requests_total{model="smollm",status="200"} 2"#,
+        r#"inferno_requests_total{model="smollm",status="400"} 1"#,
+        r#"inferno_request_errors_total{model="smollm",kind="invalid"} 1"#,
+        r#"inferno_prompt_tokens_total{model="smollm",node="node-a"} 10"#,
+        r#"inferno_completion_tokens_total{model="smollm",node="node-a"} 4"#,
+        r#"inferno_ttft_seconds_count{model="smollm"} 2"#,
+        r#"inferno_inter_token_latency_seconds_count{model="smollm"} 2"#,
+        r#"inferno_requests_in_flight{model="smollm"} 0"#,
+        "inferno_queue_depth 3",
+        r#"inferno_running_sequences{node="node-a"} 4"#,
+        r#"inferno_waiting_sequences{node="node-a"} 2"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    metrics.forget_node("node-a");
+    let text = metrics.encode().unwrap();
+    assert!(!text.contains("inferno_running_sequences{"), "{text}");
+    assert!(!text.contains("inferno_waiting_sequences{"), "{text}");
+}
