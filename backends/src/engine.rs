@@ -85,6 +85,7 @@ pub struct EngineStats {
 enum EngineMsg {
     Submit(Box<Submission>),
     InjectPanic,
+    Abort,
 }
 
 struct Submission {
@@ -202,6 +203,14 @@ impl EngineHandle {
         &self.stats
     }
 
+    /// Stops the engine at its next step (the model is being unloaded):
+    /// every waiting and running request fails with `Unavailable` and the
+    /// engine thread returns, freeing its KV cache; the weights go once the
+    /// last handle is dropped.
+    pub fn abort(&self) -> bool {
+        self.inbox.try_send(EngineMsg::Abort).is_ok()
+    }
+
     /// Fault hook for tests: the engine thread panics at its next step,
     /// with whatever requests it has in flight.
     pub fn inject_panic(&self) -> bool {
@@ -304,12 +313,16 @@ impl Engine {
         loop {
             if self.sched.is_idle() {
                 match self.inbox.recv() {
+                    Ok(EngineMsg::Abort) => return,
                     Ok(msg) => self.accept(msg),
                     Err(_) => return,
                 }
             }
             loop {
                 match self.inbox.try_recv() {
+                    // Dropping the engine drops every request's event sink,
+                    // which tells each client `Unavailable`.
+                    Ok(EngineMsg::Abort) => return,
                     Ok(msg) => self.accept(msg),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
@@ -327,6 +340,7 @@ impl Engine {
     fn accept(&mut self, msg: EngineMsg) {
         match msg {
             EngineMsg::InjectPanic => self.panic_requested = true,
+            EngineMsg::Abort => {}
             EngineMsg::Submit(s) => {
                 let s = *s;
                 let (prompt, max_new) =

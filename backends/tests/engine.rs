@@ -291,3 +291,37 @@ fn cancelled_request_frees_its_slot() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn abort_fails_every_request_and_refuses_new_ones() {
+    let h = engine(EngineConfig {
+        max_running: 1,
+        ..EngineConfig::default()
+    });
+    let mut long = request(vec![100, 200, 300], 2000, SamplingParams::greedy());
+    long.ignore_eos = true;
+    let mut running = h.submit(long.clone()).unwrap();
+    let waiting = h.submit(long).unwrap();
+    assert!(matches!(
+        running.blocking_recv(),
+        Some(GenerateEvent::Token { .. })
+    ));
+    assert!(h.abort());
+    for (what, rx) in [("running", running), ("waiting", waiting)] {
+        let out = collect(rx);
+        assert!(
+            matches!(out.error, Some(GenerateError::Unavailable(_))),
+            "{what} request after abort: {:?}",
+            out.error
+        );
+    }
+    // The engine is gone: new work is refused, never left hanging.
+    match h.submit(request(vec![100], 4, SamplingParams::greedy())) {
+        Err(GenerateError::Unavailable(_)) => {}
+        Ok(rx) => assert!(matches!(
+            collect(rx).error,
+            Some(GenerateError::Unavailable(_))
+        )),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}

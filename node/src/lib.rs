@@ -11,10 +11,15 @@
 //! A worker whose engine thread panics fails its in-flight requests with an
 //! error and is restarted by the supervisor, within a restart budget; other
 //! models keep serving throughout.
+//!
+//! [`service`] runs a node inside a cluster: a QUIC server for inference
+//! streams, heartbeats to the coordinators, and loading/unloading models as
+//! they assign them.
 
 pub mod node;
 pub mod restart;
 pub mod scheduler;
+pub mod service;
 pub mod supervisor;
 pub mod worker;
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use backends::engine::EngineConfig;
@@ -95,6 +95,14 @@ pub enum NodeError {
     /// The model is unknown here.
     #[error("unknown model: {0}")]
     UnknownModel(String),
+    /// The model could not be loaded or unloaded.
+    #[error("model {name}: {reason}")]
+    Model {
+        /// Model name.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The model did not become ready in time.
     #[error("model {name} is not ready ({state})")]
     NotReady {
@@ -107,11 +115,13 @@ pub enum NodeError {
     },
 }
 
-/// A running node.
+/// A running node. Models can be loaded and unloaded while it serves;
+/// `Node` is shared between tasks behind an `Arc`.
 pub struct Node {
     supervisor: ActorRef<NodeMsg>,
-    schedulers: HashMap<String, ActorRef<SchedulerMsg>>,
-    join: tokio::task::JoinHandle<()>,
+    /// Scheduler of every model, by name. Never held across an await.
+    schedulers: RwLock<HashMap<String, ActorRef<SchedulerMsg>>>,
+    join: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 async fn call<M, R>(
@@ -144,15 +154,65 @@ impl Node {
             .collect();
         Ok(Node {
             supervisor,
-            schedulers,
-            join,
+            schedulers: RwLock::new(schedulers),
+            join: Mutex::new(Some(join)),
         })
     }
 
-    fn scheduler(&self, model: &str) -> Result<&ActorRef<SchedulerMsg>, GenerateError> {
-        self.schedulers
-            .get(model)
+    /// A copy of the scheduler map's entry for `model` (the lock is released
+    /// before returning).
+    fn lookup(&self, model: &str) -> Option<ActorRef<SchedulerMsg>> {
+        let map = self.schedulers.read().unwrap_or_else(|p| p.into_inner());
+        map.get(model).cloned()
+    }
+
+    fn scheduler(&self, model: &str) -> Result<ActorRef<SchedulerMsg>, GenerateError> {
+        self.lookup(model)
             .ok_or_else(|| GenerateError::UnknownModel(model.to_string()))
+    }
+
+    /// Names of the models present (loading, ready, restarting or failed), sorted.
+    pub fn models(&self) -> Vec<String> {
+        let map = self.schedulers.read().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<String> = map.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Starts serving a new model: its scheduler and worker start and the
+    /// weights load in the background (the model reports `Loading` until
+    /// then; see [`Node::wait_ready`]). Loading a name already present is a
+    /// no-op.
+    pub async fn load(&self, spec: ModelSpec) -> Result<(), NodeError> {
+        if self.lookup(&spec.name).is_some() {
+            return Ok(());
+        }
+        let name = spec.name.clone();
+        let sched = call(&self.supervisor, |r| NodeMsg::Load(spec, r))
+            .await?
+            .map_err(|reason| NodeError::Model {
+                name: name.clone(),
+                reason,
+            })?;
+        let mut map = self.schedulers.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(name, sched);
+        Ok(())
+    }
+
+    /// Stops serving a model: new requests get `UnknownModel` at once,
+    /// requests in flight fail with `Unavailable`, and the worker and its
+    /// weights are freed.
+    pub async fn unload(&self, name: &str) -> Result<(), NodeError> {
+        let removed = {
+            let mut map = self.schedulers.write().unwrap_or_else(|p| p.into_inner());
+            map.remove(name)
+        };
+        if removed.is_none() {
+            return Err(NodeError::UnknownModel(name.to_string()));
+        }
+        let name_owned = name.to_string();
+        call(&self.supervisor, |r| NodeMsg::Unload(name_owned, r)).await?;
+        Ok(())
     }
 
     /// Submits a request; returns its event stream. Dropping the receiver cancels it.
@@ -176,7 +236,7 @@ impl Node {
     /// Tokenizer and chat template of a loaded model.
     pub async fn frontend(&self, model: &str) -> Result<Arc<ModelFrontend>, GenerateError> {
         let sched = self.scheduler(model)?;
-        match call(sched, SchedulerMsg::Frontend).await {
+        match call(&sched, SchedulerMsg::Frontend).await {
             Ok(Some(f)) => Ok(f),
             _ => Err(GenerateError::Unavailable(format!(
                 "model {model} is not loaded"
@@ -186,11 +246,14 @@ impl Node {
 
     /// State and load of every model, in name order.
     pub async fn status(&self) -> Vec<ModelStatus> {
-        let mut names: Vec<&String> = self.schedulers.keys().collect();
-        names.sort();
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            if let Ok(s) = call(&self.schedulers[name], SchedulerMsg::Status).await {
+        let mut scheds: Vec<(String, ActorRef<SchedulerMsg>)> = {
+            let map = self.schedulers.read().unwrap_or_else(|p| p.into_inner());
+            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        scheds.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::with_capacity(scheds.len());
+        for (_, sched) in scheds {
+            if let Ok(s) = call(&sched, SchedulerMsg::Status).await {
                 out.push(s);
             }
         }
@@ -200,10 +263,9 @@ impl Node {
     /// State of one model.
     pub async fn model_status(&self, model: &str) -> Result<ModelStatus, NodeError> {
         let sched = self
-            .schedulers
-            .get(model)
+            .lookup(model)
             .ok_or_else(|| NodeError::UnknownModel(model.to_string()))?;
-        call(sched, SchedulerMsg::Status).await
+        call(&sched, SchedulerMsg::Status).await
     }
 
     /// Waits until a model is ready, failing early if it failed.
@@ -230,14 +292,22 @@ impl Node {
 
     /// Fault hook for tests: the model's engine thread panics at its next step.
     pub fn inject_worker_panic(&self, model: &str) -> bool {
-        self.schedulers
-            .get(model)
+        self.lookup(model)
             .is_some_and(|s| s.cast(SchedulerMsg::InjectPanic).is_ok())
+    }
+
+    /// Stops every model and the supervisor, and waits for them (bounded).
+    /// Usable through a shared reference; later calls return at once.
+    pub async fn stop(&self) {
+        let _ = self.supervisor.cast(NodeMsg::Shutdown);
+        let join = self.join.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(join) = join {
+            let _ = tokio::time::timeout(CALL_TIMEOUT, join).await;
+        }
     }
 
     /// Stops every model and the supervisor, and waits for them.
     pub async fn shutdown(self) {
-        let _ = self.supervisor.cast(NodeMsg::Shutdown);
-        let _ = tokio::time::timeout(CALL_TIMEOUT, self.join).await;
+        self.stop().await;
     }
 }

@@ -35,6 +35,8 @@ pub enum SchedulerMsg {
     Frontend(RpcReplyPort<Option<Arc<ModelFrontend>>>),
     /// Fault hook for tests: make the worker's engine panic.
     InjectPanic,
+    /// The model is being unloaded: stop the engine, failing its requests.
+    Abort,
 }
 
 /// Startup arguments.
@@ -136,6 +138,11 @@ impl Actor for BatchScheduler {
             SchedulerMsg::InjectPanic => {
                 if let Some(h) = &st.handle {
                     h.inject_panic();
+                }
+            }
+            SchedulerMsg::Abort => {
+                if let Some(h) = &st.handle {
+                    h.abort();
                 }
             }
         }

@@ -1,0 +1,218 @@
+//! Inference streams: the coordinators' router opens a bidirectional QUIC
+//! stream per request, writes one [`InferenceRequest`] frame and reads
+//! [`GenerateEvent`] frames until `Finished` or `Failed`.
+//!
+//! The sequence is cancelled (its receiver dropped, which frees its slot and
+//! KV cache at the engine's next step) as soon as the peer resets or stops
+//! the stream, a frame cannot be written, or the node shuts down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::frame::{self, FrameError};
+use protocol::quic;
+use protocol::{
+    GenerateError, GenerateEvent, GenerateRequest, InferenceRequest, Prompt, MAX_NODE_FRAME_BYTES,
+};
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::sync::{mpsc, watch};
+
+use crate::node::Node;
+
+/// How long a peer may take to send its request frame.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long writing one event frame may take (a peer not reading is dropped).
+pub const EVENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest silence between two events of a request (queueing included)
+/// before it is failed as unavailable.
+pub const EVENT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Application error code used when the node abandons a stream
+/// (cancelled, could not write, shutting down).
+pub const STREAM_CANCELLED: VarInt = VarInt::from_u32(2);
+
+/// Accepts connections on `endpoint` until it is closed; serves each
+/// connection's streams on their own tasks.
+pub(crate) async fn serve(
+    endpoint: quinn::Endpoint,
+    node: Arc<Node>,
+    kv_budget_bytes: usize,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let conn = match quic::accept_connection(&endpoint, HANDSHAKE_TIMEOUT).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("refused connection: {e}");
+                continue;
+            }
+        };
+        let peer = quic::peer_name(&conn).unwrap_or_else(|| "?".into());
+        tracing::debug!(%peer, remote = %conn.remote_address(), "connection accepted");
+        tokio::spawn(serve_connection(
+            conn,
+            node.clone(),
+            kv_budget_bytes,
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    node: Arc<Node>,
+    kv_budget_bytes: usize,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match quic::accept_stream(&conn, quic::IDLE_TIMEOUT).await {
+            Ok(Some((send, recv))) => {
+                tokio::spawn(serve_stream(
+                    send,
+                    recv,
+                    node.clone(),
+                    kv_budget_bytes,
+                    shutdown.clone(),
+                ));
+            }
+            // Idle for a while; the transport closes dead connections itself.
+            Err(quic::QuicError::Timeout(_)) => continue,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("connection ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Serves one inference stream to its end.
+pub(crate) async fn serve_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    node: Arc<Node>,
+    kv_budget_bytes: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let req: InferenceRequest =
+        match frame::read_frame(&mut recv, MAX_NODE_FRAME_BYTES, REQUEST_READ_TIMEOUT).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("bad inference request frame: {e}");
+                let _ = recv.stop(quic::STREAM_ERROR_BAD_FRAME);
+                let _ = send.reset(quic::STREAM_ERROR_BAD_FRAME);
+                return;
+            }
+        };
+    let model = req.model.clone();
+    let mut events = match prepare(&node, req, kv_budget_bytes).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::debug!(%model, "inference refused: {e}");
+            let ev = GenerateEvent::Failed(e);
+            if write_event(&mut send, &ev).await.is_ok() {
+                let _ = send.finish();
+            }
+            return;
+        }
+    };
+    let mut peer_open = true;
+    let mut buf = [0u8; 64];
+    loop {
+        tokio::select! {
+            ev = tokio::time::timeout(EVENT_IDLE_TIMEOUT, events.recv()) => {
+                let ev = match ev {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => GenerateEvent::Failed(GenerateError::Unavailable(
+                        "the model ended the stream without a final event".into(),
+                    )),
+                    Err(_) => GenerateEvent::Failed(GenerateError::Unavailable(format!(
+                        "no progress in {}s", EVENT_IDLE_TIMEOUT.as_secs()
+                    ))),
+                };
+                let last = matches!(ev, GenerateEvent::Finished { .. } | GenerateEvent::Failed(_));
+                if let Err(e) = write_event(&mut send, &ev).await {
+                    tracing::debug!(%model, "cannot write event, cancelling: {e}");
+                    drop(events);
+                    let _ = send.reset(STREAM_CANCELLED);
+                    let _ = recv.stop(STREAM_CANCELLED);
+                    return;
+                }
+                if last {
+                    let _ = send.finish();
+                    return;
+                }
+            }
+            r = recv.read(&mut buf), if peer_open => {
+                match r {
+                    // The peer finished its side after the request: normal.
+                    Ok(None) => peer_open = false,
+                    // Extra bytes after the request are ignored.
+                    Ok(Some(_)) => {}
+                    Err(e) => {
+                        tracing::debug!(%model, "peer reset the stream, cancelling: {e}");
+                        drop(events);
+                        let _ = send.reset(STREAM_CANCELLED);
+                        return;
+                    }
+                }
+            }
+            _ = shutdown.changed() => {
+                drop(events);
+                let _ = send.reset(STREAM_CANCELLED);
+                let _ = recv.stop(STREAM_CANCELLED);
+                return;
+            }
+        }
+    }
+}
+
+async fn write_event(send: &mut SendStream, ev: &GenerateEvent) -> Result<(), FrameError> {
+    frame::write_frame(send, ev, MAX_NODE_FRAME_BYTES, EVENT_WRITE_TIMEOUT).await
+}
+
+/// Renders and tokenizes a request and submits it to the model.
+/// `kv_budget_bytes` is the model's KV budget (it bounds the default `max_tokens`).
+pub(crate) async fn prepare(
+    node: &Node,
+    req: InferenceRequest,
+    kv_budget_bytes: usize,
+) -> Result<mpsc::Receiver<GenerateEvent>, GenerateError> {
+    let frontend = node.frontend(&req.model).await?;
+    // A request reserves KV for prompt + max_tokens, so the usable window is
+    // the smaller of the context and the KV budget.
+    let per_token = frontend.config.kv_bytes_per_token().max(1);
+    let window = frontend
+        .config
+        .context_length
+        .min(kv_budget_bytes / per_token);
+    let prompt = req.prompt;
+    // Tokenizing a long prompt is CPU work: keep it off the async threads.
+    let tokens = tokio::task::spawn_blocking(move || match &prompt {
+        Prompt::Text(text) => frontend.encode(text),
+        Prompt::Chat(messages) => frontend.chat_prompt(messages),
+    })
+    .await
+    .map_err(|e| GenerateError::Unavailable(format!("tokenizer task failed: {e}")))?
+    .map_err(|e| GenerateError::InvalidRequest(e.to_string()))?;
+    let max_tokens = match req.max_tokens {
+        Some(n) => n,
+        // The rest of the window. An over-long prompt gets 1 so that the
+        // engine refuses it with its context-exceeded message.
+        None => u32::try_from(window.saturating_sub(tokens.len()).max(1)).unwrap_or(u32::MAX),
+    };
+    let request = GenerateRequest {
+        prompt_tokens: tokens,
+        max_tokens,
+        sampling: req.sampling,
+        stop: req.stop,
+        ignore_eos: req.ignore_eos,
+    };
+    node.generate(&req.model, request).await
+}
