@@ -123,6 +123,12 @@ pub const MAX_NODE_FRAME_BYTES: usize = 4 * 1024 * 1024;
 pub enum NodeRequest {
     /// Registration and load report; see [`NodeHeartbeat`].
     Heartbeat(NodeHeartbeat),
+    /// The node is shutting down: stop routing to it now rather than
+    /// after its heartbeats time out.
+    Leaving {
+        /// The node's id (its certificate name).
+        node_id: String,
+    },
 }
 
 /// A coordinator's answer to a [`NodeRequest`].
@@ -130,6 +136,8 @@ pub enum NodeRequest {
 pub enum NodeResponse {
     /// The answer to a heartbeat.
     Heartbeat(HeartbeatReply),
+    /// The request was taken into account.
+    Ack,
     /// The request was refused, with the reason.
     Refused(String),
 }

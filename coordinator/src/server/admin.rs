@@ -16,11 +16,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::nodes::NodeRegistry;
 use super::peers::{submit_membership, submit_write, Peers};
-use super::raft_loop::{LoopRequest, MemberChange, ReadView};
+use super::raft_loop::{LocalView, LoopRequest, MemberChange, ReadView};
 use super::wire::{PeerRequest, PeerResponse, WriteReply};
 use crate::state::Op;
 
@@ -40,6 +40,8 @@ pub struct Admin {
     pub timeout: Duration,
     /// Node heartbeats heard by this coordinator (load, replica states).
     pub registry: Arc<NodeRegistry>,
+    /// The local raft view (to notice a leader change mid-forward).
+    pub view: watch::Receiver<LocalView>,
 }
 
 /// An admin API error: status and message, rendered as JSON.
@@ -362,10 +364,33 @@ pub async fn commit(admin: &Admin, op: Op) -> WriteReply {
     let forward = admin
         .peers
         .request(leader, &req, admin.timeout + Duration::from_secs(1));
-    match tokio::time::timeout(admin.timeout + Duration::from_secs(2), forward)
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()))
-    {
+    let forward = tokio::time::timeout(admin.timeout + Duration::from_secs(2), forward);
+    // A leader that dies mid-request would hold the client until the
+    // timeout; give up as soon as this coordinator sees it lose leadership.
+    let mut view = admin.view.clone();
+    view.mark_unchanged();
+    let lost = async move {
+        // Only changes published from now on count: the published view may
+        // lag the raft node that just named `leader`.
+        while view.changed().await.is_ok() {
+            if view.borrow().leader_id != leader {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let answer = tokio::select! {
+        r = forward => r.unwrap_or_else(|_| Err("timed out".into())),
+        _ = lost => {
+            return WriteReply::Unavailable {
+                message: format!(
+                    "leader {leader} lost leadership while forwarding; the write may or may not \
+                     have been applied"
+                ),
+            }
+        }
+    };
+    match answer {
         Ok(PeerResponse::Write(r)) => r,
         Ok(other) => WriteReply::Unavailable {
             message: format!("unexpected answer from leader {leader}: {other:?}"),

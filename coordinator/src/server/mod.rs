@@ -152,7 +152,7 @@ pub async fn run(
     )));
     let router = Arc::new(router::Router::new(
         client.clone(),
-        view_rx,
+        view_rx.clone(),
         registry.clone(),
         router::RouterConfig {
             max_in_flight: cfg.max_in_flight,
@@ -166,6 +166,7 @@ pub async fn run(
         peers,
         timeout,
         registry,
+        view: view_rx,
     });
     let app = admin::router(admin).merge(inference_routes(router));
     tasks.push(tokio::spawn(async move {

@@ -76,6 +76,12 @@ impl NodeRegistry {
         true
     }
 
+    /// Forgets `node` (it announced it is leaving): it is no longer
+    /// routed to, and the leader marks it down.
+    pub fn remove(&self, node: &str) {
+        self.lock().remove(node);
+    }
+
     /// The last heartbeat of `node`.
     pub fn get(&self, node: &str) -> Option<SeenNode> {
         self.lock().get(node).map(|(at, hb)| SeenNode {

@@ -271,6 +271,16 @@ fn handle_node(name: &str, req: NodeRequest, services: &PeerServices) -> NodeRes
             let view = services.view.borrow();
             NodeResponse::Heartbeat(assignment(&view.state, name, view.is_leader))
         }
+        NodeRequest::Leaving { node_id } => {
+            if node_id != name {
+                return NodeResponse::Refused(format!(
+                    "node id {node_id:?} is not the certificate's name {name:?}"
+                ));
+            }
+            tracing::info!(node = %name, "node leaving");
+            services.registry.remove(name);
+            NodeResponse::Ack
+        }
     }
 }
 

@@ -157,6 +157,7 @@ pub(crate) async fn link(
                 // Bounded: if the reconciler is behind, this reply is stale anyway.
                 let _ = replies.try_send(reply);
             }
+            Ok(NodeResponse::Ack) => {}
             Ok(NodeResponse::Refused(reason)) => {
                 if healthy {
                     tracing::warn!(coordinator = %coordinator.name, %reason, "heartbeat refused");
@@ -178,9 +179,25 @@ pub(crate) async fn link(
         }
     }
     if let Some(c) = conn {
+        // Best effort: tell the coordinator to stop routing here now.
+        let leaving = beats.borrow().as_ref().map(|hb| NodeRequest::Leaving {
+            node_id: hb.node_id.clone(),
+        });
+        if let Some(req) = leaving {
+            let _ = quic::request::<NodeRequest, NodeResponse>(
+                &c,
+                &req,
+                MAX_NODE_FRAME_BYTES,
+                LEAVE_TIMEOUT,
+            )
+            .await;
+        }
         c.close(quic::CLOSE_NORMAL, b"node stopping");
     }
 }
+
+/// How long a leaving node waits for each coordinator's acknowledgement.
+const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One heartbeat over the cached connection, connecting first if needed.
 async fn exchange(
