@@ -1,6 +1,6 @@
 //! The node configuration file (`configs/node.toml`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use backends::engine::EngineConfig;
@@ -13,6 +13,90 @@ pub struct NodeConfig {
     /// Engine limits applied to every model.
     #[serde(default)]
     pub engine: EngineSection,
+    /// Cluster membership of `inferno node` (required by that command only).
+    #[serde(default)]
+    pub node: Option<NodeSection>,
+}
+
+/// The `[node]` table: how `inferno node` joins a cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Member name in the node's certificate; also its node id. Required.
+    pub name: String,
+    /// Directory holding `ca.pem`, `NAME.pem` and `NAME-key.pem`.
+    #[serde(default = "default_certs_dir")]
+    pub certs_dir: PathBuf,
+    /// QUIC listen address for inference streams.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Address coordinators dial (host:port); default: the listen address.
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+    /// Memory announced for models and KV caches, in MiB; default: the
+    /// machine's physical memory.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Cores announced for inference; default: available parallelism.
+    #[serde(default)]
+    pub cores: Option<u32>,
+    /// Interval between heartbeats to each coordinator, in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Where model names (not paths) in `models` are pulled to; default:
+    /// `INFERNO_MODELS_DIR` or `~/.inferno/models`.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+    /// The coordinators to send heartbeats to.
+    #[serde(default)]
+    pub coordinators: Vec<CoordinatorEntry>,
+    /// Model files this node can serve when assigned.
+    #[serde(default)]
+    pub models: Vec<ModelEntry>,
+}
+
+/// One `[[node.coordinators]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorEntry {
+    /// Member name in the coordinator's certificate.
+    pub name: String,
+    /// Its QUIC address (`raft_addr` in its configuration), host:port.
+    pub addr: String,
+}
+
+/// One `[[node.models]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Model name as registered in the cluster.
+    pub name: String,
+    /// GGUF file, or the name of a model `inferno pull` knows (pulled if missing).
+    pub path: String,
+}
+
+fn default_certs_dir() -> PathBuf {
+    PathBuf::from("certs")
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7200".into()
+}
+
+fn default_heartbeat_ms() -> u64 {
+    500
+}
+
+/// Physical memory from `/proc/meminfo`, in bytes, if it can be read.
+pub fn physical_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo_total(&text)
+}
+
+fn parse_meminfo_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// The `[engine]` table; absent fields take the defaults.
@@ -81,6 +165,41 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/node.toml");
         let cfg = NodeConfig::load(Some(&path)).unwrap();
         assert_eq!(cfg.engine.to_engine_config().kv_budget_bytes, 512 << 20);
+    }
+
+    #[test]
+    fn shipped_cluster_node_configs_parse() {
+        for i in 1..=3 {
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../configs/node-{i}.toml"));
+            let cfg = NodeConfig::load(Some(&path)).unwrap();
+            let node = cfg.node.expect("[node] table");
+            assert_eq!(node.name, format!("node-{i}"));
+            assert_eq!(node.coordinators.len(), 3);
+            assert_eq!(node.coordinators[0].addr, "127.0.0.1:7101");
+            assert_eq!(node.models.len(), 1);
+            assert_eq!(node.heartbeat_ms, 500);
+        }
+    }
+
+    #[test]
+    fn node_table_defaults() {
+        let cfg: NodeConfig = toml::from_str("[node]\nname = \"n\"\n").unwrap();
+        let n = cfg.node.unwrap();
+        assert_eq!(n.certs_dir, PathBuf::from("certs"));
+        assert_eq!(n.listen, "127.0.0.1:7200");
+        assert_eq!(n.heartbeat_ms, 500);
+        assert!(n.coordinators.is_empty() && n.models.is_empty());
+        assert!(toml::from_str::<NodeConfig>("[node]\nlisten = \"x\"\n").is_err());
+        let err = toml::from_str::<NodeConfig>("[node]\nname = \"n\"\nport = 1\n").unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+    }
+
+    #[test]
+    fn meminfo_total_is_parsed() {
+        let text = "MemTotal:       16318480 kB\nMemFree:         1 kB\n";
+        assert_eq!(parse_meminfo_total(text), Some(16318480 * 1024));
+        assert_eq!(parse_meminfo_total("nothing"), None);
     }
 
     #[test]

@@ -1,13 +1,20 @@
 //! `inferno`: run and use an Inferno cluster from the command line.
 
 mod bench;
+mod bench_control_plane;
 mod bench_kernels;
 mod certs;
+mod chat;
 mod config;
 mod coordinator;
 mod generate;
+mod http_client;
+mod local_cluster;
 mod models;
+mod node_cmd;
 mod pull;
+mod status;
+mod up;
 
 use std::path::PathBuf;
 
@@ -36,6 +43,14 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Run a coordinator (raft-replicated cluster state and the admin API).
     Coordinator(coordinator::CoordinatorArgs),
+    /// Run a worker node that joins the coordinators and serves the models they assign.
+    Node(node_cmd::NodeArgs),
+    /// Start a local cluster (coordinators and nodes as processes), deploy the model, serve the OpenAI API.
+    Up(up::UpArgs),
+    /// Chat with a model served by a cluster (streaming).
+    Chat(chat::ChatArgs),
+    /// Show the cluster: leader, members, nodes and their load, models and replicas.
+    Status(status::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -44,6 +59,8 @@ enum BenchCommand {
     Engine(bench::EngineBenchArgs),
     /// Quantized matmul kernels: GFLOP/s and bandwidth per type and batch size.
     Kernels(bench_kernels::KernelBenchArgs),
+    /// Coordinator group on loopback: commit latency, throughput, failover, linearizability.
+    ControlPlane(bench_control_plane::ControlPlaneBenchArgs),
 }
 
 /// Options shared by commands that compute on this machine.
@@ -96,6 +113,7 @@ fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -108,9 +126,16 @@ fn run() -> anyhow::Result<()> {
             Command::Pull(a) => pull::run(a).await,
             Command::Certs(c) => certs::run(c),
             Command::Coordinator(a) => coordinator::run(a).await,
+            Command::Node(a) => node_cmd::run(a).await,
+            Command::Up(a) => up::run(a).await,
+            Command::Chat(a) => tokio::task::spawn_blocking(move || chat::run(a)).await?,
+            Command::Status(a) => tokio::task::spawn_blocking(move || status::run(a)).await?,
             Command::Bench(BenchCommand::Engine(a)) => bench::run_engine(a).await,
             Command::Bench(BenchCommand::Kernels(a)) => {
                 tokio::task::spawn_blocking(move || bench_kernels::run(a)).await?
+            }
+            Command::Bench(BenchCommand::ControlPlane(a)) => {
+                tokio::task::spawn_blocking(move || bench_control_plane::run(a)).await?
             }
         }
     })

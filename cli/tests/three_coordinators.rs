@@ -137,6 +137,19 @@ fn register(p: &Proc, name: &str) -> Option<Value> {
 }
 
 fn write_config(dir: &Path, i: usize, raft: &[SocketAddr], http: &[SocketAddr]) -> PathBuf {
+    write_member_config(dir, i, raft, http, N, false)
+}
+
+/// The config of member `i` of a group whose first `members` entries of
+/// `raft`/`http` are its peers; `join` starts it as a new member.
+fn write_member_config(
+    dir: &Path,
+    i: usize,
+    raft: &[SocketAddr],
+    http: &[SocketAddr],
+    members: usize,
+    join: bool,
+) -> PathBuf {
     let mut text = format!(
         "id = {id}\ndata_dir = {data:?}\nraft_addr = \"{raft}\"\nhttp_addr = \"{http}\"\n\
          certs_dir = {certs:?}\nname = \"coordinator-{id}\"\ntick_ms = 50\nelection_ticks = 10\n\
@@ -147,7 +160,10 @@ fn write_config(dir: &Path, i: usize, raft: &[SocketAddr], http: &[SocketAddr]) 
         http = http[i],
         certs = dir.join("certs"),
     );
-    for j in (0..N).filter(|&j| j != i) {
+    if join {
+        text.push_str("join = true\n");
+    }
+    for j in (0..members).filter(|&j| j != i) {
         text.push_str(&format!(
             "\n[[peers]]\nid = {}\nraft_addr = \"{}\"\nname = \"coordinator-{}\"\n",
             j + 1,
@@ -158,6 +174,102 @@ fn write_config(dir: &Path, i: usize, raft: &[SocketAddr], http: &[SocketAddr]) 
     let path = dir.join(format!("coordinator-{}.toml", i + 1));
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+fn members(p: &Proc) -> Option<Vec<u64>> {
+    let (status, v) = http(p.http, "GET", "/admin/v1/members", None)?;
+    if status != 200 {
+        return None;
+    }
+    let mut ids: Vec<u64> = v["voters"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    ids.sort_unstable();
+    Some(ids)
+}
+
+#[test]
+fn coordinators_are_added_and_removed_at_runtime_including_the_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let ca = ClusterCa::generate("test-cluster").expect("CA");
+    for i in 1..=N + 1 {
+        ca.issue(&format!("coordinator-{i}"))
+            .expect("issue")
+            .save(&certs, false)
+            .expect("save member");
+    }
+    let raft: Vec<SocketAddr> = (0..=N).map(|_| free_udp()).collect();
+    let http_addrs: Vec<SocketAddr> = (0..=N).map(|_| free_tcp()).collect();
+    let mut procs: Vec<Proc> = (0..=N)
+        .map(|i| Proc {
+            child: None,
+            config: write_member_config(dir.path(), i, &raft, &http_addrs, N, false),
+            http: http_addrs[i],
+            id: i as u64 + 1,
+        })
+        .collect();
+    // The fourth knows the others and joins; they learn its address
+    // from the replicated record the admin call writes.
+    procs[N].config = write_member_config(dir.path(), N, &raft, &http_addrs, N + 1, true);
+    for p in procs.iter_mut().take(N) {
+        p.start();
+    }
+    let first = wait_until("a leader", Duration::from_secs(15), || leader(&procs));
+    wait_until("a write", Duration::from_secs(10), || {
+        register(&procs[0], "alpha")
+    });
+
+    procs[N].start();
+    let body = json!({"id": N + 1, "name": format!("coordinator-{}", N + 1),
+        "raft_addr": raft[N].to_string()});
+    let (status, v) = wait_until("the add call", Duration::from_secs(15), || {
+        http(procs[1].http, "POST", "/admin/v1/members", Some(&body)).filter(|(s, _)| *s != 503)
+    });
+    assert_eq!(status, 200, "{v}");
+    wait_until("four voters", Duration::from_secs(10), || {
+        members(&procs[0]).filter(|m| m == &[1, 2, 3, 4])
+    });
+    // The new member caught up (by snapshot or log) and serves reads.
+    wait_until("the new member's view", Duration::from_secs(20), || {
+        model_names(&procs[N]).filter(|m| m == &["alpha".to_string()])
+    });
+
+    // Remove the leader: leadership moves, the group goes on with three.
+    let leader_idx = procs
+        .iter()
+        .position(|p| p.id == first)
+        .expect("leader process");
+    let other = (0..N).find(|&i| i != leader_idx).expect("another member");
+    let (status, v) = wait_until("the remove call", Duration::from_secs(20), || {
+        http(
+            procs[other].http,
+            "DELETE",
+            &format!("/admin/v1/members/{first}"),
+            None,
+        )
+        .filter(|(s, _)| *s != 503)
+    });
+    assert_eq!(status, 200, "{v}");
+    let expected: Vec<u64> = (1..=N as u64 + 1).filter(|&i| i != first).collect();
+    wait_until("three voters", Duration::from_secs(10), || {
+        members(&procs[other]).filter(|m| *m == expected)
+    });
+    procs[leader_idx].kill();
+    let second = wait_until("a leader among the rest", Duration::from_secs(15), || {
+        leader(&procs).filter(|&l| l != first)
+    });
+    assert!(expected.contains(&second));
+    wait_until("a write after removal", Duration::from_secs(10), || {
+        register(&procs[N], "beta")
+    });
+    for i in (0..=N).filter(|&i| i != leader_idx) {
+        wait_until("replication", Duration::from_secs(10), || {
+            model_names(&procs[i]).filter(|m| m == &["alpha".to_string(), "beta".to_string()])
+        });
+    }
 }
 
 #[test]

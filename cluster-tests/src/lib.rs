@@ -1,5 +1,9 @@
 //! Helpers for tests that run the real `inferno` binary as separate processes.
 
+pub mod http;
+pub mod local_up;
+pub mod udp_proxy;
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -1,0 +1,168 @@
+//! `inferno node`: run a worker node that joins a cluster of coordinators.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use node::service::{CoordinatorAddr, NodeService, ServableFile, ServiceConfig};
+use node::RestartBudget;
+use protocol::tls::MemberIdentity;
+
+use crate::config::{NodeConfig, NodeSection};
+
+/// Arguments of `inferno node`.
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// Node configuration file with a `[node]` table; see configs/node-1.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Runs the node until Ctrl-C or SIGTERM, then shuts it down cleanly.
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let cfg = NodeConfig::load(Some(&args.config))?;
+    let section = cfg.node.as_ref().with_context(|| {
+        format!(
+            "{} has no [node] table (name, certs_dir, listen, coordinators, models)",
+            args.config.display()
+        )
+    })?;
+    let service_cfg = service_config(section, cfg.engine.to_engine_config())
+        .await
+        .with_context(|| format!("node {} ({})", section.name, args.config.display()))?;
+    let service = NodeService::start(service_cfg)
+        .await
+        .with_context(|| format!("cannot start node {}", section.name))?;
+    eprintln!(
+        "node {} listening on {} (QUIC)",
+        section.name,
+        service.local_addr()
+    );
+    shutdown_signal().await;
+    service.shutdown().await;
+    Ok(())
+}
+
+/// Builds the service configuration: loads the identity, resolves the
+/// coordinators' addresses and the model files.
+async fn service_config(
+    n: &NodeSection,
+    engine: backends::engine::EngineConfig,
+) -> anyhow::Result<ServiceConfig> {
+    let identity = MemberIdentity::load(&n.certs_dir, &n.name).with_context(|| {
+        format!(
+            "cannot load the certificate of {} from {} (create it with `inferno certs issue --ca CA_DIR --name {} --out {}`)",
+            n.name,
+            n.certs_dir.display(),
+            n.name,
+            n.certs_dir.display()
+        )
+    })?;
+    let listen = resolve_addr(&n.listen).context("invalid listen address")?;
+    let mut coordinators = Vec::with_capacity(n.coordinators.len());
+    for c in &n.coordinators {
+        let addr = resolve_addr(&c.addr)
+            .with_context(|| format!("invalid address of coordinator {}", c.name))?;
+        coordinators.push(CoordinatorAddr {
+            name: c.name.clone(),
+            addr,
+        });
+    }
+    if coordinators.is_empty() {
+        tracing::warn!("no coordinators configured: this node will never be assigned a model");
+    }
+    let models_dir = n
+        .models_dir
+        .clone()
+        .unwrap_or_else(crate::default_models_dir);
+    let mut models = Vec::with_capacity(n.models.len());
+    for m in &n.models {
+        let path = resolve_model(&m.path, &models_dir)
+            .await
+            .with_context(|| format!("model {}", m.name))?;
+        models.push(ServableFile {
+            name: m.name.clone(),
+            path,
+        });
+    }
+    let memory_bytes = match n.memory_mib {
+        Some(mib) => mib.saturating_mul(1 << 20),
+        None => crate::config::physical_memory_bytes().unwrap_or_else(|| {
+            tracing::warn!(
+                "cannot read /proc/meminfo; announcing 0 bytes of memory (set memory_mib)"
+            );
+            0
+        }),
+    };
+    let cores = n.cores.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |c| u32::try_from(c.get()).unwrap_or(u32::MAX))
+    });
+    Ok(ServiceConfig {
+        identity,
+        listen,
+        advertise_addr: n.advertise_addr.clone(),
+        cores,
+        memory_bytes,
+        heartbeat_interval: Duration::from_millis(n.heartbeat_ms.max(1)),
+        coordinators,
+        models,
+        engine,
+        restart_budget: RestartBudget::default(),
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
+}
+
+/// The first address `host:port` resolves to.
+fn resolve_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    s.to_socket_addrs()
+        .with_context(|| format!("cannot resolve {s:?} (expected host:port)"))?
+        .next()
+        .with_context(|| format!("{s:?} resolves to no address"))
+}
+
+/// A model file path, or a known model name pulled into `models_dir`.
+async fn resolve_model(path: &str, models_dir: &Path) -> anyhow::Result<PathBuf> {
+    crate::models::resolve(path, models_dir).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_resolve_or_fail_with_context() {
+        assert_eq!(
+            resolve_addr("127.0.0.1:7101").unwrap(),
+            "127.0.0.1:7101".parse::<SocketAddr>().unwrap()
+        );
+        let err = resolve_addr("no-port").unwrap_err();
+        assert!(format!("{err:#}").contains("host:port"), "{err:#}");
+    }
+}

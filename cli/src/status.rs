@@ -1,0 +1,142 @@
+//! `inferno status --url URL [--json]`: the cluster as one coordinator
+//! sees it: raft leader and members, nodes and their load, models and
+//! their replicas.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::Value;
+
+/// Arguments of `inferno status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Base URL of a coordinator, e.g. http://127.0.0.1:8080.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Print the raw JSON of `GET /admin/v1/cluster`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints the cluster table (or JSON).
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let url = format!("{}/admin/v1/cluster", args.url.trim_end_matches('/'));
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    let v: Value = match agent.get(&url).call() {
+        Ok(r) => r.into_json().with_context(|| format!("{url}: not JSON"))?,
+        Err(ureq::Error::Status(code, r)) => {
+            let v: Value = r.into_json().unwrap_or(Value::Null);
+            let msg = v["error"]["message"].as_str().unwrap_or("no message");
+            anyhow::bail!("{url}: HTTP {code}: {msg}");
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot reach {url}")),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render(&v));
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The human-readable tables for a `GET /admin/v1/cluster` answer.
+pub fn render(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "leader {}  term {}  commit {}  members {}",
+        s(&v["leader_id"]),
+        s(&v["term"]),
+        s(&v["commit_index"]),
+        s(&v["members"])
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<14} {:<22} {:<6} {:>5} {:>9} {:>8} {:>8}",
+        "NODE", "ADDRESS", "STATUS", "CORES", "MEM_MIB", "RUNNING", "WAITING"
+    );
+    if let Some(nodes) = v["nodes"].as_object() {
+        for (id, n) in nodes {
+            let hb = &v["heartbeats"][id];
+            let sum = |key: &str| -> u64 {
+                hb["replicas"]
+                    .as_array()
+                    .map_or(0, |r| r.iter().filter_map(|x| x[key].as_u64()).sum())
+            };
+            let _ = writeln!(
+                out,
+                "{:<14} {:<22} {:<6} {:>5} {:>9} {:>8} {:>8}",
+                id,
+                s(&n["addr"]),
+                s(&n["status"]),
+                s(&n["cores"]),
+                n["memory_bytes"].as_u64().unwrap_or(0) >> 20,
+                sum("running"),
+                sum("waiting"),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<24} {:>7} {:>8}  REPLICAS",
+        "MODEL", "VERSION", "DESIRED"
+    );
+    if let Some(models) = v["models"].as_array() {
+        for m in models {
+            let name = s(&m["name"]);
+            let replicas = v["placements"][&name]
+                .as_object()
+                .map(|p| {
+                    p.iter()
+                        .map(|(node, r)| format!("{node}:{}", s(&r["state"]).to_lowercase()))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:<24} {:>7} {:>8}  {}",
+                name,
+                s(&m["version"]),
+                s(&m["desired_replicas"]),
+                replicas
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_nodes_models_and_replicas() {
+        let v = json!({
+            "leader_id": 2, "term": 3, "commit_index": 17, "members": [1, 2, 3],
+            "nodes": {"node-1": {"addr": "127.0.0.1:7201", "status": "Up", "cores": 2,
+                "memory_bytes": 2147483648u64}},
+            "heartbeats": {"node-1": {"replicas": [{"model": "m", "running": 3, "waiting": 1}]}},
+            "models": [{"name": "m", "version": 1, "desired_replicas": 2}],
+            "placements": {"m": {"node-1": {"state": "Ready", "model_version": 1}}},
+        });
+        let text = render(&v);
+        assert!(text.contains("leader 2  term 3"), "{text}");
+        assert!(text.contains("node-1") && text.contains("2048"), "{text}");
+        assert!(text.contains("       3        1"), "{text}");
+        assert!(text.contains("node-1:ready"), "{text}");
+    }
+}

@@ -1,0 +1,368 @@
+//! `inferno up`: a whole local cluster in one command: coordinators and
+//! worker nodes as separate processes on loopback, the model deployed,
+//! the OpenAI API ready, everything stopped cleanly on Ctrl-C.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use protocol::tls::ClusterCa;
+use serde_json::{json, Value};
+
+use crate::http_client;
+use crate::local_cluster::{LocalCoordinators, LocalCoordinatorsSpec};
+
+/// Arguments of `inferno up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Address of the first coordinator's HTTP API (the others pick free
+    /// ports; every coordinator serves the same API).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// Where configs, certificates, raft data, logs and cluster.json go.
+    #[arg(long, default_value = "inferno-cluster")]
+    pub data_dir: PathBuf,
+    /// Worker nodes to start.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// Coordinators to start (3 or 5 survive the loss of 1 or 2).
+    #[arg(long, default_value_t = 3)]
+    pub coordinators: usize,
+    /// GGUF file, or a known model name fetched if missing.
+    #[arg(long, default_value = crate::models::DEFAULT_MODEL)]
+    pub model: String,
+    /// Replicas of the model (default: one per node, at most 2).
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// Compute threads of each node.
+    #[arg(long, default_value_t = 1)]
+    pub threads_per_node: usize,
+    /// KV-cache budget per replica, in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub kv_budget_mib: u64,
+    /// How long to wait for the cluster to serve, in seconds.
+    #[arg(long, default_value_t = 180)]
+    pub ready_timeout_s: u64,
+    /// Where known model names are pulled to.
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+}
+
+/// A worker node process.
+struct NodeProc {
+    name: String,
+    quic: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// Everything `inferno up` started; stopped (SIGTERM, then SIGKILL) on drop.
+struct LocalCluster {
+    coordinators: LocalCoordinators,
+    nodes: Vec<NodeProc>,
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let children = self.nodes.iter_mut().filter_map(|n| n.child.as_mut());
+        terminate(children);
+        self.coordinators.terminate_all();
+    }
+}
+
+/// SIGTERMs the children, waits a few seconds for them, SIGKILLs the rest.
+pub fn terminate<'a>(children: impl Iterator<Item = &'a mut Child>) {
+    let mut children: Vec<&mut Child> = children.collect();
+    for c in &children {
+        if let Ok(pid) = i32::try_from(c.id()) {
+            // SAFETY: kill(2) with a pid we spawned and have not reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if children
+            .iter_mut()
+            .all(|c| c.try_wait().ok().flatten().is_some())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn free_udp() -> anyhow::Result<SocketAddr> {
+    let s = UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP port")?;
+    Ok(s.local_addr()?)
+}
+
+/// The cluster's model name for `arg`: a known name as is, a file by its stem.
+fn model_name(arg: &str) -> String {
+    if crate::models::known(arg).is_some() {
+        return arg.to_string();
+    }
+    Path::new(arg)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .map(|s| s.to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "model".into())
+}
+
+/// Runs the cluster until Ctrl-C or SIGTERM.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.coordinators >= 1, "--coordinators must be at least 1");
+    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    let models_dir = args
+        .models_dir
+        .clone()
+        .unwrap_or_else(crate::default_models_dir);
+    let model_path = crate::models::resolve(&args.model, &models_dir).await?;
+    let cluster = tokio::task::spawn_blocking(move || start(&args, &model_path))
+        .await
+        .context("start task failed")??;
+    shutdown_signal().await;
+    eprintln!("stopping the cluster...");
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .context("stop task failed")?;
+    eprintln!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
+    let dir = &args.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let size_bytes = std::fs::metadata(model_path)
+        .with_context(|| format!("cannot read {}", model_path.display()))?
+        .len();
+    let name = model_name(&args.model);
+
+    let spec = LocalCoordinatorsSpec {
+        n: args.coordinators,
+        tick_ms: 100,
+        request_timeout_ms: 5000,
+        http_addrs: vec![args.http],
+        extra_toml: vec![format!("kv_budget_mib = {}", args.kv_budget_mib); args.coordinators],
+        log_filter: std::env::var("INFERNO_LOG").unwrap_or_else(|_| "info".into()),
+        ..LocalCoordinatorsSpec::default()
+    };
+    let mut coordinators = LocalCoordinators::create(&dir, &spec)?;
+    let ca = ClusterCa::load(coordinators.ca_dir()).context("cannot load the cluster CA")?;
+    let mut nodes = Vec::with_capacity(args.nodes);
+    for i in 1..=args.nodes {
+        let node_name = format!("node-{i}");
+        ca.issue(&node_name)
+            .context("cannot issue a node certificate")?
+            .save(coordinators.certs_dir(), true)
+            .context("cannot save a node certificate")?;
+        let quic = free_udp()?;
+        let mut text = format!(
+            "[engine]\nthreads = {threads}\nkv_budget_mib = {kv}\n\n[node]\nname = \"{node_name}\"\n\
+             certs_dir = {certs:?}\nlisten = \"{quic}\"\n",
+            threads = args.threads_per_node.max(1),
+            kv = args.kv_budget_mib,
+            certs = coordinators.certs_dir(),
+        );
+        for c in 0..args.coordinators {
+            let _ = write!(
+                text,
+                "\n[[node.coordinators]]\nname = \"coordinator-{}\"\naddr = \"{}\"\n",
+                coordinators.id(c),
+                coordinators.raft_addr(c)
+            );
+        }
+        let _ = write!(
+            text,
+            "\n[[node.models]]\nname = \"{name}\"\npath = {:?}\n",
+            model_path
+        );
+        let config = dir.join(format!("{node_name}.toml"));
+        std::fs::write(&config, text)
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        nodes.push(NodeProc {
+            name: node_name.clone(),
+            quic,
+            config,
+            log: dir.join(format!("{node_name}.log")),
+            child: None,
+        });
+    }
+
+    eprintln!(
+        "starting {} coordinators and {} nodes in {}",
+        args.coordinators,
+        args.nodes,
+        dir.display()
+    );
+    coordinators.start_all()?;
+    let mut cluster = LocalCluster {
+        coordinators,
+        nodes,
+    };
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    for n in &mut cluster.nodes {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .with_context(|| format!("cannot open {}", n.log.display()))?;
+        let child = Command::new(&exe)
+            .arg("node")
+            .arg("--config")
+            .arg(&n.config)
+            .env(
+                "INFERNO_LOG",
+                std::env::var("INFERNO_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        n.child = Some(child);
+    }
+    write_cluster_json(&dir, &cluster)?;
+
+    let timeout = Duration::from_secs(args.ready_timeout_s);
+    cluster.coordinators.wait_for_leader(timeout)?;
+    let replicas = args
+        .replicas
+        .unwrap_or_else(|| u32::try_from(args.nodes.min(2)).unwrap_or(2));
+    let body = json!({
+        "name": name,
+        "source": model_path.display().to_string(),
+        "format": "gguf",
+        "size_bytes": size_bytes,
+        "desired_replicas": replicas,
+    });
+    let api = cluster.coordinators.http_addr(0);
+    retry_until("deploying the model", timeout, || {
+        let (status, v) =
+            http_client::request(api, "POST", "/admin/v1/models", Some(&body), TIMEOUT).ok()?;
+        (status == 200).then_some(v)
+    })?;
+    eprintln!("deployed {name} with {replicas} replica(s); waiting for a replica to load...");
+    retry_until("the first ready replica", timeout, || {
+        let (status, _) = http_client::request(api, "GET", "/ready", None, TIMEOUT).ok()?;
+        (status == 200).then_some(())
+    })?;
+    let urls: Vec<String> = (0..args.coordinators)
+        .map(|i| format!("http://{}", cluster.coordinators.http_addr(i)))
+        .collect();
+    println!("Inferno cluster ready: OpenAI API at http://{api}/v1 (model \"{name}\")");
+    println!("  every coordinator serves it: {}", urls.join(" "));
+    println!(
+        "  try: curl http://{api}/v1/chat/completions -H 'Content-Type: application/json' \
+         -d '{{\"model\":\"{name}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
+    );
+    println!("  or:  inferno chat --url http://{api}");
+    println!(
+        "  processes: {}; Ctrl-C stops everything",
+        dir.join("cluster.json").display()
+    );
+    Ok(cluster)
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn retry_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; see the logs in the data directory"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Writes `DATA_DIR/cluster.json`: every process started, with its role,
+/// id, pid and addresses.
+fn write_cluster_json(dir: &Path, cluster: &LocalCluster) -> anyhow::Result<()> {
+    let c = &cluster.coordinators;
+    let mut procs: Vec<Value> = (0..c.len())
+        .map(|i| {
+            json!({
+                "role": "coordinator",
+                "id": format!("coordinator-{}", c.id(i)),
+                "raft_id": c.id(i),
+                "pid": c.pid(i),
+                "http": c.http_addr(i).to_string(),
+                "quic": c.raft_addr(i).to_string(),
+            })
+        })
+        .collect();
+    for n in &cluster.nodes {
+        procs.push(json!({
+            "role": "node",
+            "id": n.name,
+            "pid": n.child.as_ref().map(Child::id),
+            "quic": n.quic.to_string(),
+            "config": n.config.display().to_string(),
+            "log": n.log.display().to_string(),
+        }));
+    }
+    let path = dir.join("cluster.json");
+    let text = serde_json::to_string_pretty(&json!({ "processes": procs }))?;
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_come_from_known_names_or_file_stems() {
+        assert_eq!(model_name("smollm2-135m"), "smollm2-135m");
+        assert_eq!(
+            model_name("/models/Qwen2-0.5B.Q4_0.gguf"),
+            "qwen2-0.5b.q4_0"
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! The data plane end to end, through `inferno up` (3 coordinators and
+//! worker nodes as separate processes): the OpenAI API on every
+//! coordinator (driven by the official `openai` Python package too),
+//! errors, cancellation of abandoned streams, and node and leader kills
+//! under load. Every wait is bounded; every process is stopped at the end.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use inferno_cluster_tests::http;
+use inferno_cluster_tests::local_up::{signal, LocalUp};
+use serde_json::{json, Value};
+
+const MODEL: &str = "smollm2-135m.instruct.q4_1";
+const STARTUP: Duration = Duration::from_secs(240);
+const T: Duration = Duration::from_secs(60);
+
+fn model_name() -> String {
+    inferno_cluster_tests::test_model()
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_else(|| MODEL.into())
+}
+
+fn post(addr: SocketAddr, path: &str, body: &Value) -> std::io::Result<http::Response> {
+    http::request(addr, "POST", path, Some(&body.to_string()), T)
+}
+
+fn chat_body(model: &str, content: &str, max_tokens: u32) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens, "temperature": 0})
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sum of a gauge over all its label sets in a Prometheus text body.
+fn gauge_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
+    let up = LocalUp::start(2, 2, &[], STARTUP);
+    let model = model_name();
+
+    // Every coordinator serves the API and routes to the replicas.
+    for api in up.coordinator_apis() {
+        let r = http::request(api, "GET", "/v1/models", None, T).expect("models");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["data"][0]["id"], model.as_str());
+        let r = post(
+            api,
+            "/v1/chat/completions",
+            &chat_body(&model, "Say hello.", 8),
+        )
+        .expect("chat");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        assert!(v["choices"][0]["message"]["content"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty()));
+        assert!(v["usage"]["completion_tokens"]
+            .as_u64()
+            .is_some_and(|n| (1..=8).contains(&n)));
+        let r = http::request(api, "GET", "/ready", None, T).expect("ready");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    // Streaming: SSE chunks ending with [DONE].
+    let mut body = chat_body(&model, "Count to three.", 6);
+    body["stream"] = json!(true);
+    let r = post(up.api, "/v1/chat/completions", &body).expect("stream");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream")));
+    let events: Vec<&str> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{}", r.body);
+    assert!(events.len() >= 3, "{}", r.body);
+
+    // Errors are OpenAI error objects with the right statuses.
+    let r = http::request(up.api, "POST", "/v1/chat/completions", Some("{not json"), T)
+        .expect("bad json");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.json()["error"]["message"].is_string(), "{}", r.body);
+    let r = post(
+        up.api,
+        "/v1/chat/completions",
+        &chat_body("no-such-model", "hi", 4),
+    )
+    .expect("unknown model");
+    assert_eq!(r.status, 404, "{}", r.body);
+    let long = "hello ".repeat(9000);
+    let r = post(
+        up.api,
+        "/v1/completions",
+        &json!({"model": model, "prompt": long, "max_tokens": 4}),
+    )
+    .expect("long prompt");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("context") || r.body.contains("prompt"),
+        "{}",
+        r.body
+    );
+
+    // The official client.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/openai_client.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{}/v1", up.coordinator_apis()[1]))
+        .arg(&model)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "openai client failed (pip install openai?):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A client that goes away mid-stream frees its slot at the node.
+    let mut body = json!({"model": model, "prompt": "Once upon a time", "max_tokens": 4000,
+        "ignore_eos": true, "stream": true});
+    body["temperature"] = json!(0);
+    let mut conn = http::send(
+        up.api,
+        "POST",
+        "/v1/completions",
+        Some(&body.to_string()),
+        T,
+    )
+    .expect("open stream");
+    let mut buf = [0u8; 2048];
+    let n = conn.read(&mut buf).expect("first bytes");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("200"),
+        "stream did not start"
+    );
+    let metrics = || {
+        http::request(up.api, "GET", "/metrics", None, T)
+            .map(|r| r.body)
+            .unwrap_or_default()
+    };
+    wait_until("the node to report the running sequence", T, || {
+        (gauge_sum(&metrics(), "inferno_running_sequences") >= 1.0).then_some(())
+    });
+    drop(conn);
+    let freed = Instant::now();
+    wait_until(
+        "the slot to be freed after the client left",
+        Duration::from_secs(10),
+        || (gauge_sum(&metrics(), "inferno_running_sequences") == 0.0).then_some(()),
+    );
+    eprintln!("slot freed {:?} after the disconnect", freed.elapsed());
+    let m = metrics();
+    assert!(m.contains("inferno_ttft_seconds"), "{m}");
+    assert!(m.contains("inferno_requests_total"), "{m}");
+}
+
+/// Closed-loop clients sending whole (non-streaming) chat requests to the
+/// coordinators in `targets`, recording every failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    targets: Arc<Mutex<Vec<SocketAddr>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(clients: usize, targets: Vec<SocketAddr>, model: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let targets = Arc::new(Mutex::new(targets));
+        let threads = (0..clients)
+            .map(|c| {
+                let (stop, ok, failures, targets) =
+                    (stop.clone(), ok.clone(), failures.clone(), targets.clone());
+                let body = chat_body(model, "Name a fruit.", 12);
+                std::thread::spawn(move || {
+                    let mut i = c;
+                    while !stop.load(Ordering::Relaxed) {
+                        let addr = {
+                            let t = targets.lock().expect("targets");
+                            t[i % t.len()]
+                        };
+                        i += 1;
+                        match post(addr, "/v1/chat/completions", &body) {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => failures
+                                .lock()
+                                .expect("failures")
+                                .push(format!("{addr}: {} {}", r.status, r.body)),
+                            Err(e) => failures
+                                .lock()
+                                .expect("failures")
+                                .push(format!("{addr}: {e}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            targets,
+            threads,
+        }
+    }
+
+    fn ok(&self) -> usize {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let failures = self.failures.lock().expect("failures").clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+fn ready_holders(up: &LocalUp, model: &str) -> Option<Vec<String>> {
+    let v = up.cluster()?;
+    let placements = v["placements"][model].as_object()?;
+    Some(
+        placements
+            .iter()
+            .filter(|(_, p)| p["state"] == "Ready")
+            .map(|(n, _)| n.clone())
+            .collect(),
+    )
+}
+
+#[test]
+fn requests_survive_a_node_kill_and_a_leader_kill() {
+    let up = LocalUp::start(3, 2, &[], STARTUP);
+    let model = model_name();
+    let holders = wait_until("two ready replicas", T, || {
+        ready_holders(&up, &model).filter(|h| h.len() == 2)
+    });
+    let load = Load::start(3, up.coordinator_apis(), &model);
+    wait_until("some answers", T, || (load.ok() >= 5).then_some(()));
+
+    // SIGKILL a node holding a replica: no request fails (whole requests
+    // are retried on the other replica) and the replica is re-placed.
+    let victim = up.member(&holders[0]);
+    signal(victim.pid, "-KILL");
+    let killed_at = Instant::now();
+    let before = load.ok();
+    let replaced = wait_until("the replica re-placed on the third node", T, || {
+        ready_holders(&up, &model).filter(|h| h.len() == 2 && !h.contains(&holders[0]))
+    });
+    eprintln!(
+        "re-placed on {replaced:?} {:?} after the kill",
+        killed_at.elapsed()
+    );
+    wait_until("answers after the node kill", T, || {
+        (load.ok() >= before + 5).then_some(())
+    });
+    let failures = load.failures.lock().expect("failures").clone();
+    assert!(
+        failures.is_empty(),
+        "requests failed after a node kill: {failures:?}"
+    );
+
+    // SIGKILL the leader coordinator; clients keep using the others.
+    let leader_id = up
+        .cluster()
+        .and_then(|v| v["leader_id"].as_u64())
+        .expect("leader");
+    let leader = up.member(&format!("coordinator-{leader_id}"));
+    let survivors: Vec<SocketAddr> = up
+        .coordinator_apis()
+        .into_iter()
+        .filter(|a| Some(*a) != leader.http)
+        .collect();
+    *load.targets.lock().expect("targets") = survivors;
+    // Let requests already sent to the leader finish first.
+    std::thread::sleep(Duration::from_secs(2));
+    load.failures.lock().expect("failures").clear();
+    signal(leader.pid, "-KILL");
+    let before = load.ok();
+    std::thread::sleep(Duration::from_secs(8));
+    let (ok, failures) = load.finish();
+    assert!(
+        ok >= before + 5,
+        "too few answers after the leader kill: {} ",
+        ok - before
+    );
+    assert!(
+        failures.is_empty(),
+        "requests failed after the leader kill: {failures:?}"
+    );
+}
