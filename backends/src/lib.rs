@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod engine;
+pub mod fl;
 pub mod frontend;
 pub mod gguf;
 pub mod kernels;

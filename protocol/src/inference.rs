@@ -98,6 +98,9 @@ pub struct NodeHeartbeat {
     pub servable: Vec<ServableModel>,
     /// The models it has loaded or is loading.
     pub replicas: Vec<ReplicaReport>,
+    /// The federated-learning client index (data shard) this node trains
+    /// as, if it takes part in federated jobs.
+    pub fl_client: Option<u32>,
 }
 
 /// A coordinator's answer to a heartbeat: what the node should run.
@@ -115,6 +118,16 @@ pub struct HeartbeatReply {
 
 /// Largest frame on a node connection (requests carry whole prompts).
 pub const MAX_NODE_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// The first frame of a stream a coordinator opens to a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeStreamRequest {
+    /// Generate: answered with `GenerateEvent` frames.
+    Inference(InferenceRequest),
+    /// Train one federated round: answered with one
+    /// [`FlTrainResponse`](crate::fl::FlTrainResponse) frame.
+    FlTrain(crate::fl::FlTrainRequest),
+}
 
 /// A request from a node to a coordinator, one per QUIC stream
 /// (answered with one [`NodeResponse`]). A coordinator tells nodes from

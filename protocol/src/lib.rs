@@ -8,9 +8,11 @@
 //! - [`tls`]: the cluster CA and member identities for mutual TLS.
 //! - [`quic`]: QUIC endpoints (quinn) with mutual TLS, and request helpers.
 //! - [`generate`]: the text-generation types that travel inside frames.
+//! - [`fl`]: federated-learning rounds between the leader and nodes.
 //! - [`inference`]: coordinator-to-node inference requests and the node's
 //!   heartbeats.
 
+pub mod fl;
 pub mod frame;
 pub mod generate;
 pub mod handshake;
@@ -21,8 +23,8 @@ pub mod tls;
 pub use frame::{FrameError, MAX_FRAME_BYTES};
 pub use handshake::{HandshakeError, Hello, Role, PROTOCOL_VERSION};
 pub use inference::{
-    HeartbeatReply, InferenceRequest, NodeHeartbeat, NodeRequest, NodeResponse, Prompt,
-    ReplicaReport, ReplicaState, ServableModel, MAX_NODE_FRAME_BYTES,
+    HeartbeatReply, InferenceRequest, NodeHeartbeat, NodeRequest, NodeResponse, NodeStreamRequest,
+    Prompt, ReplicaReport, ReplicaState, ServableModel, MAX_NODE_FRAME_BYTES,
 };
 pub use quic::QuicError;
 pub use tls::{ClusterCa, MemberIdentity, TlsError};
