@@ -12,7 +12,7 @@ use protocol::frame;
 use protocol::quic;
 use protocol::tls::ClusterCa;
 use protocol::{
-    ChatMessage, FinishReason, GenerateError, GenerateEvent, HeartbeatReply, InferenceRequest,
+    ChatMessage, FinishReason, GenerateError, GenerateEvent, HeartbeatReply, InferenceRequest, NodeStreamRequest,
     NodeHeartbeat, NodeRequest, NodeResponse, Prompt, ReplicaState, SamplingParams,
     MAX_NODE_FRAME_BYTES,
 };
@@ -51,7 +51,9 @@ fn fake_coordinator(ca: &ClusterCa, state: Shared) -> (SocketAddr, quinn::Endpoi
                             MAX_NODE_FRAME_BYTES,
                             T,
                             |req: NodeRequest| async move {
-                                let NodeRequest::Heartbeat(hb) = req;
+                                let NodeRequest::Heartbeat(hb) = req else {
+                                    return NodeResponse::Ack;
+                                };
                                 let mut s = state.lock().unwrap();
                                 s.last = Some(hb);
                                 s.beats += 1;
@@ -104,7 +106,7 @@ fn request(model: &str, prompt: Prompt, max_tokens: u32, ignore_eos: bool) -> In
 /// Sends a request on a new stream and reads every event to the last one.
 async fn infer(conn: &Connection, req: &InferenceRequest) -> Vec<GenerateEvent> {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    frame::write_frame(&mut send, req, MAX_NODE_FRAME_BYTES, T)
+    frame::write_frame(&mut send, &NodeStreamRequest::Inference(req.clone()), MAX_NODE_FRAME_BYTES, T)
         .await
         .unwrap();
     send.finish().unwrap();
@@ -157,6 +159,7 @@ async fn node_service_follows_assignments_and_serves_streams() {
         }],
         engine: EngineConfig::default(),
         restart_budget: RestartBudget::default(),
+        fl: node::service::FlConfig::default(),
     })
     .await
     .unwrap();
@@ -247,7 +250,7 @@ async fn node_service_follows_assignments_and_serves_streams() {
     // 1000 tokens it asked for could be generated.
     let long = request(MODEL, Prompt::Text("Once upon a time".into()), 1000, true);
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    frame::write_frame(&mut send, &long, MAX_NODE_FRAME_BYTES, T)
+    frame::write_frame(&mut send, &NodeStreamRequest::Inference(long.clone()), MAX_NODE_FRAME_BYTES, T)
         .await
         .unwrap();
     let first: GenerateEvent = frame::read_frame(&mut recv, MAX_NODE_FRAME_BYTES, T)

@@ -22,7 +22,8 @@ use super::nodes::NodeRegistry;
 use super::peers::{submit_membership, submit_write, Peers};
 use super::raft_loop::{LocalView, LoopRequest, MemberChange, ReadView};
 use super::wire::{PeerRequest, PeerResponse, WriteReply};
-use crate::state::Op;
+use crate::state::{FlJobStatus, Op};
+use backends::fl::JobSpec;
 
 /// Largest accepted request body.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -42,6 +43,8 @@ pub struct Admin {
     pub registry: Arc<NodeRegistry>,
     /// The local raft view (to notice a leader change mid-forward).
     pub view: watch::Receiver<LocalView>,
+    /// Checkpoint blobs (federated models).
+    pub blobs: Arc<crate::fl::BlobStore>,
 }
 
 /// An admin API error: status and message, rendered as JSON.
@@ -89,6 +92,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
         )
         .route("/admin/v1/models/{name}/scale", post(scale_model))
         .route("/admin/v1/members", get(list_members).post(add_member))
+        .route("/admin/v1/fl/jobs", get(list_fl_jobs).post(create_fl_job))
+        .route("/admin/v1/fl/jobs/{id}", get(get_fl_job))
+        .route("/admin/v1/fl/jobs/{id}/stop", post(stop_fl_job))
+        .route("/admin/v1/fl/jobs/{id}/model", get(fl_model))
         .route(
             "/admin/v1/members/{id}",
             axum::routing::delete(remove_member),
@@ -238,6 +245,111 @@ pub async fn commit_membership(admin: &Admin, change: MemberChange) -> WriteRepl
         // Leadership is moving (e.g. the leader is removing itself).
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Submits a federated job: the body is the spec as TOML (or JSON).
+async fn create_fl_job(
+    State(admin): State<Arc<Admin>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the job spec is not UTF-8"))?;
+    let parsed = if text.trim_start().starts_with('{') {
+        JobSpec::from_json(text)
+    } else {
+        JobSpec::from_toml(text)
+    };
+    let spec = parsed.map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job spec: {e}"))
+    })?;
+    let json = spec
+        .to_json()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let id = spec.id.clone();
+    let _created = write(&admin, Op::CreateFlJob { id: id.clone(), spec: json }).await?;
+    Ok(Json(json!({"id": id, "status": "Pending"})))
+}
+
+async fn list_fl_jobs(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
+    let v = read(&admin).await?;
+    let jobs: Vec<Value> = v
+        .state
+        .fl_jobs()
+        .iter()
+        .map(|(id, j)| {
+            let rounds = JobSpec::from_json(&j.spec).map_or(0, |s| s.rounds);
+            json!({"id": id, "status": j.status, "rounds_done": j.last_round(), "rounds": rounds})
+        })
+        .collect();
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn get_fl_job(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let v = read(&admin).await?;
+    let job = v.state.fl_job(&id).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("no federated job {id:?}"))
+    })?;
+    let spec: Value = serde_json::from_str(&job.spec).unwrap_or(Value::Null);
+    let rounds: Vec<Value> = job
+        .rounds
+        .iter()
+        .map(|r| json!({"round": r.round, "checkpoint": r.checkpoint_hash, "metrics": r.metrics}))
+        .collect();
+    Ok(Json(json!({"id": id, "status": job.status, "spec": spec, "rounds": rounds})))
+}
+
+async fn stop_fl_job(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    write(
+        &admin,
+        Op::SetFlJobStatus {
+            job: id,
+            status: FlJobStatus::Cancelled,
+        },
+    )
+    .await
+}
+
+/// The job's latest global model as safetensors (from this coordinator's
+/// checkpoint copy).
+async fn fl_model(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let v = read(&admin).await?;
+    let job = v.state.fl_job(&id).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("no federated job {id:?}"))
+    })?;
+    let round = job.rounds.last().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "the job has no committed round yet")
+    })?;
+    let spec = JobSpec::from_json(&job.spec)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m);
+    let bytes = admin.blobs.get(&round.checkpoint_hash).ok_or_else(|| {
+        unavailable(format!(
+            "checkpoint {} is not on this coordinator; ask another",
+            round.checkpoint_hash
+        ))
+    })?;
+    let layout = spec
+        .model
+        .init(0)
+        .map_err(|e| unavailable(e.to_string()))?
+        .layout();
+    let params = backends::fl::Params::from_raw_le(&bytes, &layout)
+        .and_then(|p| p.to_safetensors())
+        .map_err(|e| unavailable(e.to_string()))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        params,
+    )
+        .into_response())
 }
 
 async fn cluster(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {

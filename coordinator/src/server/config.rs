@@ -69,6 +69,11 @@ pub struct CoordinatorConfig {
     /// Inference requests this coordinator routes at once; more get 429.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Where the datasets are (`inferno fl data`), for the central
+    /// evaluation of federated jobs on their test sets; without it, jobs
+    /// report only the nodes' own evaluation.
+    #[serde(default)]
+    pub fl_data_dir: Option<PathBuf>,
 }
 
 fn default_node_down_after_ms() -> u64 {

@@ -233,6 +233,7 @@ mod tests {
                     error: None,
                 })
                 .collect(),
+            fl_client: None,
         }
     }
 

@@ -117,6 +117,7 @@ pub async fn run(
     );
     let (view_tx, view_rx) = watch::channel(raft_loop::LocalView::default());
     let registry = Arc::new(nodes::NodeRegistry::new());
+    let blobs = Arc::new(crate::fl::BlobStore::new(cfg.data_dir.join("blobs")));
     tasks.push(tokio::spawn(peers::serve_peers(
         server.clone(),
         peers::PeerServices {
@@ -126,6 +127,7 @@ pub async fn run(
             registry: registry.clone(),
             view: view_rx.clone(),
             timeout,
+            blobs: blobs.clone(),
         },
     )));
     let control = controller::ControlConfig {
@@ -160,6 +162,20 @@ pub async fn run(
             ..router::RouterConfig::default()
         },
     ));
+    tasks.push(tokio::spawn(crate::fl::driver::run(Arc::new(
+        crate::fl::FlContext::new(
+            req_tx.clone(),
+            view_rx.clone(),
+            registry.clone(),
+            router.clone(),
+            peers.clone(),
+            cfg.peers.iter().map(|p| p.id).collect(),
+            blobs.clone(),
+            cfg.fl_data_dir.clone(),
+            cfg.data_dir.join("models"),
+            timeout,
+        ),
+    ))));
     let admin = Arc::new(admin::Admin {
         id: cfg.id,
         requests: req_tx,
@@ -167,6 +183,7 @@ pub async fn run(
         timeout,
         registry,
         view: view_rx,
+        blobs,
     });
     let app = admin::router(admin).merge(inference_routes(router));
     tasks.push(tokio::spawn(async move {

@@ -185,6 +185,8 @@ pub struct PeerServices {
     pub view: watch::Receiver<LocalView>,
     /// Request timeout.
     pub timeout: Duration,
+    /// Checkpoint blobs.
+    pub blobs: Arc<crate::fl::BlobStore>,
 }
 
 /// Accepts connections on `endpoint` until it is closed: coordinators
@@ -290,7 +292,7 @@ async fn handle(peer_id: u64, req: PeerRequest, services: PeerServices) -> PeerR
         requests,
         timeout,
         ..
-    } = services;
+    } = services.clone();
     match req {
         PeerRequest::Raft { from, msgs } => {
             if from != peer_id {
@@ -317,6 +319,17 @@ async fn handle(peer_id: u64, req: PeerRequest, services: PeerServices) -> PeerR
         PeerRequest::Membership { change } => {
             PeerResponse::Write(submit_membership(&requests, change, timeout).await)
         }
+        PeerRequest::PutBlob { hash, bytes } => {
+            let store = services.blobs.clone();
+            let stored =
+                tokio::task::spawn_blocking(move || store.put_checked(&hash, &bytes)).await;
+            match stored {
+                Ok(Ok(())) => PeerResponse::Ack,
+                Ok(Err(e)) => PeerResponse::Refused(format!("cannot store the blob: {e}")),
+                Err(e) => PeerResponse::Refused(format!("blob task failed: {e}")),
+            }
+        }
+        PeerRequest::GetBlob { hash } => PeerResponse::Blob(services.blobs.get(&hash)),
     }
 }
 

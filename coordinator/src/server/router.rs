@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use protocol::quic::{self, STREAM_ERROR_BAD_FRAME};
 use protocol::{
-    frame, GenerateError, GenerateEvent, InferenceRequest, NodeHeartbeat, MAX_NODE_FRAME_BYTES,
+    frame, GenerateError, GenerateEvent, InferenceRequest, NodeHeartbeat, NodeStreamRequest,
+    MAX_NODE_FRAME_BYTES,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use rand::Rng;
@@ -311,6 +312,30 @@ impl Router {
         Ok(c)
     }
 
+    /// Opens a bidirectional stream to `node` (at the address the state
+    /// records), for exchanges other than inference (federated rounds).
+    pub async fn open_stream(&self, node: &str) -> Result<(SendStream, RecvStream), String> {
+        let addr = self
+            .view
+            .borrow()
+            .state
+            .node(node)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| format!("unknown node {node}"))?;
+        let conn = self.connection(node, &addr).await?;
+        match tokio::time::timeout(self.cfg.connect_timeout, conn.open_bi()).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => {
+                self.forget(node);
+                Err(e.to_string())
+            }
+            Err(_) => {
+                self.forget(node);
+                Err("timed out opening a stream".into())
+            }
+        }
+    }
+
     /// Opens a stream, sends the request and waits for the first event.
     async fn open(
         &self,
@@ -323,9 +348,10 @@ impl Router {
             .await
             .map_err(|_| "timed out opening a stream".to_string())?
             .map_err(|e| e.to_string())?;
+        let first = NodeStreamRequest::Inference(req.clone());
         frame::write_frame(
             &mut send,
-            req,
+            &first,
             MAX_NODE_FRAME_BYTES,
             self.cfg.connect_timeout,
         )

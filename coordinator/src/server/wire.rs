@@ -29,6 +29,18 @@ pub enum PeerRequest {
         /// The change.
         change: MemberChange,
     },
+    /// Store a checkpoint blob (before its hash is committed).
+    PutBlob {
+        /// Its SHA-256, checked on arrival.
+        hash: String,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Fetch a checkpoint blob.
+    GetBlob {
+        /// Its SHA-256.
+        hash: String,
+    },
 }
 
 /// The answer to a [`PeerRequest`].
@@ -38,6 +50,8 @@ pub enum PeerResponse {
     Ack,
     /// The outcome of a forwarded write.
     Write(WriteReply),
+    /// A blob, if this coordinator has it.
+    Blob(Option<Vec<u8>>),
     /// The request was refused (unknown sender, bad message).
     Refused(String),
 }

@@ -49,6 +49,8 @@ pub(crate) struct HeartbeatInfo {
     pub servable: Vec<ServableModel>,
     /// KV budget of each loaded model, in bytes.
     pub kv_budget_bytes: u64,
+    /// Federated-learning client index, if any.
+    pub fl_client: Option<u32>,
 }
 
 /// How a model's state is reported to coordinators.
@@ -82,6 +84,7 @@ pub(crate) async fn build(node: &Node, info: &HeartbeatInfo) -> NodeHeartbeat {
         free_kv_bytes,
         servable: info.servable.clone(),
         replicas: status.iter().map(replica_report).collect(),
+        fl_client: info.fl_client,
     }
 }
 

@@ -11,12 +11,15 @@ use std::time::Duration;
 
 use protocol::frame::{self, FrameError};
 use protocol::quic;
+use protocol::fl::MAX_FL_FRAME_BYTES;
 use protocol::{
-    GenerateError, GenerateEvent, GenerateRequest, InferenceRequest, Prompt, MAX_NODE_FRAME_BYTES,
+    GenerateError, GenerateEvent, GenerateRequest, InferenceRequest, NodeStreamRequest, Prompt,
+    MAX_NODE_FRAME_BYTES,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, watch};
 
+use super::fl::FlTrainer;
 use crate::node::Node;
 
 /// How long a peer may take to send its request frame.
@@ -41,6 +44,7 @@ pub const STREAM_CANCELLED: VarInt = VarInt::from_u32(2);
 pub(crate) async fn serve(
     endpoint: quinn::Endpoint,
     node: Arc<Node>,
+    fl: Arc<FlTrainer>,
     kv_budget_bytes: usize,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -58,6 +62,7 @@ pub(crate) async fn serve(
         tokio::spawn(serve_connection(
             conn,
             node.clone(),
+            fl.clone(),
             kv_budget_bytes,
             shutdown.clone(),
         ));
@@ -67,6 +72,7 @@ pub(crate) async fn serve(
 async fn serve_connection(
     conn: quinn::Connection,
     node: Arc<Node>,
+    fl: Arc<FlTrainer>,
     kv_budget_bytes: usize,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -77,6 +83,7 @@ async fn serve_connection(
                     send,
                     recv,
                     node.clone(),
+                    fl.clone(),
                     kv_budget_bytes,
                     shutdown.clone(),
                 ));
@@ -97,19 +104,35 @@ pub(crate) async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
     node: Arc<Node>,
+    fl: Arc<FlTrainer>,
     kv_budget_bytes: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let req: InferenceRequest =
-        match frame::read_frame(&mut recv, MAX_NODE_FRAME_BYTES, REQUEST_READ_TIMEOUT).await {
+    let first: NodeStreamRequest =
+        match frame::read_frame(&mut recv, MAX_FL_FRAME_BYTES, REQUEST_READ_TIMEOUT).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::debug!("bad inference request frame: {e}");
+                tracing::debug!("bad request frame: {e}");
                 let _ = recv.stop(quic::STREAM_ERROR_BAD_FRAME);
                 let _ = send.reset(quic::STREAM_ERROR_BAD_FRAME);
                 return;
             }
         };
+    let req = match first {
+        NodeStreamRequest::Inference(req) => req,
+        NodeStreamRequest::FlTrain(req) => {
+            let answer = fl.train(req).await;
+            match frame::write_frame(&mut send, &answer, MAX_FL_FRAME_BYTES, REQUEST_READ_TIMEOUT)
+                .await
+            {
+                Ok(()) => {
+                    let _ = send.finish();
+                }
+                Err(e) => tracing::debug!("cannot send the federated update: {e}"),
+            }
+            return;
+        }
+    };
     let model = req.model.clone();
     let mut events = match prepare(&node, req, kv_budget_bytes).await {
         Ok(rx) => rx,

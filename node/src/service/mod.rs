@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+pub mod fl;
 pub mod heartbeat;
 pub mod inference;
 pub mod reconcile;
@@ -33,6 +34,7 @@ use protocol::ServableModel;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub use fl::{FlConfig, FlTrainer};
 pub use heartbeat::CoordinatorAddr;
 
 use crate::node::{Node, NodeError};
@@ -80,6 +82,8 @@ pub struct ServiceConfig {
     pub engine: EngineConfig,
     /// Restart budget of each model's worker.
     pub restart_budget: RestartBudget,
+    /// Federated learning: client index and data directory.
+    pub fl: FlConfig,
 }
 
 /// Why the service could not start.
@@ -175,7 +179,9 @@ impl NodeService {
             memory_bytes: cfg.memory_bytes,
             servable,
             kv_budget_bytes: kv_budget as u64,
+            fl_client: cfg.fl.client,
         };
+        let fl = Arc::new(FlTrainer::new(cfg.fl.clone()));
         let interval = cfg.heartbeat_interval.max(Duration::from_millis(10));
         let (beats_tx, beats_rx) = watch::channel(None);
         let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
@@ -183,6 +189,7 @@ impl NodeService {
         tasks.push(tokio::spawn(inference::serve(
             server.clone(),
             node.clone(),
+            fl,
             kv_budget,
             shutdown_rx.clone(),
         )));
