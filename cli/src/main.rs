@@ -2,11 +2,13 @@
 
 mod bench;
 mod bench_control_plane;
+mod bench_fl;
 mod bench_kernels;
 mod certs;
 mod chat;
 mod config;
 mod coordinator;
+mod fl;
 mod generate;
 mod http_client;
 mod local_cluster;
@@ -51,6 +53,9 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Show the cluster: leader, members, nodes and their load, models and replicas.
     Status(status::StatusArgs),
+    /// Federated learning: datasets, partitions, jobs (start, status, stop).
+    #[command(subcommand)]
+    Fl(fl::FlCommand),
 }
 
 #[derive(Subcommand)]
@@ -61,6 +66,8 @@ enum BenchCommand {
     Kernels(bench_kernels::KernelBenchArgs),
     /// Coordinator group on loopback: commit latency, throughput, failover, linearizability.
     ControlPlane(bench_control_plane::ControlPlaneBenchArgs),
+    /// Federated learning on a throwaway local cluster: accuracy and time per round.
+    Fl(bench_fl::FlBenchArgs),
 }
 
 /// Options shared by commands that compute on this machine.
@@ -95,6 +102,15 @@ pub fn default_models_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".inferno/models"))
 }
 
+/// Where datasets live unless told otherwise: `INFERNO_DATA_DIR` or
+/// `~/.inferno/data`.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("INFERNO_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".inferno/data")))
+        .unwrap_or_else(|| PathBuf::from(".inferno/data"))
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -107,6 +123,13 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // candle (federated training and evaluation) sizes its matmul threads
+    // from rayon's pool; on small shared machines one thread per process is
+    // several times faster than threads fighting over cores. Set before any
+    // thread exists; an explicit setting wins.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("INFERNO_LOG")
@@ -133,6 +156,10 @@ fn run() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Engine(a)) => bench::run_engine(a).await,
             Command::Bench(BenchCommand::Kernels(a)) => {
                 tokio::task::spawn_blocking(move || bench_kernels::run(a)).await?
+            }
+            Command::Fl(c) => tokio::task::spawn_blocking(move || fl::run(c)).await?,
+            Command::Bench(BenchCommand::Fl(a)) => {
+                tokio::task::spawn_blocking(move || bench_fl::run(a)).await?
             }
             Command::Bench(BenchCommand::ControlPlane(a)) => {
                 tokio::task::spawn_blocking(move || bench_control_plane::run(a)).await?

@@ -111,6 +111,14 @@ async fn service_config(
         models,
         engine,
         restart_budget: RestartBudget::default(),
+        fl: node::service::FlConfig {
+            client: n.fl_client,
+            data_dir: n
+                .fl_data_dir
+                .clone()
+                .unwrap_or_else(crate::default_data_dir),
+            byzantine: n.fl_byzantine,
+        },
     })
 }
 

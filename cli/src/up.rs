@@ -51,6 +51,11 @@ pub struct UpArgs {
     /// Where known model names are pulled to.
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
+    /// Take part in federated learning: node i trains as client i-1 on
+    /// the datasets in this directory (`inferno fl data`), and the
+    /// coordinators evaluate on its test sets.
+    #[arg(long)]
+    pub fl_data_dir: Option<PathBuf>,
 }
 
 /// A worker node process.
@@ -106,6 +111,15 @@ pub fn terminate<'a>(children: impl Iterator<Item = &'a mut Child>) {
 fn free_udp() -> anyhow::Result<SocketAddr> {
     let s = UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP port")?;
     Ok(s.local_addr()?)
+}
+
+/// Extra settings of every coordinator `inferno up` starts.
+fn coordinator_toml(args: &UpArgs) -> String {
+    let mut t = format!("kv_budget_mib = {}\n", args.kv_budget_mib);
+    if let Some(dir) = &args.fl_data_dir {
+        let _ = writeln!(t, "fl_data_dir = {dir:?}");
+    }
+    t
 }
 
 /// The cluster's model name for `arg`: a known name as is, a file by its stem.
@@ -181,7 +195,7 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
         tick_ms: 100,
         request_timeout_ms: 5000,
         http_addrs: vec![args.http],
-        extra_toml: vec![format!("kv_budget_mib = {}", args.kv_budget_mib); args.coordinators],
+        extra_toml: vec![coordinator_toml(args); args.coordinators],
         log_filter: std::env::var("INFERNO_LOG").unwrap_or_else(|_| "info".into()),
         ..LocalCoordinatorsSpec::default()
     };
@@ -202,6 +216,9 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
             kv = args.kv_budget_mib,
             certs = coordinators.certs_dir(),
         );
+        if let Some(dir) = &args.fl_data_dir {
+            let _ = write!(text, "fl_client = {}\nfl_data_dir = {:?}\n", i - 1, dir);
+        }
         for c in 0..args.coordinators {
             let _ = write!(
                 text,

@@ -12,9 +12,9 @@ use protocol::frame;
 use protocol::quic;
 use protocol::tls::ClusterCa;
 use protocol::{
-    ChatMessage, FinishReason, GenerateError, GenerateEvent, HeartbeatReply, InferenceRequest, NodeStreamRequest,
-    NodeHeartbeat, NodeRequest, NodeResponse, Prompt, ReplicaState, SamplingParams,
-    MAX_NODE_FRAME_BYTES,
+    ChatMessage, FinishReason, GenerateError, GenerateEvent, HeartbeatReply, InferenceRequest,
+    NodeHeartbeat, NodeRequest, NodeResponse, NodeStreamRequest, Prompt, ReplicaState,
+    SamplingParams, MAX_NODE_FRAME_BYTES,
 };
 use quinn::{Connection, VarInt};
 
@@ -106,9 +106,14 @@ fn request(model: &str, prompt: Prompt, max_tokens: u32, ignore_eos: bool) -> In
 /// Sends a request on a new stream and reads every event to the last one.
 async fn infer(conn: &Connection, req: &InferenceRequest) -> Vec<GenerateEvent> {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    frame::write_frame(&mut send, &NodeStreamRequest::Inference(req.clone()), MAX_NODE_FRAME_BYTES, T)
-        .await
-        .unwrap();
+    frame::write_frame(
+        &mut send,
+        &NodeStreamRequest::Inference(req.clone()),
+        MAX_NODE_FRAME_BYTES,
+        T,
+    )
+    .await
+    .unwrap();
     send.finish().unwrap();
     let mut events = Vec::new();
     loop {
@@ -250,9 +255,14 @@ async fn node_service_follows_assignments_and_serves_streams() {
     // 1000 tokens it asked for could be generated.
     let long = request(MODEL, Prompt::Text("Once upon a time".into()), 1000, true);
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    frame::write_frame(&mut send, &NodeStreamRequest::Inference(long.clone()), MAX_NODE_FRAME_BYTES, T)
-        .await
-        .unwrap();
+    frame::write_frame(
+        &mut send,
+        &NodeStreamRequest::Inference(long.clone()),
+        MAX_NODE_FRAME_BYTES,
+        T,
+    )
+    .await
+    .unwrap();
     let first: GenerateEvent = frame::read_frame(&mut recv, MAX_NODE_FRAME_BYTES, T)
         .await
         .unwrap();

@@ -259,14 +259,20 @@ async fn create_fl_job(
     } else {
         JobSpec::from_toml(text)
     };
-    let spec = parsed.map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job spec: {e}"))
-    })?;
+    let spec = parsed
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid job spec: {e}")))?;
     let json = spec
         .to_json()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let id = spec.id.clone();
-    let _created = write(&admin, Op::CreateFlJob { id: id.clone(), spec: json }).await?;
+    let _created = write(
+        &admin,
+        Op::CreateFlJob {
+            id: id.clone(),
+            spec: json,
+        },
+    )
+    .await?;
     Ok(Json(json!({"id": id, "status": "Pending"})))
 }
 
@@ -289,16 +295,19 @@ async fn get_fl_job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let v = read(&admin).await?;
-    let job = v.state.fl_job(&id).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, format!("no federated job {id:?}"))
-    })?;
+    let job = v
+        .state
+        .fl_job(&id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no federated job {id:?}")))?;
     let spec: Value = serde_json::from_str(&job.spec).unwrap_or(Value::Null);
     let rounds: Vec<Value> = job
         .rounds
         .iter()
         .map(|r| json!({"round": r.round, "checkpoint": r.checkpoint_hash, "metrics": r.metrics}))
         .collect();
-    Ok(Json(json!({"id": id, "status": job.status, "spec": spec, "rounds": rounds})))
+    Ok(Json(
+        json!({"id": id, "status": job.status, "spec": spec, "rounds": rounds}),
+    ))
 }
 
 async fn stop_fl_job(
@@ -322,9 +331,10 @@ async fn fl_model(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let v = read(&admin).await?;
-    let job = v.state.fl_job(&id).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, format!("no federated job {id:?}"))
-    })?;
+    let job = v
+        .state
+        .fl_job(&id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no federated job {id:?}")))?;
     let round = job.rounds.last().ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "the job has no committed round yet")
     })?;

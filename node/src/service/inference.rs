@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::fl::MAX_FL_FRAME_BYTES;
 use protocol::frame::{self, FrameError};
 use protocol::quic;
-use protocol::fl::MAX_FL_FRAME_BYTES;
 use protocol::{
     GenerateError, GenerateEvent, GenerateRequest, InferenceRequest, NodeStreamRequest, Prompt,
     MAX_NODE_FRAME_BYTES,

@@ -1,0 +1,159 @@
+//! A federated job end to end through `inferno up` (3 coordinators, 3
+//! nodes, each node training on its own MNIST shard): the leader is
+//! SIGKILLed after the first round and the new leader resumes from the last
+//! committed round; a node is SIGKILLed mid-job and the next rounds complete
+//! with the other two. Needs the MNIST file (`inferno fl data mnist`; the
+//! test script fetches it).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use inferno_cluster_tests::http;
+use inferno_cluster_tests::local_up::{signal, LocalUp};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+
+fn data_dir() -> PathBuf {
+    let dir = std::env::var_os("INFERNO_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".inferno/data")
+        });
+    let mnist = dir.join("mnist/mnist.pkl.gz");
+    assert!(
+        mnist.exists(),
+        "{} is missing: run `inferno fl data mnist` (scripts/test.sh does)",
+        mnist.display()
+    );
+    dir
+}
+
+const JOB: &str = r#"
+id = "mnist-test"
+dataset = "mnist"
+model = { kind = "mlp", layers = [784, 64, 10] }
+init = { seed = 7 }
+rounds = 6
+strategy = { name = "fed_avg" }
+train = { optimizer = { kind = "sgd", lr = 0.05 }, batch_size = 32, local_epochs = 1, proximal_mu = 0.0, seed = 42 }
+sampling = { fraction = 1.0, min_clients = 2 }
+round_timeout_s = 30
+partition = { split = "iid", clients = 3, seed = 42, max_rows_per_client = 3000 }
+holdout_fraction = 0.1
+"#;
+
+fn job(up: &LocalUp) -> Option<Value> {
+    up.coordinator_apis().into_iter().find_map(|a| {
+        let r = http::request(a, "GET", "/admin/v1/fl/jobs/mnist-test", None, T).ok()?;
+        (r.status == 200).then(|| r.json())
+    })
+}
+
+fn rounds_done(v: &Value) -> usize {
+    v["rounds"].as_array().map_or(0, Vec::len)
+}
+
+fn wait_job(up: &LocalUp, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = job(up) {
+            if ok(&v) {
+                return v;
+            }
+            assert_ne!(v["status"], "Failed", "the job failed: {v}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            job(up)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn federated_job_survives_a_leader_kill_and_a_node_kill() {
+    let data = data_dir();
+    let up = LocalUp::start(
+        3,
+        1,
+        &["--fl-data-dir", data.to_str().expect("utf-8 path")],
+        Duration::from_secs(240),
+    );
+
+    // A bad spec is refused with the reason.
+    let r = http::request(up.api, "POST", "/admin/v1/fl/jobs", Some("rounds = 0"), T)
+        .expect("bad spec");
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    let r = http::request(up.api, "POST", "/admin/v1/fl/jobs", Some(JOB), T).expect("submit");
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_job(&up, "the first round", Duration::from_secs(120), |v| {
+        rounds_done(v) >= 1
+    });
+
+    // Kill the leader: another coordinator resumes from the last round.
+    let leader = up
+        .cluster()
+        .and_then(|v| v["leader_id"].as_u64())
+        .expect("a leader");
+    signal(up.member(&format!("coordinator-{leader}")).pid, "-KILL");
+    let v = job(&up).expect("job");
+    let before = rounds_done(&v);
+    wait_job(
+        &up,
+        "rounds after the leader kill",
+        Duration::from_secs(120),
+        |v| rounds_done(v) > before,
+    );
+
+    // Kill a node: the next rounds complete with the other two.
+    signal(up.member("node-3").pid, "-KILL");
+    let v = wait_job(&up, "the job to complete", Duration::from_secs(240), |v| {
+        v["status"] == "Completed"
+    });
+    let rounds = v["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 6, "{v}");
+    let metric = |r: &Value, k: &str| r["metrics"][k].as_f64().unwrap_or(f64::NAN);
+    for (i, r) in rounds.iter().enumerate() {
+        eprintln!(
+            "round {}: accuracy {:.4} loss {:.4} fed_accuracy {:.4} participants {} {:.2}s",
+            i + 1,
+            metric(r, "accuracy"),
+            metric(r, "loss"),
+            metric(r, "fed_accuracy"),
+            metric(r, "participants"),
+            metric(r, "seconds")
+        );
+        assert_eq!(r["round"], i as u64 + 1);
+    }
+    let last = &rounds[5];
+    assert_eq!(
+        metric(last, "participants"),
+        2.0,
+        "the killed node left: {last}"
+    );
+    assert!(metric(last, "accuracy") > 0.85, "{last}");
+    assert!(metric(last, "accuracy") > metric(&rounds[0], "accuracy") - 0.01);
+    assert!(metric(last, "fed_accuracy") > 0.8, "{last}");
+    let hashes: std::collections::BTreeSet<&str> = rounds
+        .iter()
+        .filter_map(|r| r["checkpoint"].as_str())
+        .collect();
+    assert_eq!(hashes.len(), 6, "one checkpoint per round");
+
+    // The trained model can be downloaded as safetensors from any coordinator.
+    let api = up
+        .coordinator_apis()
+        .into_iter()
+        .find(|a| {
+            http::request(*a, "GET", "/health", None, Duration::from_secs(2))
+                .is_ok_and(|r| r.status == 200)
+        })
+        .expect("a live coordinator");
+    let r =
+        http::request(api, "GET", "/admin/v1/fl/jobs/mnist-test/model", None, T).expect("model");
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() > 784 * 64, "{} bytes", r.body.len());
+}
