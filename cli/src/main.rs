@@ -105,10 +105,7 @@ pub fn default_models_dir() -> PathBuf {
 /// Where datasets live unless told otherwise: `INFERNO_DATA_DIR` or
 /// `~/.inferno/data`.
 pub fn default_data_dir() -> PathBuf {
-    std::env::var_os("INFERNO_DATA_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".inferno/data")))
-        .unwrap_or_else(|| PathBuf::from(".inferno/data"))
+    backends::fl::default_data_dir()
 }
 
 fn main() -> std::process::ExitCode {

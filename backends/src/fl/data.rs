@@ -79,12 +79,19 @@ impl Dataset {
     }
 }
 
-/// Default location of the MNIST pickle: `~/.inferno/data/mnist/mnist.pkl.gz`.
-pub fn default_mnist_path() -> PathBuf {
-    let home = std::env::var_os("HOME")
+/// Where datasets live unless told otherwise: `INFERNO_DATA_DIR`, or
+/// `~/.inferno/data`.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("INFERNO_DATA_DIR")
         .map(PathBuf::from)
-        .unwrap_or_default();
-    home.join(".inferno/data/mnist/mnist.pkl.gz")
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".inferno/data")))
+        .unwrap_or_else(|| PathBuf::from(".inferno/data"))
+}
+
+/// Default location of the MNIST pickle: `DATA_DIR/mnist/mnist.pkl.gz`
+/// (see [`default_data_dir`]).
+pub fn default_mnist_path() -> PathBuf {
+    default_data_dir().join("mnist/mnist.pkl.gz")
 }
 
 fn read_gz(path: &Path) -> Result<Vec<u8>> {

@@ -33,7 +33,9 @@ pub mod partition;
 pub mod train;
 
 pub use aggregate::{Aggregator, ClientUpdate, Strategy};
-pub use data::{default_mnist_path, load_fashion_mnist_idx, load_mnist_pickle, Dataset};
+pub use data::{
+    default_data_dir, default_mnist_path, load_fashion_mnist_idx, load_mnist_pickle, Dataset,
+};
 pub use dp::{privatize_client, privatize_server, DpConfig, DpReport};
 pub use error::{FlError, Result};
 pub use job::{DatasetKind, DpSide, DpSpec, InitSpec, JobSpec, PartitionSpec, Sampling};
