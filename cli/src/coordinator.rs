@@ -18,31 +18,7 @@ pub struct CoordinatorArgs {
 pub async fn run(args: CoordinatorArgs) -> anyhow::Result<()> {
     let cfg = CoordinatorConfig::load(&args.config)?;
     let id = cfg.id;
-    server::run(cfg, shutdown_signal())
+    server::run(cfg, crate::signals::shutdown_signal())
         .await
         .with_context(|| format!("coordinator {id}"))
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutting down");
 }

@@ -15,6 +15,7 @@ mod local_cluster;
 mod models;
 mod node_cmd;
 mod pull;
+mod signals;
 mod status;
 mod up;
 

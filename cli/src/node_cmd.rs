@@ -40,7 +40,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         section.name,
         service.local_addr()
     );
-    shutdown_signal().await;
+    crate::signals::shutdown_signal().await;
     service.shutdown().await;
     Ok(())
 }
@@ -120,31 +120,6 @@ async fn service_config(
             byzantine: n.fl_byzantine,
         },
     })
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutting down");
 }
 
 /// The first address `host:port` resolves to.

@@ -147,36 +147,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let cluster = tokio::task::spawn_blocking(move || start(&args, &model_path))
         .await
         .context("start task failed")??;
-    shutdown_signal().await;
+    crate::signals::shutdown_signal().await;
     eprintln!("stopping the cluster...");
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .context("stop task failed")?;
     eprintln!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {

@@ -49,3 +49,21 @@ pub fn test_model() -> PathBuf {
     );
     p
 }
+
+/// The datasets directory for federated tests (`INFERNO_DATA_DIR` or
+/// `~/.inferno/data`), checked to hold MNIST (`inferno fl data mnist`;
+/// the test script fetches it).
+pub fn data_dir() -> PathBuf {
+    let dir = std::env::var_os("INFERNO_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".inferno/data")
+        });
+    let mnist = dir.join("mnist/mnist.pkl.gz");
+    assert!(
+        mnist.exists(),
+        "{} is missing: run `inferno fl data mnist` (scripts/test.sh does)",
+        mnist.display()
+    );
+    dir
+}

@@ -5,7 +5,6 @@
 //! with the other two. Needs the MNIST file (`inferno fl data mnist`; the
 //! test script fetches it).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use inferno_cluster_tests::http;
@@ -13,21 +12,6 @@ use inferno_cluster_tests::local_up::{signal, LocalUp};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
-
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("INFERNO_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".inferno/data")
-        });
-    let mnist = dir.join("mnist/mnist.pkl.gz");
-    assert!(
-        mnist.exists(),
-        "{} is missing: run `inferno fl data mnist` (scripts/test.sh does)",
-        mnist.display()
-    );
-    dir
-}
 
 const JOB: &str = r#"
 id = "mnist-test"
@@ -74,7 +58,7 @@ fn wait_job(up: &LocalUp, what: &str, timeout: Duration, ok: impl Fn(&Value) -> 
 
 #[test]
 fn federated_job_survives_a_leader_kill_and_a_node_kill() {
-    let data = data_dir();
+    let data = inferno_cluster_tests::data_dir();
     let up = LocalUp::start(
         3,
         1,

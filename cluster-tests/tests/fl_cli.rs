@@ -4,28 +4,12 @@
 //! Needs the MNIST file (`inferno fl data mnist`; the test script fetches
 //! it) and the test model (for `inferno up`).
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use inferno_cluster_tests::inferno;
 use inferno_cluster_tests::local_up::LocalUp;
 use serde_json::Value;
-
-fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("INFERNO_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".inferno/data")
-        });
-    let mnist = dir.join("mnist/mnist.pkl.gz");
-    assert!(
-        mnist.exists(),
-        "{} is missing: run `inferno fl data mnist` (scripts/test.sh does)",
-        mnist.display()
-    );
-    dir
-}
 
 /// Runs a command to completion, killing it after `timeout`.
 fn run(cmd: &mut Command, timeout: Duration) -> Output {
@@ -52,7 +36,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn bench_fl_prints_a_json_line_per_round_and_a_summary() {
-    let data = data_dir();
+    let data = inferno_cluster_tests::data_dir();
     let out = run(
         inferno()
             .args([
@@ -113,7 +97,7 @@ partition = { split = "iid", clients = 2, seed = 42, max_rows_per_client = 1000 
 
 #[test]
 fn fl_start_wait_status_plot_and_stop_against_inferno_up() {
-    let data = data_dir();
+    let data = inferno_cluster_tests::data_dir();
     let up = LocalUp::start(
         2,
         1,

@@ -1,10 +1,11 @@
 //! The node's actor tree: a crashed worker fails its in-flight requests,
-//! is restarted within its budget, and never takes other models down.
+//! is restarted within its budget, and never takes other models down;
+//! models load and unload at run time.
 
 use std::time::Duration;
 
 use backends::engine::EngineConfig;
-use node::{ModelSpec, ModelState, Node, RestartBudget};
+use node::{ModelSpec, ModelState, Node, NodeError, RestartBudget};
 use protocol::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingParams};
 use tokio::sync::mpsc::Receiver;
 
@@ -158,5 +159,67 @@ async fn unloadable_model_fails_alone_and_unknown_model_is_reported() {
             .unwrap(),
         FinishReason::Length
     );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_load_and_unload_at_run_time() {
+    let node = Node::start(Vec::new(), RestartBudget::default())
+        .await
+        .unwrap();
+    assert!(node.status().await.is_empty());
+    assert!(matches!(
+        node.generate("a", request(4)).await,
+        Err(GenerateError::UnknownModel(_))
+    ));
+
+    node.load(spec("a")).await.unwrap();
+    // Loading a name already present is a no-op.
+    node.load(spec("a")).await.unwrap();
+    assert_eq!(node.models(), vec!["a".to_string()]);
+    node.wait_ready("a", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        finish(node.generate("a", request(8)).await.unwrap())
+            .await
+            .unwrap(),
+        FinishReason::Length
+    );
+
+    // A request in flight fails when its model is unloaded.
+    let mut in_flight = node.generate("a", request(1000)).await.unwrap();
+    assert!(matches!(
+        in_flight.recv().await,
+        Some(GenerateEvent::Token { .. })
+    ));
+    node.unload("a").await.unwrap();
+    match finish(in_flight).await {
+        Err(GenerateError::Unavailable(_)) => {}
+        other => panic!("in-flight request should fail, got {other:?}"),
+    }
+    assert!(matches!(
+        node.generate("a", request(4)).await,
+        Err(GenerateError::UnknownModel(_))
+    ));
+    assert!(matches!(
+        node.model_status("a").await,
+        Err(NodeError::UnknownModel(_))
+    ));
+    assert!(matches!(
+        node.unload("a").await,
+        Err(NodeError::UnknownModel(_))
+    ));
+    assert!(node.status().await.is_empty());
+
+    // Loading it again works.
+    node.load(spec("a")).await.unwrap();
+    node.wait_ready("a", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        finish(node.generate("a", request(4)).await.unwrap())
+            .await
+            .unwrap(),
+        FinishReason::Length
+    );
+    let s = node.model_status("a").await.unwrap();
+    assert_eq!(s.restarts, 0);
     node.shutdown().await;
 }

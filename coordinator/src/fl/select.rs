@@ -21,7 +21,8 @@ pub fn select(
     min_clients: usize,
     seed: u64,
 ) -> Vec<Candidate> {
-    candidates.sort();
+    // One node per client index: the first by node id.
+    candidates.sort_by(|a, b| (a.client, &a.node).cmp(&(b.client, &b.node)));
     candidates.dedup_by(|a, b| a.client == b.client);
     let n = candidates.len();
     let want = ((fraction * n as f64).ceil() as usize)

@@ -340,16 +340,29 @@ pub async fn submit_membership(
     change: MemberChange,
     timeout: Duration,
 ) -> WriteReply {
+    submit(
+        requests,
+        |reply| LoopRequest::ChangeMembership { change, reply },
+        timeout,
+        "timed out waiting for the membership change",
+    )
+    .await
+}
+
+/// Sends the request `build` makes to the raft loop and waits (at most
+/// `timeout`) for the reply it carries.
+async fn submit(
+    requests: &mpsc::Sender<LoopRequest>,
+    build: impl FnOnce(oneshot::Sender<WriteReply>) -> LoopRequest,
+    timeout: Duration,
+    timed_out: &str,
+) -> WriteReply {
     let (tx, rx) = oneshot::channel();
     let unavailable = |m: &str| WriteReply::Unavailable {
         message: m.to_string(),
     };
     let fut = async {
-        if requests
-            .send(LoopRequest::ChangeMembership { change, reply: tx })
-            .await
-            .is_err()
-        {
+        if requests.send(build(tx)).await.is_err() {
             return unavailable("the raft loop has stopped");
         }
         rx.await
@@ -357,7 +370,7 @@ pub async fn submit_membership(
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .unwrap_or_else(|_| unavailable("timed out waiting for the membership change"))
+        .unwrap_or_else(|_| unavailable(timed_out))
 }
 
 /// The raft loop's [`Transport`]: one queue and sender task per peer,
@@ -486,22 +499,11 @@ pub async fn submit_write(
     op: crate::state::Op,
     timeout: Duration,
 ) -> WriteReply {
-    let (tx, rx) = oneshot::channel();
-    let unavailable = |m: &str| WriteReply::Unavailable {
-        message: m.to_string(),
-    };
-    let fut = async {
-        if requests
-            .send(LoopRequest::Propose { op, reply: tx })
-            .await
-            .is_err()
-        {
-            return unavailable("the raft loop has stopped");
-        }
-        rx.await
-            .unwrap_or_else(|_| unavailable("the raft loop dropped the request"))
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .unwrap_or_else(|_| unavailable("timed out waiting for the write to commit"))
+    submit(
+        requests,
+        |reply| LoopRequest::Propose { op, reply },
+        timeout,
+        "timed out waiting for the write to commit",
+    )
+    .await
 }
