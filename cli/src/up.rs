@@ -56,6 +56,10 @@ pub struct UpArgs {
     /// coordinators evaluate on its test sets.
     #[arg(long)]
     pub fl_data_dir: Option<PathBuf>,
+    /// Fault injection for robustness tests and demos: the last N nodes
+    /// send garbage federated updates.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub fl_byzantine_nodes: usize,
 }
 
 /// A worker node process.
@@ -195,6 +199,9 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
         );
         if let Some(dir) = &args.fl_data_dir {
             let _ = write!(text, "fl_client = {}\nfl_data_dir = {:?}\n", i - 1, dir);
+            if i + args.fl_byzantine_nodes > args.nodes {
+                text.push_str("fl_byzantine = true\n");
+            }
         }
         for c in 0..args.coordinators {
             let _ = write!(

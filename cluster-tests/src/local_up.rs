@@ -151,6 +151,43 @@ impl LocalUp {
     }
 }
 
+impl LocalUp {
+    /// `GET /admin/v1/fl/jobs/{id}` from the first coordinator that answers.
+    pub fn fl_job(&self, id: &str) -> Option<Value> {
+        let path = format!("/admin/v1/fl/jobs/{id}");
+        self.coordinator_apis().into_iter().find_map(|a| {
+            let r = http::request(a, "GET", &path, None, Duration::from_secs(10)).ok()?;
+            (r.status == 200).then(|| r.json())
+        })
+    }
+
+    /// Waits (at most `timeout`) until federated job `id` satisfies `ok`;
+    /// panics if the job fails meanwhile.
+    pub fn wait_fl_job(
+        &self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.fl_job(id) {
+                if ok(&v) {
+                    return v;
+                }
+                assert_ne!(v["status"], "Failed", "the job failed: {v}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                self.fl_job(id)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
 impl Drop for LocalUp {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

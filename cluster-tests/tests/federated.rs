@@ -5,7 +5,7 @@
 //! with the other two. Needs the MNIST file (`inferno fl data mnist`; the
 //! test script fetches it).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use inferno_cluster_tests::http;
 use inferno_cluster_tests::local_up::{signal, LocalUp};
@@ -27,33 +27,8 @@ partition = { split = "iid", clients = 3, seed = 42, max_rows_per_client = 3000 
 holdout_fraction = 0.1
 "#;
 
-fn job(up: &LocalUp) -> Option<Value> {
-    up.coordinator_apis().into_iter().find_map(|a| {
-        let r = http::request(a, "GET", "/admin/v1/fl/jobs/mnist-test", None, T).ok()?;
-        (r.status == 200).then(|| r.json())
-    })
-}
-
 fn rounds_done(v: &Value) -> usize {
     v["rounds"].as_array().map_or(0, Vec::len)
-}
-
-fn wait_job(up: &LocalUp, what: &str, timeout: Duration, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = job(up) {
-            if ok(&v) {
-                return v;
-            }
-            assert_ne!(v["status"], "Failed", "the job failed: {v}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {:?}",
-            job(up)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 #[test]
@@ -73,9 +48,12 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
 
     let r = http::request(up.api, "POST", "/admin/v1/fl/jobs", Some(JOB), T).expect("submit");
     assert_eq!(r.status, 200, "{}", r.body);
-    wait_job(&up, "the first round", Duration::from_secs(120), |v| {
-        rounds_done(v) >= 1
-    });
+    up.wait_fl_job(
+        "mnist-test",
+        "the first round",
+        Duration::from_secs(120),
+        |v| rounds_done(v) >= 1,
+    );
 
     // Kill the leader: another coordinator resumes from the last round.
     let leader = up
@@ -83,10 +61,10 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
         .and_then(|v| v["leader_id"].as_u64())
         .expect("a leader");
     signal(up.member(&format!("coordinator-{leader}")).pid, "-KILL");
-    let v = job(&up).expect("job");
+    let v = up.fl_job("mnist-test").expect("job");
     let before = rounds_done(&v);
-    wait_job(
-        &up,
+    up.wait_fl_job(
+        "mnist-test",
         "rounds after the leader kill",
         Duration::from_secs(120),
         |v| rounds_done(v) > before,
@@ -94,9 +72,12 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
 
     // Kill a node: the next rounds complete with the other two.
     signal(up.member("node-3").pid, "-KILL");
-    let v = wait_job(&up, "the job to complete", Duration::from_secs(240), |v| {
-        v["status"] == "Completed"
-    });
+    let v = up.wait_fl_job(
+        "mnist-test",
+        "the job to complete",
+        Duration::from_secs(240),
+        |v| v["status"] == "Completed",
+    );
     let rounds = v["rounds"].as_array().expect("rounds");
     assert_eq!(rounds.len(), 6, "{v}");
     let metric = |r: &Value, k: &str| r["metrics"][k].as_f64().unwrap_or(f64::NAN);
