@@ -5,7 +5,8 @@
 //! NodeSupervisor
 //! ├── BatchScheduler "model-a"   admission: validates, refuses when full, routes to the live worker
 //! │   └── (engine handle) ──► ModelWorker "model-a"   owns the weights; computes on its own thread
-//! └── BatchScheduler "model-b" …
+//! ├── BatchScheduler "model-b" …
+//! └── FlWorker "job-1"           trains a federated job's rounds on this node's data
 //! ```
 //!
 //! A worker whose engine thread panics fails its in-flight requests with an
@@ -16,6 +17,7 @@
 //! streams, heartbeats to the coordinators, and loading/unloading models as
 //! they assign them.
 
+pub mod fl_worker;
 pub mod node;
 pub mod restart;
 pub mod scheduler;
@@ -23,5 +25,6 @@ pub mod service;
 pub mod supervisor;
 pub mod worker;
 
+pub use fl_worker::{FlConfig, FlShared};
 pub use node::{ModelSpec, ModelState, ModelStatus, Node, NodeError};
 pub use restart::RestartBudget;

@@ -13,9 +13,18 @@ use ractor::{Actor, ActorRef};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::fl_worker::{FlMsg, FlShared};
 use crate::restart::RestartBudget;
 use crate::scheduler::SchedulerMsg;
 use crate::supervisor::{NodeArgs, NodeMsg, NodeSupervisor};
+use protocol::fl::{FlTrainRequest, FlTrainResponse};
+
+/// Longest local training of one federated round (the leader's round
+/// deadline is normally much shorter).
+const FL_ROUND_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// Times a round is offered to a job's worker that is being restarted.
+const FL_RESTART_POLLS: usize = 40;
 
 /// How long a call into the actor tree may take before it is reported as an error.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -288,6 +297,60 @@ impl Node {
                 state: s.state.to_string(),
             });
         }
+    }
+
+    /// Trains one round of a federated job on this node, on the job's
+    /// [`FlWorker`](crate::fl_worker::FlWorker) (started on first use,
+    /// restarted by the supervisor if it crashes).
+    pub async fn train_round(
+        &self,
+        shared: &Arc<FlShared>,
+        req: FlTrainRequest,
+    ) -> FlTrainResponse {
+        // A worker that just crashed may still be listed until the
+        // supervisor has handled its failure and restarted it: ask again.
+        for _ in 0..FL_RESTART_POLLS {
+            let worker = match self.fl_worker(&req.job, shared).await {
+                Ok(w) => w,
+                Err(e) => return FlTrainResponse::Failed(e.to_string()),
+            };
+            let req = req.clone();
+            match worker
+                .call(|r| FlMsg::Train(Box::new(req), r), Some(FL_ROUND_TIMEOUT))
+                .await
+            {
+                Ok(CallResult::Success(answer)) => return answer,
+                Ok(CallResult::Timeout) => {
+                    return FlTrainResponse::Failed("local training timed out".into())
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        FlTrainResponse::Failed("the federated worker is not running".into())
+    }
+
+    /// Fault hook for tests: the next round of `job` panics in training.
+    pub async fn inject_fl_panic(&self, job: &str, shared: &Arc<FlShared>) -> bool {
+        match self.fl_worker(job, shared).await {
+            Ok(w) => w.cast(FlMsg::InjectPanic).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    async fn fl_worker(
+        &self,
+        job: &str,
+        shared: &Arc<FlShared>,
+    ) -> Result<ActorRef<FlMsg>, NodeError> {
+        let job = job.to_string();
+        let shared = shared.clone();
+        call(&self.supervisor, |reply| NodeMsg::FlWorker {
+            job,
+            shared,
+            reply,
+        })
+        .await?
+        .map_err(NodeError::NoAnswer)
     }
 
     /// Fault hook for tests: the model's engine thread panics at its next step.

@@ -1,6 +1,9 @@
 //! NodeSupervisor: the root of a node's actor tree. It starts a scheduler and
-//! a worker per model and restarts a failed worker within its restart budget.
+//! a worker per model, and a federated-learning worker per job, and restarts
+//! a failed worker within its restart budget.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
@@ -8,6 +11,7 @@ use ractor::{
     Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
 };
 
+use crate::fl_worker::{FlMsg, FlShared, FlWorker, FlWorkerArgs};
 use crate::node::ModelSpec;
 use crate::restart::RestartBudget;
 use crate::scheduler::{BatchScheduler, SchedulerArgs, SchedulerMsg};
@@ -31,8 +35,30 @@ pub enum NodeMsg {
     /// Stop a model's worker and scheduler, failing its in-flight requests;
     /// answers whether the model was present.
     Unload(String, RpcReplyPort<bool>),
+    /// The federated-learning worker of a job, started (linked to the
+    /// supervisor) on first use; an error once its restart budget is spent.
+    FlWorker {
+        /// Job id.
+        job: String,
+        /// Configuration and datasets of this node's federated side.
+        shared: Arc<FlShared>,
+        /// Where the worker goes.
+        reply: RpcReplyPort<Result<ActorRef<FlMsg>, String>>,
+    },
     /// Stop every model and then the supervisor.
     Shutdown,
+}
+
+/// Most federated jobs with a worker on one node; the oldest is stopped
+/// to make room (jobs finish; the node is not told).
+const MAX_FL_WORKERS: usize = 8;
+
+/// One job's federated worker.
+struct FlManaged {
+    args: FlWorkerArgs,
+    actor: Option<ActorRef<FlMsg>>,
+    budget: RestartBudget,
+    started: Instant,
 }
 
 /// Startup arguments.
@@ -56,8 +82,19 @@ struct Managed {
 /// The supervisor's state.
 pub struct SupervisorState {
     models: Vec<Managed>,
+    fl: HashMap<String, FlManaged>,
     budget: RestartBudget,
     stopping: bool,
+}
+
+async fn spawn_fl_worker(
+    args: &FlWorkerArgs,
+    supervisor: ActorCell,
+) -> Result<ActorRef<FlMsg>, String> {
+    Actor::spawn_linked(None, FlWorker, args.clone(), supervisor)
+        .await
+        .map(|(actor, _)| actor)
+        .map_err(|e| e.to_string())
 }
 
 /// Spawns the scheduler of a new model (linked to the supervisor); the
@@ -145,6 +182,7 @@ impl Actor for NodeSupervisor {
         }
         Ok(SupervisorState {
             models,
+            fl: HashMap::new(),
             budget: args.budget,
             stopping: false,
         })
@@ -196,8 +234,52 @@ impl Actor for NodeSupervisor {
                 tracing::info!(model = %name, "model unloaded");
                 let _ = reply.send(true);
             }
+            NodeMsg::FlWorker { job, shared, reply } => {
+                if let Some(m) = st.fl.get(&job) {
+                    let answer = m
+                        .actor
+                        .clone()
+                        .ok_or_else(|| format!("the federated worker of {job} failed too often"));
+                    let _ = reply.send(answer);
+                    return Ok(());
+                }
+                if st.fl.len() >= MAX_FL_WORKERS {
+                    let oldest = st
+                        .fl
+                        .iter()
+                        .min_by_key(|(_, m)| m.started)
+                        .map(|(j, _)| j.clone());
+                    if let Some(m) = oldest.and_then(|j| st.fl.remove(&j)) {
+                        if let Some(a) = m.actor {
+                            a.stop(Some("making room for another job".into()));
+                        }
+                    }
+                }
+                let args = FlWorkerArgs {
+                    job: job.clone(),
+                    shared,
+                };
+                let answer = spawn_fl_worker(&args, myself.get_cell()).await;
+                if let Ok(actor) = &answer {
+                    st.fl.insert(
+                        job,
+                        FlManaged {
+                            args,
+                            actor: Some(actor.clone()),
+                            budget: st.budget.clone(),
+                            started: Instant::now(),
+                        },
+                    );
+                }
+                let _ = reply.send(answer);
+            }
             NodeMsg::Shutdown => {
                 st.stopping = true;
+                for m in st.fl.values() {
+                    if let Some(a) = &m.actor {
+                        a.stop(None);
+                    }
+                }
                 for m in &st.models {
                     if let Some(w) = &m.worker {
                         w.stop(None);
@@ -227,6 +309,22 @@ impl Actor for NodeSupervisor {
             return Ok(());
         }
         let id = cell.get_id();
+        if let Some(m) = st
+            .fl
+            .values_mut()
+            .find(|m| m.actor.as_ref().is_some_and(|a| a.get_id() == id))
+        {
+            m.actor = None;
+            if m.budget.try_restart(Instant::now()) {
+                tracing::warn!(job = %m.args.job, %reason, restarts = m.budget.used(),
+                    "restarting federated worker");
+                m.actor = spawn_fl_worker(&m.args, myself.get_cell()).await.ok();
+            } else {
+                tracing::error!(job = %m.args.job, %reason,
+                    "federated worker failed too often; its job gets no more updates here");
+            }
+            return Ok(());
+        }
         if let Some(m) = st
             .models
             .iter_mut()

@@ -223,3 +223,65 @@ async fn models_load_and_unload_at_run_time() {
     assert_eq!(s.restarts, 0);
     node.shutdown().await;
 }
+
+fn fl_request(job: &str) -> protocol::fl::FlTrainRequest {
+    let spec = backends::fl::JobSpec::from_toml(
+        r#"
+id = "j"
+dataset = "mnist"
+model = { kind = "logistic_regression", inputs = 784, classes = 10 }
+rounds = 1
+train = { optimizer = { kind = "sgd", lr = 0.1 }, batch_size = 8, local_epochs = 1, proximal_mu = 0.0, seed = 1 }
+partition = { split = "iid", clients = 2 }
+"#,
+    )
+    .unwrap();
+    protocol::fl::FlTrainRequest {
+        job: job.into(),
+        round: 1,
+        spec_json: spec.to_json().unwrap(),
+        global: spec.model.init(0).unwrap().to_raw_le(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_federated_worker_is_restarted_within_its_budget() {
+    use protocol::fl::FlTrainResponse;
+    let node = Node::start(Vec::new(), RestartBudget::new(2, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let shared = std::sync::Arc::new(node::FlShared::new(node::FlConfig {
+        client: Some(0),
+        data_dir: empty.path().to_path_buf(),
+        byzantine: false,
+    }));
+    let failed = |r: FlTrainResponse| match r {
+        FlTrainResponse::Failed(reason) => reason,
+        FlTrainResponse::Update(_) => panic!("no data here: training cannot succeed"),
+    };
+    // Without a crash: a clear error about the missing data.
+    let reason = failed(node.train_round(&shared, fl_request("j")).await);
+    assert!(reason.contains("inferno fl data mnist"), "{reason}");
+    // A panic in training fails the round, the worker is restarted and
+    // the next round is handled again; other jobs are unaffected.
+    for _ in 0..2 {
+        assert!(node.inject_fl_panic("j", &shared).await);
+        let reason = failed(node.train_round(&shared, fl_request("j")).await);
+        assert!(reason.contains("panicked"), "{reason}");
+        let reason = failed(node.train_round(&shared, fl_request("j")).await);
+        assert!(
+            reason.contains("inferno fl data mnist"),
+            "restarted: {reason}"
+        );
+    }
+    // Out of restarts: the job's worker stays down, another job works.
+    assert!(node.inject_fl_panic("j", &shared).await);
+    let _ = node.train_round(&shared, fl_request("j")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reason = failed(node.train_round(&shared, fl_request("j")).await);
+    assert!(reason.contains("failed too often"), "{reason}");
+    let reason = failed(node.train_round(&shared, fl_request("other")).await);
+    assert!(reason.contains("inferno fl data mnist"), "{reason}");
+    node.shutdown().await;
+}

@@ -19,7 +19,7 @@ use protocol::{
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, watch};
 
-use super::fl::FlTrainer;
+use crate::fl_worker::FlShared;
 use crate::node::Node;
 
 /// How long a peer may take to send its request frame.
@@ -44,7 +44,7 @@ pub const STREAM_CANCELLED: VarInt = VarInt::from_u32(2);
 pub(crate) async fn serve(
     endpoint: quinn::Endpoint,
     node: Arc<Node>,
-    fl: Arc<FlTrainer>,
+    fl: Arc<FlShared>,
     kv_budget_bytes: usize,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -72,7 +72,7 @@ pub(crate) async fn serve(
 async fn serve_connection(
     conn: quinn::Connection,
     node: Arc<Node>,
-    fl: Arc<FlTrainer>,
+    fl: Arc<FlShared>,
     kv_budget_bytes: usize,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -104,7 +104,7 @@ pub(crate) async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
     node: Arc<Node>,
-    fl: Arc<FlTrainer>,
+    fl: Arc<FlShared>,
     kv_budget_bytes: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -121,7 +121,7 @@ pub(crate) async fn serve_stream(
     let req = match first {
         NodeStreamRequest::Inference(req) => req,
         NodeStreamRequest::FlTrain(req) => {
-            let answer = fl.train(req).await;
+            let answer = node.train_round(&fl, req).await;
             match frame::write_frame(&mut send, &answer, MAX_FL_FRAME_BYTES, REQUEST_READ_TIMEOUT)
                 .await
             {

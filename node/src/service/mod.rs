@@ -16,7 +16,6 @@
 //! # }
 //! ```
 
-pub mod fl;
 pub mod heartbeat;
 pub mod inference;
 pub mod reconcile;
@@ -34,7 +33,8 @@ use protocol::ServableModel;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use fl::{FlConfig, FlTrainer};
+pub use crate::fl_worker::FlConfig;
+use crate::fl_worker::FlShared;
 pub use heartbeat::CoordinatorAddr;
 
 use crate::node::{Node, NodeError};
@@ -181,7 +181,7 @@ impl NodeService {
             kv_budget_bytes: kv_budget as u64,
             fl_client: cfg.fl.client,
         };
-        let fl = Arc::new(FlTrainer::new(cfg.fl.clone()));
+        let fl = Arc::new(FlShared::new(cfg.fl.clone()));
         let interval = cfg.heartbeat_interval.max(Duration::from_millis(10));
         let (beats_tx, beats_rx) = watch::channel(None);
         let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
