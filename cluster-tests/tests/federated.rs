@@ -13,17 +13,21 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
 
+/// Rounds of the job: enough (with full 20,000-row shards) that the
+/// leader and node kills land while it runs.
+const ROUNDS: usize = 12;
+
 const JOB: &str = r#"
 id = "mnist-test"
 dataset = "mnist"
 model = { kind = "mlp", layers = [784, 64, 10] }
 init = { seed = 7 }
-rounds = 6
+rounds = 12
 strategy = { name = "fed_avg" }
 train = { optimizer = { kind = "sgd", lr = 0.05 }, batch_size = 32, local_epochs = 1, proximal_mu = 0.0, seed = 42 }
 sampling = { fraction = 1.0, min_clients = 2 }
 round_timeout_s = 30
-partition = { split = "iid", clients = 3, seed = 42, max_rows_per_client = 3000 }
+partition = { split = "iid", clients = 3, seed = 42 }
 holdout_fraction = 0.1
 "#;
 
@@ -63,6 +67,10 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
     signal(up.member(&format!("coordinator-{leader}")).pid, "-KILL");
     let v = up.fl_job("mnist-test").expect("job");
     let before = rounds_done(&v);
+    assert!(
+        before + 3 <= ROUNDS,
+        "the job is nearly done before the leader kill ({before} rounds): make rounds slower"
+    );
     up.wait_fl_job(
         "mnist-test",
         "rounds after the leader kill",
@@ -71,6 +79,11 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
     );
 
     // Kill a node: the next rounds complete with the other two.
+    let v = up.fl_job("mnist-test").expect("job");
+    assert!(
+        rounds_done(&v) < ROUNDS,
+        "the job finished before the node kill: make rounds slower"
+    );
     signal(up.member("node-3").pid, "-KILL");
     let v = up.wait_fl_job(
         "mnist-test",
@@ -79,7 +92,7 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
         |v| v["status"] == "Completed",
     );
     let rounds = v["rounds"].as_array().expect("rounds");
-    assert_eq!(rounds.len(), 6, "{v}");
+    assert_eq!(rounds.len(), ROUNDS, "{v}");
     let metric = |r: &Value, k: &str| r["metrics"][k].as_f64().unwrap_or(f64::NAN);
     for (i, r) in rounds.iter().enumerate() {
         eprintln!(
@@ -93,7 +106,7 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
         );
         assert_eq!(r["round"], i as u64 + 1);
     }
-    let last = &rounds[5];
+    let last = &rounds[ROUNDS - 1];
     assert_eq!(
         metric(last, "participants"),
         2.0,
@@ -106,7 +119,7 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
         .iter()
         .filter_map(|r| r["checkpoint"].as_str())
         .collect();
-    assert_eq!(hashes.len(), 6, "one checkpoint per round");
+    assert_eq!(hashes.len(), ROUNDS, "one checkpoint per round");
 
     // The trained model can be downloaded as safetensors from any coordinator.
     let api = up
