@@ -121,7 +121,16 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
         .collect();
     assert_eq!(hashes.len(), ROUNDS, "one checkpoint per round");
 
-    // The trained model can be downloaded as safetensors from any coordinator.
+    // The trained model is registered in the cluster's catalog (not as a
+    // servable LLM) and can be downloaded as safetensors from any coordinator.
+    let models = up.cluster().expect("cluster")["models"].clone();
+    let entry = models
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "mnist-test"))
+        .unwrap_or_else(|| panic!("trained model not registered: {models}"));
+    assert_eq!(entry["format"], "safetensors");
+    let last_hash = rounds[ROUNDS - 1]["checkpoint"].as_str().expect("hash");
+    assert_eq!(entry["source"], format!("fl-job:mnist-test@{last_hash}"));
     let api = up
         .coordinator_apis()
         .into_iter()

@@ -385,6 +385,7 @@ async fn drive(ctx: &FlContext, id: &str) -> Result<(), JobStop> {
         .map_err(JobStop::Interrupted)?;
     }
     save_model(ctx, id, &global);
+    register_model(ctx, id, &global).await;
     ctx.commit(Op::SetFlJobStatus {
         job: id.to_string(),
         status: FlJobStatus::Completed,
@@ -558,6 +559,41 @@ async fn train_on(ctx: &FlContext, node: &str, req: &FlTrainRequest) -> Result<F
     match answer {
         FlTrainResponse::Update(u) => Ok(u),
         FlTrainResponse::Failed(reason) => Err(reason),
+    }
+}
+
+/// The `source` of a trained model registered in the cluster: the job and
+/// the checkpoint blob holding its weights.
+pub fn trained_model_source(job: &str, hash: &str) -> String {
+    format!("fl-job:{job}@{hash}")
+}
+
+/// Registers the trained model in the cluster's model catalog under the
+/// job's id (format `safetensors`, no replicas: nodes serve GGUF LLMs; the
+/// weights are the last checkpoint, downloadable from any coordinator).
+/// A model of that name that did not come from a federated job is left
+/// alone.
+async fn register_model(ctx: &FlContext, id: &str, global: &Params) {
+    let taken = ctx
+        .view
+        .borrow()
+        .state
+        .model(id)
+        .is_some_and(|m| !m.source.starts_with("fl-job:"));
+    if taken {
+        tracing::warn!(job = %id, "a model with the job's name exists; the trained model is not registered");
+        return;
+    }
+    let bytes = global.to_raw_le();
+    let op = Op::RegisterModel {
+        name: id.to_string(),
+        source: trained_model_source(id, &super::blobs::hash(&bytes)),
+        format: "safetensors".into(),
+        size_bytes: bytes.len() as u64,
+        desired_replicas: 0,
+    };
+    if let Err(e) = ctx.commit(op).await {
+        tracing::warn!(job = %id, "cannot register the trained model: {e}");
     }
 }
 

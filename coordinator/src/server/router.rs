@@ -27,6 +27,10 @@ use super::raft_loop::LocalView;
 use crate::openai::{InferenceBackend, ModelEntry, RouteError, Routed};
 use crate::state::{NodeStatus, PlacementState};
 
+/// The model format nodes serve; other registered models (federated
+/// results) are catalog entries only.
+const SERVABLE_FORMAT: &str = "gguf";
+
 /// Capacity of the event channel of one routed request.
 const EVENT_QUEUE: usize = 64;
 
@@ -119,7 +123,15 @@ impl Router {
 
     /// The registered models and how many replicas of each are ready.
     pub fn model_entries(&self) -> Vec<ModelEntry> {
-        let names: Vec<String> = self.view.borrow().state.models().keys().cloned().collect();
+        let names: Vec<String> = self
+            .view
+            .borrow()
+            .state
+            .models()
+            .iter()
+            .filter(|(_, m)| m.format == SERVABLE_FORMAT)
+            .map(|(name, _)| name.clone())
+            .collect();
         names
             .into_iter()
             .map(|id| {
@@ -174,8 +186,16 @@ impl Router {
     fn replicas(&self, model: &str) -> Result<Vec<(String, String)>, RouteError> {
         let view = self.view.borrow();
         let state = &view.state;
-        if state.model(model).is_none() {
-            return Err(RouteError::UnknownModel(model.to_string()));
+        match state.model(model) {
+            None => return Err(RouteError::UnknownModel(model.to_string())),
+            Some(m) if m.format != SERVABLE_FORMAT => {
+                return Err(RouteError::Invalid(format!(
+                    "model {model} is a {} artifact (e.g. a federated job's result), not a \
+                     language model the nodes serve",
+                    m.format
+                )))
+            }
+            Some(_) => {}
         }
         let ready: Vec<(String, String)> = state
             .placements_of(model)
