@@ -37,19 +37,8 @@ model_name=${INFERNO_COMPOSE_MODEL:-smollm2}
 replicas=${INFERNO_COMPOSE_REPLICAS:-2}
 timeout=${INFERNO_COMPOSE_TIMEOUT:-180}
 
-bin=${INFERNO_BIN:-}
-if [[ -z "$bin" ]]; then
-    for candidate in "$root/target/release/inferno" "$root/target/debug/inferno"; do
-        if [[ -x "$candidate" ]]; then
-            bin=$candidate
-            break
-        fi
-    done
-fi
-if [[ -z "$bin" || ! -x "$bin" ]]; then
-    echo "compose-up.sh: no inferno binary; run \`cargo build -p inferno-cli\` or set INFERNO_BIN" >&2
-    exit 1
-fi
+# shellcheck source=find-inferno.sh
+source "$root/scripts/find-inferno.sh" ""
 
 model=${INFERNO_MODEL:-${INFERNO_TEST_MODEL:-$HOME/.inferno/models/SmolLM2-135M-Instruct.Q4_1.gguf}}
 if [[ ! -f "$model" ]]; then

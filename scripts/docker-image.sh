@@ -12,19 +12,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 image=${INFERNO_IMAGE:-inferno:local}
 
-bin=${1:-${INFERNO_BIN:-}}
-if [[ -z "$bin" ]]; then
-    for candidate in "$root/target/release/inferno" "$root/target/debug/inferno"; do
-        if [[ -x "$candidate" ]]; then
-            bin=$candidate
-            break
-        fi
-    done
-fi
-if [[ -z "$bin" || ! -x "$bin" ]]; then
-    echo "docker-image.sh: no inferno binary (${bin:-none found}); run \`cargo build -p inferno-cli\` or set INFERNO_BIN" >&2
-    exit 1
-fi
+# shellcheck source=find-inferno.sh
+source "$root/scripts/find-inferno.sh" "${1:-}"
 
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/inferno-image.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT

@@ -544,16 +544,10 @@ async fn train_on(ctx: &FlContext, node: &str, req: &FlTrainRequest) -> Result<F
         MAX_FL_FRAME_BYTES,
         Duration::from_secs(24 * 3600),
     );
-    tokio::pin!(read);
-    let answer = loop {
-        tokio::select! {
-            r = &mut read => break r.map_err(|e| e.to_string())?,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                let silent = ctx.registry.get(node).is_none_or(|s| s.age >= NODE_FRESH);
-                if silent {
-                    return Err(format!("node {node} stopped sending heartbeats"));
-                }
-            }
+    let answer = tokio::select! {
+        r = read => r.map_err(|e| e.to_string())?,
+        _ = ctx.registry.went_silent(node, NODE_FRESH, Duration::from_millis(250)) => {
+            return Err(format!("node {node} stopped sending heartbeats"));
         }
     };
     match answer {

@@ -90,6 +90,19 @@ impl NodeRegistry {
         })
     }
 
+    /// Resolves once `node` has been silent for `stale` (or is unknown),
+    /// looking every `every`: raced against a reply the node owes, so a
+    /// dead node is given up on without waiting for the transport's
+    /// idle timeout.
+    pub async fn went_silent(&self, node: &str, stale: Duration, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if self.get(node).is_none_or(|s| s.age >= stale) {
+                return;
+            }
+        }
+    }
+
     /// Every node heard from, by id.
     pub fn snapshot(&self) -> BTreeMap<String, SeenNode> {
         self.lock()

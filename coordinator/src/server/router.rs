@@ -384,29 +384,16 @@ impl Router {
     /// The next event from `node`, failing if the node goes silent
     /// (stale heartbeats) or the stream breaks.
     async fn next_event(&self, node: &str, recv: &mut RecvStream) -> Result<GenerateEvent, String> {
-        let deadline = tokio::time::Instant::now() + self.cfg.event_timeout;
-        let check = self.cfg.node_stale_after / 4;
+        let stale = self.cfg.node_stale_after;
         let read = frame::read_frame::<_, GenerateEvent>(
             recv,
             MAX_NODE_FRAME_BYTES,
             self.cfg.event_timeout,
         );
-        tokio::pin!(read);
-        loop {
-            tokio::select! {
-                r = &mut read => return r.map_err(|e| e.to_string()),
-                _ = tokio::time::sleep(check) => {
-                    let stale = self
-                        .registry
-                        .get(node)
-                        .is_none_or(|s| s.age >= self.cfg.node_stale_after);
-                    if stale {
-                        return Err(format!("node {node} stopped sending heartbeats"));
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err("timed out waiting for the node".into());
-                    }
-                }
+        tokio::select! {
+            r = read => r.map_err(|e| e.to_string()),
+            _ = self.registry.went_silent(node, stale, stale / 4) => {
+                Err(format!("node {node} stopped sending heartbeats"))
             }
         }
     }
