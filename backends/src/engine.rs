@@ -5,23 +5,33 @@
 //! [`Engine::load`] returns the engine and an [`EngineHandle`]; the engine's
 //! [`Engine::run`] loop is meant for a thread of its own. Submitting never
 //! blocks: a full queue is refused at once with `Overloaded`. Dropping a
-//! request's event receiver cancels it; its slot and KV cache are freed at the
-//! next step.
+//! request's event receiver cancels it; its slot and KV blocks are freed at
+//! the next step (its full blocks stay in the prefix cache).
+//!
+//! The KV cache is paged ([`crate::scheduler`]): sequences take blocks as
+//! they grow, and when blocks run out the youngest sequence is preempted and
+//! later recomputed. Its client sees one uninterrupted stream: the
+//! sequence's sampler, detokenizer and stop matcher live here, untouched by
+//! preemption, and the tokens it already streamed are recomputed, not
+//! resampled.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use protocol::prefix::MAX_REPORTED_SPANS;
 use protocol::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, Usage};
 use tokio::sync::mpsc;
 
 use crate::frontend::ModelFrontend;
 use crate::gguf::GgufFile;
-use crate::model::{BatchItem, KvCache, LlamaModel, ModelError, Scratch};
+use crate::model::{BatchItem, KvPool, LlamaModel, ModelError, Scratch};
+use crate::prefix_index::PrefixIndex;
 use crate::sampling::Sampler;
-use crate::scheduler::{AdmitError, Scheduler, SchedulerConfig, SeqId};
+use crate::scheduler::{AdmitError, Scheduler, SchedulerConfig, SeqId, StepPlan};
 use crate::stop::StopMatcher;
 use crate::tokenizer::StreamDecoder;
 
@@ -34,11 +44,22 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Tokens per step (decode tokens plus prompt chunks).
     pub max_step_tokens: usize,
-    /// KV cache budget in bytes for all running sequences of this model.
+    /// KV cache pool of this model, in bytes, shared by all its sequences.
     pub kv_budget_bytes: usize,
+    /// Token positions per KV cache block.
+    pub kv_block_tokens: usize,
     /// Threads the model's matmuls and attention run on.
     pub threads: usize,
 }
+
+/// Positions per KV block unless configured otherwise (vLLM's default).
+pub const DEFAULT_KV_BLOCK_TOKENS: usize = 16;
+
+/// Text spans each replica remembers for its routing summary.
+const PREFIX_INDEX_SPANS: usize = 8192;
+
+/// How often the routing summary of cached prefixes is rebuilt while busy.
+const SUMMARY_EVERY: Duration = Duration::from_millis(200);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -47,6 +68,7 @@ impl Default for EngineConfig {
             max_waiting: 64,
             max_step_tokens: 256,
             kv_budget_bytes: 512 << 20,
+            kv_block_tokens: DEFAULT_KV_BLOCK_TOKENS,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
@@ -61,6 +83,9 @@ pub enum EngineError {
     /// The tokenizer or chat template in the file is unusable.
     #[error("{0}")]
     Frontend(String),
+    /// The engine thread could not be started.
+    #[error("cannot start the engine thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl From<crate::gguf::GgufError> for EngineError {
@@ -72,14 +97,44 @@ impl From<crate::gguf::GgufError> for EngineError {
 /// Live counters of an engine, readable from any thread.
 #[derive(Debug, Default)]
 pub struct EngineStats {
-    /// Requests submitted and not yet running.
+    /// Requests submitted and not running (queued, or preempted and waiting
+    /// to resume).
     pub waiting: AtomicUsize,
     /// Sequences running.
     pub running: AtomicUsize,
-    /// KV cache bytes reserved by running sequences.
+    /// KV cache bytes in blocks held by running sequences.
     pub kv_used_bytes: AtomicUsize,
+    /// Blocks in the KV pool.
+    pub kv_total_blocks: AtomicUsize,
+    /// Blocks held by running sequences.
+    pub kv_used_blocks: AtomicUsize,
+    /// Blocks keeping a cached prefix.
+    pub kv_cached_blocks: AtomicUsize,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_queried_tokens: AtomicU64,
+    /// Prompt tokens found in the prefix cache.
+    pub prefix_hit_tokens: AtomicU64,
+    /// Sequences preempted to free KV blocks.
+    pub preemptions: AtomicU64,
     /// Forward steps executed.
     pub steps: AtomicU64,
+    /// Text spans of prompts whose KV blocks are cached, most recent first
+    /// (see [`protocol::prefix`]).
+    prefix_spans: Mutex<Arc<[u64]>>,
+}
+
+impl EngineStats {
+    /// The latest summary of cached prompt prefixes, as text-span hashes.
+    pub fn prefix_spans(&self) -> Arc<[u64]> {
+        self.prefix_spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_prefix_spans(&self, spans: Vec<u64>) {
+        *self.prefix_spans.lock().unwrap_or_else(|p| p.into_inner()) = spans.into();
+    }
 }
 
 enum EngineMsg {
@@ -148,12 +203,21 @@ impl EngineHandle {
         &self,
         request: GenerateRequest,
     ) -> Result<mpsc::Receiver<GenerateEvent>, GenerateError> {
-        Scheduler::validate(
-            &self.sched_cfg,
-            request.prompt_tokens.len(),
-            request.max_tokens as usize,
-        )
-        .map_err(admit_error)?;
+        if request.max_tokens == Some(0) {
+            return Err(admit_error(AdmitError::Empty));
+        }
+        let prompt_len = request.prompt_tokens.len();
+        Scheduler::validate(&self.sched_cfg, prompt_len).map_err(admit_error)?;
+        if let Some(m) = request.max_tokens {
+            let context = self.sched_cfg.context_length;
+            if prompt_len + m as usize > context {
+                return Err(admit_error(AdmitError::LengthExceeded {
+                    prompt: prompt_len,
+                    max_new: m as usize,
+                    context,
+                }));
+            }
+        }
         let vocab = self.frontend.config.vocab_size;
         if let Some(bad) = request.prompt_tokens.iter().find(|t| **t as usize >= vocab) {
             return Err(GenerateError::InvalidRequest(format!(
@@ -170,7 +234,10 @@ impl EngineHandle {
         if reserved.is_err() {
             return Err(admit_error(AdmitError::QueueFull(max_waiting)));
         }
-        let (tx, rx) = mpsc::channel(request.max_tokens as usize + 2);
+        // Room for every token event plus the final one: the engine never
+        // blocks on a slow client.
+        let max_new = max_new_tokens(&self.sched_cfg, &request);
+        let (tx, rx) = mpsc::channel(max_new + 2);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let msg = EngineMsg::Submit(Box::new(Submission {
             id,
@@ -225,45 +292,54 @@ fn admit_error(e: AdmitError) -> GenerateError {
     }
 }
 
+/// Tokens a request may generate: its `max_tokens`, or up to the end of
+/// the context when it has none.
+fn max_new_tokens(cfg: &SchedulerConfig, request: &GenerateRequest) -> usize {
+    let room = cfg
+        .context_length
+        .saturating_sub(request.prompt_tokens.len());
+    request.max_tokens.map_or(room, |m| (m as usize).min(room))
+}
+
+/// A request's generation state. It lives from submission to the end of
+/// the stream, across preemptions; its tokens and KV blocks are the
+/// scheduler's.
 struct Sequence {
-    id: SeqId,
-    tokens: Vec<u32>,
     prompt_len: usize,
     max_new: usize,
+    generated: usize,
     ignore_eos: bool,
     sampler: Sampler,
     decoder: StreamDecoder,
     stop: StopMatcher,
     sink: EventSink,
-    cache: KvCache,
 }
 
 impl Sequence {
-    fn generated(&self) -> usize {
-        self.tokens.len() - self.prompt_len
-    }
-
     fn usage(&self) -> Usage {
         Usage {
             prompt_tokens: self.prompt_len as u32,
-            completion_tokens: self.generated() as u32,
+            completion_tokens: self.generated as u32,
         }
     }
 }
 
-/// One model's weights, scheduler and running sequences.
+/// One model's weights, KV pool, scheduler and sequences.
 pub struct Engine {
     model: LlamaModel,
     frontend: Arc<ModelFrontend>,
     sched: Scheduler,
-    waiting: HashMap<SeqId, Submission>,
-    running: Vec<Sequence>,
+    kv: KvPool,
+    /// Every accepted request, waiting or running, by id.
+    seqs: HashMap<SeqId, Sequence>,
+    prefixes: PrefixIndex,
+    summary_at: Instant,
     inbox: Receiver<EngineMsg>,
     stats: Arc<EngineStats>,
     scratch: Scratch,
     logits: Vec<f32>,
     panic_requested: bool,
-    kv_bytes_per_token: usize,
+    block_bytes: usize,
 }
 
 impl Engine {
@@ -275,16 +351,22 @@ impl Engine {
             ModelFrontend::from_gguf(&file, model.config().clone())
                 .map_err(|e| EngineError::Frontend(e.to_string()))?,
         );
-        let kv_bytes_per_token = model.config().kv_bytes_per_token();
+        let kv = model.kv_pool(cfg.kv_block_tokens, cfg.kv_budget_bytes);
+        let block_bytes = model.config().kv_bytes_per_token() * kv.block_size();
         let sched_cfg = SchedulerConfig {
             max_running: cfg.max_running.max(1),
             max_waiting: cfg.max_waiting,
             max_step_tokens: cfg.max_step_tokens.max(1),
-            kv_budget_tokens: cfg.kv_budget_bytes / kv_bytes_per_token,
+            block_size: kv.block_size(),
+            num_blocks: kv.num_blocks(),
+            watermark_blocks: SchedulerConfig::default_watermark(kv.num_blocks()),
             context_length: model.config().context_length,
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_waiting + 8);
         let stats = Arc::new(EngineStats::default());
+        stats
+            .kv_total_blocks
+            .store(kv.num_blocks(), Ordering::Release);
         let handle = EngineHandle {
             inbox: tx,
             stats: stats.clone(),
@@ -296,14 +378,16 @@ impl Engine {
             model,
             frontend,
             sched: Scheduler::new(sched_cfg),
-            waiting: HashMap::new(),
-            running: Vec::new(),
+            kv,
+            seqs: HashMap::new(),
+            prefixes: PrefixIndex::new(PREFIX_INDEX_SPANS),
+            summary_at: Instant::now(),
             inbox: rx,
             stats,
             scratch: Scratch::default(),
             logits: Vec::new(),
             panic_requested: false,
-            kv_bytes_per_token,
+            block_bytes,
         };
         Ok((engine, handle))
     }
@@ -312,10 +396,12 @@ impl Engine {
     pub fn run(mut self) {
         loop {
             if self.sched.is_idle() {
-                match self.inbox.recv() {
+                self.publish_prefixes();
+                match self.inbox.recv_timeout(SUMMARY_EVERY) {
                     Ok(EngineMsg::Abort) => return,
                     Ok(msg) => self.accept(msg),
-                    Err(_) => return,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
             loop {
@@ -334,6 +420,9 @@ impl Engine {
                 }
             }
             self.step();
+            if self.summary_at.elapsed() >= SUMMARY_EVERY {
+                self.publish_prefixes();
+            }
         }
     }
 
@@ -342,178 +431,192 @@ impl Engine {
             EngineMsg::InjectPanic => self.panic_requested = true,
             EngineMsg::Abort => {}
             EngineMsg::Submit(s) => {
-                let s = *s;
-                let (prompt, max_new) =
-                    (s.request.prompt_tokens.len(), s.request.max_tokens as usize);
-                match self.sched.enqueue(s.id, prompt, max_new) {
-                    Ok(()) => {
-                        self.waiting.insert(s.id, s);
-                    }
-                    Err(e) => {
-                        self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
-                        let mut sink = s.sink;
-                        sink.finish(GenerateEvent::Failed(admit_error(e)));
-                    }
+                let Submission { id, request, sink } = *s;
+                let max_new = max_new_tokens(self.sched.config(), &request);
+                let sampler =
+                    Sampler::new(&request.sampling, rand::random(), &request.prompt_tokens);
+                let prompt_len = request.prompt_tokens.len();
+                let enqueued =
+                    self.sched
+                        .enqueue(id, request.prompt_tokens, request.cache_salt.as_bytes());
+                let mut seq = Sequence {
+                    prompt_len,
+                    max_new,
+                    generated: 0,
+                    ignore_eos: request.ignore_eos,
+                    sampler,
+                    decoder: StreamDecoder::default(),
+                    stop: StopMatcher::new(&request.stop),
+                    sink,
+                };
+                if let Err(e) = enqueued {
+                    self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
+                    seq.sink.finish(GenerateEvent::Failed(admit_error(e)));
+                    return;
                 }
+                self.record_prefixes(id, &request.prefix_spans);
+                self.seqs.insert(id, seq);
             }
         }
     }
 
-    /// Runs one scheduler step: drop cancelled requests, admit, forward, sample.
+    /// Remembers which KV block each of the prompt's text spans ends in.
+    fn record_prefixes(&mut self, id: SeqId, spans: &[protocol::PrefixSpan]) {
+        let bs = self.kv.block_size();
+        let Some(deepest) = spans.iter().map(|s| s.tokens as usize / bs).max() else {
+            return;
+        };
+        let hashes = self.sched.chain_hashes(id, deepest).to_vec();
+        for span in spans {
+            // The last block fully covered by the span's text.
+            let blocks = (span.tokens as usize / bs).min(hashes.len());
+            if blocks > 0 {
+                self.prefixes.record(span.hash, hashes[blocks - 1]);
+            }
+        }
+    }
+
+    fn publish_prefixes(&mut self) {
+        self.summary_at = Instant::now();
+        let sched = &self.sched;
+        let spans = self
+            .prefixes
+            .summary(MAX_REPORTED_SPANS, |h| sched.is_cached(h));
+        self.stats.set_prefix_spans(spans);
+    }
+
+    /// Runs one scheduler step: drop cancelled requests, plan (admit,
+    /// preempt), forward, sample.
     pub fn step(&mut self) {
         if self.panic_requested {
             panic!("injected fault: model worker panic requested by a test hook");
         }
         self.drop_cancelled();
         let plan = self.sched.plan();
-        for id in &plan.admitted {
-            if let Some(s) = self.waiting.remove(id) {
-                self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
-                self.start(s);
-            }
-        }
-        self.publish_load();
+        self.apply_plan(&plan);
         if plan.items.is_empty() {
             return;
         }
-        let by_id: HashMap<SeqId, (usize, usize, bool)> = plan
-            .items
-            .iter()
-            .map(|i| (i.id, (i.start, i.len, i.want_logits)))
-            .collect();
-        let mut order = Vec::with_capacity(plan.items.len());
         let mut items = Vec::with_capacity(plan.items.len());
-        for (idx, seq) in self.running.iter_mut().enumerate() {
-            if let Some(&(start, len, want_logits)) = by_id.get(&seq.id) {
-                order.push((idx, want_logits));
+        for it in &plan.items {
+            // Every planned sequence is running.
+            if let Some((tokens, blocks)) = self.sched.sequence(it.id) {
                 items.push(BatchItem {
-                    tokens: &seq.tokens[start..start + len],
-                    start_pos: start,
-                    cache: &mut seq.cache,
-                    want_logits,
+                    tokens: &tokens[it.start..it.start + it.len],
+                    start_pos: it.start,
+                    blocks,
+                    want_logits: it.want_logits,
                 });
             }
         }
         let result = self
             .model
-            .forward(&mut items, &mut self.scratch, &mut self.logits);
+            .forward(&items, &mut self.kv, &mut self.scratch, &mut self.logits);
         drop(items);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = result {
             tracing::error!(error = %e, "forward pass failed; failing the step's requests");
-            let failed: Vec<usize> = order.iter().map(|(i, _)| *i).collect();
-            self.fail_indices(&failed, &e.to_string());
+            for it in &plan.items {
+                self.sched.discard(it.id);
+                if let Some(mut seq) = self.seqs.remove(&it.id) {
+                    seq.sink
+                        .finish(GenerateEvent::Failed(GenerateError::Unavailable(
+                            e.to_string(),
+                        )));
+                }
+            }
+            self.publish_load();
             return;
         }
         let vocab = self.model.config().vocab_size;
         let mut finished = Vec::new();
-        for (row, (idx, _)) in order.iter().filter(|(_, w)| *w).enumerate() {
+        for (row, it) in plan.items.iter().filter(|i| i.want_logits).enumerate() {
+            let Some(seq) = self.seqs.get_mut(&it.id) else {
+                continue;
+            };
             let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
-            let seq = &mut self.running[*idx];
             let token = seq.sampler.sample(logits);
             seq.sampler.accept(token);
-            seq.tokens.push(token);
+            seq.generated += 1;
+            self.sched.append_token(it.id, token);
             if emit_token(seq, token, &self.frontend) {
-                finished.push(*idx);
+                finished.push(it.id);
             }
         }
-        self.remove_indices(finished);
-    }
-
-    fn start(&mut self, s: Submission) {
-        let Submission { id, request, sink } = s;
-        let prompt_len = request.prompt_tokens.len();
-        let max_new = request.max_tokens as usize;
-        let mut tokens = request.prompt_tokens;
-        tokens.reserve(max_new);
-        let sampler = Sampler::new(&request.sampling, rand::random(), &tokens);
-        self.running.push(Sequence {
-            id,
-            tokens,
-            prompt_len,
-            max_new,
-            ignore_eos: request.ignore_eos,
-            sampler,
-            decoder: StreamDecoder::default(),
-            stop: StopMatcher::new(&request.stop),
-            sink,
-            cache: KvCache::new(self.model.config(), prompt_len + max_new),
-        });
-    }
-
-    fn drop_cancelled(&mut self) {
-        let cancelled: Vec<SeqId> = self
-            .waiting
-            .values()
-            .filter(|s| s.sink.is_closed())
-            .map(|s| s.id)
-            .collect();
-        for id in cancelled {
-            if let Some(mut s) = self.waiting.remove(&id) {
-                s.sink.done = true;
-                self.sched.remove(id);
-                self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        let gone: Vec<usize> = (0..self.running.len())
-            .filter(|i| self.running[*i].sink.is_closed())
-            .collect();
-        for &i in &gone {
-            self.running[i].sink.done = true;
-        }
-        self.remove_indices(gone);
-    }
-
-    fn fail_indices(&mut self, indices: &[usize], reason: &str) {
-        for &i in indices {
-            self.running[i]
-                .sink
-                .finish(GenerateEvent::Failed(GenerateError::Unavailable(
-                    reason.to_string(),
-                )));
-        }
-        self.remove_indices(indices.to_vec());
-    }
-
-    fn remove_indices(&mut self, mut indices: Vec<usize>) {
-        indices.sort_unstable();
-        indices.dedup();
-        for i in indices.into_iter().rev() {
-            let seq = self.running.swap_remove(i);
-            self.sched.remove(seq.id);
+        for id in finished {
+            self.sched.remove(id);
+            self.seqs.remove(&id);
         }
         self.publish_load();
     }
 
+    /// Accounts for admissions and preemptions, and ends the sequences the
+    /// pool cannot grow.
+    fn apply_plan(&mut self, plan: &StepPlan) {
+        let (admitted, preempted) = (plan.admitted.len(), plan.preempted.len());
+        if admitted > preempted {
+            self.stats
+                .waiting
+                .fetch_sub(admitted - preempted, Ordering::AcqRel);
+        } else if preempted > admitted {
+            self.stats
+                .waiting
+                .fetch_add(preempted - admitted, Ordering::AcqRel);
+        }
+        if preempted > 0 {
+            tracing::debug!(?plan.preempted, "preempted to free KV blocks");
+        }
+        for id in &plan.exhausted {
+            if let Some(mut seq) = self.seqs.remove(id) {
+                tracing::warn!(
+                    generated = seq.generated,
+                    "a sequence filled the whole KV cache; ending it"
+                );
+                finish(&mut seq, String::new(), Vec::new(), FinishReason::Length);
+            }
+        }
+        self.publish_load();
+    }
+
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<SeqId> = self
+            .seqs
+            .iter()
+            .filter(|(_, s)| s.sink.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            let was_running = self.sched.sequence(id).is_some();
+            self.sched.remove(id);
+            if let Some(mut seq) = self.seqs.remove(&id) {
+                seq.sink.done = true;
+                if !was_running {
+                    self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
     fn publish_load(&self) {
-        self.stats
-            .running
-            .store(self.running.len(), Ordering::Release);
-        self.stats.kv_used_bytes.store(
-            self.sched.kv_reserved() * self.kv_bytes_per_token,
-            Ordering::Release,
-        );
+        let s = &self.stats;
+        let blocks = self.sched.blocks();
+        s.running.store(self.sched.running(), Ordering::Release);
+        s.kv_used_blocks.store(blocks.used(), Ordering::Release);
+        s.kv_cached_blocks.store(blocks.cached(), Ordering::Release);
+        s.kv_used_bytes
+            .store(blocks.used() * self.block_bytes, Ordering::Release);
+        let c = self.sched.counters();
+        s.prefix_queried_tokens
+            .store(c.queried_tokens, Ordering::Release);
+        s.prefix_hit_tokens.store(c.hit_tokens, Ordering::Release);
+        s.preemptions.store(c.preemptions, Ordering::Release);
     }
 }
 
 /// Streams one sampled token to its client; returns whether the sequence is finished.
 fn emit_token(seq: &mut Sequence, token: u32, frontend: &ModelFrontend) -> bool {
-    let eog = !seq.ignore_eos && frontend.tokenizer.eog_ids().contains(&token);
-    if eog {
-        let tail = seq.decoder.finish();
-        let mut text = seq.stop.push(&tail).emit;
-        text.push_str(&seq.stop.flush());
-        if !text.is_empty() {
-            seq.sink.send(GenerateEvent::Token {
-                text,
-                token_ids: Vec::new(),
-            });
-        }
-        let usage = seq.usage();
-        seq.sink.finish(GenerateEvent::Finished {
-            reason: FinishReason::Stop,
-            usage,
-        });
+    if !seq.ignore_eos && frontend.tokenizer.eog_ids().contains(&token) {
+        finish(seq, String::new(), Vec::new(), FinishReason::Stop);
         return true;
     }
     let piece = seq.decoder.push(&frontend.tokenizer, token);
@@ -532,30 +635,35 @@ fn emit_token(seq: &mut Sequence, token: u32, frontend: &ModelFrontend) -> bool 
         });
         return true;
     }
-    let mut text = out.emit;
-    if seq.generated() < seq.max_new {
+    if seq.generated < seq.max_new {
         seq.sink.send(GenerateEvent::Token {
-            text,
+            text: out.emit,
             token_ids: vec![token],
         });
         return false;
     }
+    finish(seq, out.emit, vec![token], FinishReason::Length);
+    true
+}
+
+/// Ends a stream: flushes the text the detokenizer and the stop matcher
+/// held back (unless it completes a stop string, which then is the
+/// reason), sends it with `token_ids`, then `Finished`.
+fn finish(seq: &mut Sequence, mut text: String, token_ids: Vec<u32>, reason: FinishReason) {
     let tail = seq.decoder.finish();
-    let tail_out = seq.stop.push(&tail);
-    text.push_str(&tail_out.emit);
-    let reason = if tail_out.stopped {
+    let out = seq.stop.push(&tail);
+    text.push_str(&out.emit);
+    let reason = if out.stopped {
         FinishReason::Stop
     } else {
         text.push_str(&seq.stop.flush());
-        FinishReason::Length
+        reason
     };
-    seq.sink.send(GenerateEvent::Token {
-        text,
-        token_ids: vec![token],
-    });
+    if !text.is_empty() || !token_ids.is_empty() {
+        seq.sink.send(GenerateEvent::Token { text, token_ids });
+    }
     let usage = seq.usage();
     seq.sink.finish(GenerateEvent::Finished { reason, usage });
-    true
 }
 
 /// Loads a model and runs its engine on a new named thread.
@@ -571,6 +679,6 @@ pub fn spawn_engine(
     let join = std::thread::Builder::new()
         .name(name)
         .spawn(move || engine.run())
-        .map_err(|e| EngineError::Frontend(format!("cannot start the engine thread: {e}")))?;
+        .map_err(EngineError::Thread)?;
     Ok((handle, join))
 }

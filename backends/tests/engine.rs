@@ -18,10 +18,19 @@ fn engine(cfg: EngineConfig) -> EngineHandle {
 fn request(prompt_tokens: Vec<u32>, max_tokens: u32, sampling: SamplingParams) -> GenerateRequest {
     GenerateRequest {
         prompt_tokens,
-        max_tokens,
+        max_tokens: Some(max_tokens),
         sampling,
-        stop: Vec::new(),
-        ignore_eos: false,
+        ..GenerateRequest::default()
+    }
+}
+
+/// A request without `max_tokens`: it runs to end of turn or the context end.
+fn open_request(prompt_tokens: Vec<u32>) -> GenerateRequest {
+    GenerateRequest {
+        prompt_tokens,
+        max_tokens: None,
+        sampling: SamplingParams::greedy(),
+        ..GenerateRequest::default()
     }
 }
 
@@ -245,6 +254,19 @@ fn too_long_request_gets_a_clear_error() {
         h.submit(request(vec![], 4, SamplingParams::greedy())),
         Err(GenerateError::InvalidRequest(_))
     ));
+    match h.submit(open_request(vec![100; ctx])) {
+        Err(GenerateError::InvalidRequest(msg)) => assert!(msg.contains("no room"), "{msg}"),
+        other => panic!("expected invalid request, got {:?}", other.map(|_| ())),
+    }
+    // A prompt longer than the whole KV pool could ever hold.
+    let tiny = engine(EngineConfig {
+        kv_budget_bytes: 1 << 20,
+        ..EngineConfig::default()
+    });
+    match tiny.submit(open_request(vec![100; 200])) {
+        Err(GenerateError::InvalidRequest(msg)) => assert!(msg.contains("KV"), "{msg}"),
+        other => panic!("expected invalid request, got {:?}", other.map(|_| ())),
+    }
 }
 
 #[test]
@@ -277,19 +299,145 @@ fn cancelled_request_frees_its_slot() {
         t.elapsed() < Duration::from_secs(20),
         "slot was not freed promptly"
     );
+    wait_all_blocks_free(&h);
+}
+
+fn load(h: &EngineHandle, what: &std::sync::atomic::AtomicUsize) -> usize {
+    let _ = h;
+    what.load(std::sync::atomic::Ordering::Acquire)
+}
+
+fn counter(what: &std::sync::atomic::AtomicU64) -> u64 {
+    what.load(std::sync::atomic::Ordering::Acquire)
+}
+
+fn wait_all_blocks_free(h: &EngineHandle) {
     let deadline = Instant::now() + Duration::from_secs(2);
-    while h
-        .stats()
-        .kv_used_bytes
-        .load(std::sync::atomic::Ordering::Acquire)
-        != 0
-    {
+    while load(h, &h.stats().kv_used_blocks) != 0 || load(h, &h.stats().kv_used_bytes) != 0 {
         assert!(
             Instant::now() < deadline,
-            "KV memory still reserved after every request ended"
+            "KV blocks still held after every request ended"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+const QUESTIONS: [&str; 16] = [
+    "Say hello.",
+    "What is 2 + 2?",
+    "Name a colour.",
+    "Count from one to three.",
+    "Give me one word that rhymes with cat.",
+    "How many legs does a spider have?",
+    "Name a fruit that is yellow.",
+    "Name a vegetable.",
+    "What is 3 + 5?",
+    "What is the opposite of hot?",
+    "Name a day of the week.",
+    "Name a musical instrument.",
+    "How many days are in a week?",
+    "Name a planet.",
+    "What colour is the sky on a clear day?",
+    "What is frozen water called?",
+];
+
+/// Sixteen chat requests without `max_tokens` on a KV pool far too small
+/// to hold them all: every stream still completes, preemptions happen,
+/// and each greedy answer is exactly what the request gets alone.
+#[test]
+fn requests_without_max_tokens_all_finish_under_preemption_with_solo_texts() {
+    let cfg = EngineConfig {
+        // 24 blocks of 16 positions: about 380 positions for 16 sequences.
+        kv_budget_bytes: 24 * 16 * 23_040,
+        max_running: 16,
+        max_waiting: 32,
+        max_step_tokens: 64,
+        ..EngineConfig::default()
+    };
+    let h = engine(cfg);
+    let solo: Vec<Outcome> = QUESTIONS
+        .iter()
+        .map(|q| collect(h.submit(open_request(chat(&h, q))).unwrap()))
+        .collect();
+    assert_eq!(
+        counter(&h.stats().preemptions),
+        0,
+        "one request at a time fits"
+    );
+    for (q, out) in QUESTIONS.iter().zip(&solo) {
+        assert_eq!(out.finish, Some(FinishReason::Stop), "{q}: {:?}", out.text);
+    }
+    // A fresh engine, so the prefix cache of the solo runs does not help.
+    let h = engine(EngineConfig {
+        kv_budget_bytes: 24 * 16 * 23_040,
+        max_running: 16,
+        max_waiting: 32,
+        max_step_tokens: 64,
+        ..EngineConfig::default()
+    });
+    let streams: Vec<_> = QUESTIONS
+        .iter()
+        .map(|q| h.submit(open_request(chat(&h, q))).unwrap())
+        .collect();
+    let together: Vec<Outcome> = streams.into_iter().map(collect).collect();
+    assert!(
+        counter(&h.stats().preemptions) > 0,
+        "the pool was meant to run out"
+    );
+    for ((q, a), b) in QUESTIONS.iter().zip(&solo).zip(&together) {
+        assert_eq!(b.error, None, "{q}");
+        assert_eq!(b.finish, a.finish, "{q}");
+        assert_eq!(
+            b.tokens, a.tokens,
+            "{q}: solo {:?}, together {:?}",
+            a.text, b.text
+        );
+        assert_eq!(b.text, a.text, "{q}");
+    }
+    wait_all_blocks_free(&h);
+}
+
+/// A request that shares a long system prompt with an earlier one reuses
+/// its cached blocks, and greedy output is the same as on a cold cache.
+#[test]
+fn prefix_cache_hit_gives_the_cold_answer_and_salts_keep_caches_apart() {
+    let system = "You are a meticulous assistant for a shipping company. ".repeat(20);
+    let ask = |h: &EngineHandle, q: &str, salt: &str| {
+        let prompt = h
+            .frontend()
+            .chat_prompt(&[
+                ChatMessage::new("system", system.clone()),
+                ChatMessage::new("user", q),
+            ])
+            .unwrap();
+        let mut r = request(prompt, 24, SamplingParams::greedy());
+        r.cache_salt = salt.into();
+        collect(h.submit(r).unwrap())
+    };
+    let cold_engine = engine(EngineConfig::default());
+    let cold = ask(&cold_engine, "Which day do parcels ship?", "");
+    drop(cold_engine);
+
+    let h = engine(EngineConfig::default());
+    let first = ask(&h, "Where is my order?", "");
+    let queried = counter(&h.stats().prefix_queried_tokens);
+    assert_eq!(counter(&h.stats().prefix_hit_tokens), 0);
+    let warm = ask(&h, "Which day do parcels ship?", "");
+    let hit = counter(&h.stats().prefix_hit_tokens);
+    // The system prompt is over 200 tokens; all its full blocks are reused.
+    assert!(hit >= 192, "only {hit} tokens came from the cache");
+    assert!(counter(&h.stats().prefix_queried_tokens) > queried);
+    assert_eq!(
+        warm.tokens, cold.tokens,
+        "warm {:?} cold {:?}",
+        warm.text, cold.text
+    );
+    assert!(!first.tokens.is_empty());
+    // Another salt never sees those blocks.
+    ask(&h, "Which day do parcels ship?", "tenant-b");
+    assert_eq!(counter(&h.stats().prefix_hit_tokens), hit);
+    wait_all_blocks_free(&h);
+    assert!(load(&h, &h.stats().kv_cached_blocks) > 0);
 }
 
 #[test]

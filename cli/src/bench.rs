@@ -160,10 +160,10 @@ async fn run_level(
     for prompt_tokens in prompts {
         let request = GenerateRequest {
             prompt_tokens,
-            max_tokens,
+            max_tokens: Some(max_tokens),
             sampling: SamplingParams::greedy(),
-            stop: Vec::new(),
             ignore_eos: true,
+            ..GenerateRequest::default()
         };
         let mut rx = node.generate("bench", request).await?;
         tasks.push(tokio::spawn(async move {

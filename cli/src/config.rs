@@ -120,8 +120,10 @@ pub struct EngineSection {
     pub max_waiting: usize,
     /// Tokens per engine step.
     pub max_step_tokens: usize,
-    /// KV cache budget per model, in MiB.
+    /// KV cache pool per model, in MiB.
     pub kv_budget_mib: usize,
+    /// Token positions per KV cache block.
+    pub kv_block_tokens: usize,
     /// Compute threads per model (default: all cores).
     pub threads: Option<usize>,
 }
@@ -134,6 +136,7 @@ impl Default for EngineSection {
             max_waiting: d.max_waiting,
             max_step_tokens: d.max_step_tokens,
             kv_budget_mib: d.kv_budget_bytes >> 20,
+            kv_block_tokens: d.kv_block_tokens,
             threads: None,
         }
     }
@@ -147,6 +150,7 @@ impl EngineSection {
             max_waiting: self.max_waiting,
             max_step_tokens: self.max_step_tokens,
             kv_budget_bytes: self.kv_budget_mib.saturating_mul(1 << 20),
+            kv_block_tokens: self.kv_block_tokens.clamp(1, 1024),
             threads: self
                 .threads
                 .unwrap_or_else(|| EngineConfig::default().threads)

@@ -85,7 +85,7 @@ async fn generate(node: &Node, a: &GenerateArgs) -> anyhow::Result<()> {
     };
     let request = GenerateRequest {
         prompt_tokens,
-        max_tokens: a.max_tokens,
+        max_tokens: Some(a.max_tokens),
         sampling: SamplingParams {
             temperature: a.temperature,
             top_k: a.top_k,
@@ -97,6 +97,7 @@ async fn generate(node: &Node, a: &GenerateArgs) -> anyhow::Result<()> {
         },
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
+        ..GenerateRequest::default()
     };
     let started = Instant::now();
     let mut first_token = None;

@@ -45,6 +45,10 @@ pub struct UpArgs {
     /// KV-cache budget per replica, in MiB.
     #[arg(long, default_value_t = 512)]
     pub kv_budget_mib: u64,
+    /// Route requests by power of two choices only, ignoring which node
+    /// already holds a prompt's prefix in its KV cache (for comparison).
+    #[arg(long)]
+    pub no_cache_aware_routing: bool,
     /// How long to wait for the cluster to serve, in seconds.
     #[arg(long, default_value_t = 180)]
     pub ready_timeout_s: u64,
@@ -119,7 +123,10 @@ fn free_udp() -> anyhow::Result<SocketAddr> {
 
 /// Extra settings of every coordinator `inferno up` starts.
 fn coordinator_toml(args: &UpArgs) -> String {
-    let mut t = format!("kv_budget_mib = {}\n", args.kv_budget_mib);
+    let mut t = format!(
+        "kv_budget_mib = {}\ncache_aware_routing = {}\n",
+        args.kv_budget_mib, !args.no_cache_aware_routing
+    );
     if let Some(dir) = &args.fl_data_dir {
         let _ = writeln!(t, "fl_data_dir = {dir:?}");
     }

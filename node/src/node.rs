@@ -88,8 +88,10 @@ pub struct ModelStatus {
     pub waiting: usize,
     /// Sequences running.
     pub running: usize,
-    /// KV cache bytes reserved by running sequences.
+    /// KV cache bytes in blocks held by running sequences.
     pub kv_used_bytes: usize,
+    /// The KV cache and prefix cache figures, once the model is loaded.
+    pub kv: Option<protocol::KvCacheReport>,
 }
 
 /// Errors of node operations other than generation itself.

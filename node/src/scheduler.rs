@@ -8,9 +8,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use backends::engine::EngineHandle;
+use backends::engine::{EngineHandle, EngineStats};
 use backends::frontend::ModelFrontend;
-use protocol::{GenerateError, GenerateEvent, GenerateRequest};
+use protocol::{GenerateError, GenerateEvent, GenerateRequest, KvCacheReport};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
@@ -112,16 +112,17 @@ impl Actor for BatchScheduler {
                 st.state = ModelState::Failed(reason);
             }
             SchedulerMsg::Status(reply) => {
-                let (waiting, running, kv_used_bytes) = match &st.handle {
+                let (waiting, running, kv_used_bytes, kv) = match &st.handle {
                     Some(h) => {
                         let s = h.stats();
                         (
                             s.waiting.load(Ordering::Acquire),
                             s.running.load(Ordering::Acquire),
                             s.kv_used_bytes.load(Ordering::Acquire),
+                            Some(kv_report(s)),
                         )
                     }
-                    None => (0, 0, 0),
+                    None => (0, 0, 0, None),
                 };
                 let _ = reply.send(ModelStatus {
                     name: st.name.clone(),
@@ -130,6 +131,7 @@ impl Actor for BatchScheduler {
                     waiting,
                     running,
                     kv_used_bytes,
+                    kv,
                 });
             }
             SchedulerMsg::Frontend(reply) => {
@@ -147,5 +149,21 @@ impl Actor for BatchScheduler {
             }
         }
         Ok(())
+    }
+}
+
+/// The engine's KV figures as reported in heartbeats.
+fn kv_report(s: &EngineStats) -> KvCacheReport {
+    let count = |a: &std::sync::atomic::AtomicUsize| {
+        u32::try_from(a.load(Ordering::Acquire)).unwrap_or(u32::MAX)
+    };
+    KvCacheReport {
+        total_blocks: count(&s.kv_total_blocks),
+        used_blocks: count(&s.kv_used_blocks),
+        cached_blocks: count(&s.kv_cached_blocks),
+        queried_tokens: s.prefix_queried_tokens.load(Ordering::Acquire),
+        hit_tokens: s.prefix_hit_tokens.load(Ordering::Acquire),
+        preemptions: s.preemptions.load(Ordering::Acquire),
+        prefix_spans: s.prefix_spans().to_vec(),
     }
 }

@@ -100,6 +100,7 @@ fn request(model: &str, prompt: Prompt, max_tokens: u32, ignore_eos: bool) -> In
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
         ignore_eos,
+        cache_salt: String::new(),
     }
 }
 

@@ -20,10 +20,10 @@ fn spec(name: &str) -> ModelSpec {
 fn request(max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
         prompt_tokens: vec![100, 200, 300, 400],
-        max_tokens,
+        max_tokens: Some(max_tokens),
         sampling: SamplingParams::greedy(),
-        stop: Vec::new(),
         ignore_eos: true,
+        ..GenerateRequest::default()
     }
 }
 

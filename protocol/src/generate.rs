@@ -76,19 +76,36 @@ impl SamplingParams {
     }
 }
 
-/// A request to generate text from an already tokenized or raw prompt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A request to generate text from an already tokenized prompt.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GenerateRequest {
     /// The prompt's token ids (already rendered through the chat template if any).
     pub prompt_tokens: Vec<u32>,
-    /// Most tokens to generate.
-    pub max_tokens: u32,
+    /// Most tokens to generate; `None` generates until an end-of-sequence
+    /// token, a stop string or the end of the model's context.
+    pub max_tokens: Option<u32>,
     /// How to pick tokens.
     pub sampling: SamplingParams,
     /// Strings that end generation; the matched stop string is not emitted.
     pub stop: Vec<String>,
     /// Keep generating past the end-of-sequence token (benchmarks use this).
     pub ignore_eos: bool,
+    /// Prefix-cache salt: requests with different salts never share KV
+    /// cache blocks (tenants, API keys).
+    pub cache_salt: String,
+    /// The prompt's text spans (see [`crate::prefix`]) with the prompt
+    /// tokens each covers, so that the node can report which prefixes it
+    /// holds. Empty when the request did not come through a coordinator.
+    pub prefix_spans: Vec<PrefixSpan>,
+}
+
+/// One text span of a prompt and how far into its tokens it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixSpan {
+    /// The span's chained hash ([`crate::prefix::span_hashes`]).
+    pub hash: u64,
+    /// Prompt tokens covered by the text up to the end of this span (an estimate).
+    pub tokens: u32,
 }
 
 /// Why a generation ended.

@@ -40,6 +40,10 @@ pub struct InferenceRequest {
     pub stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// Prefix-cache salt: requests with different salts never share KV
+    /// cache blocks. Set by the coordinator from the API key and the
+    /// request's `cache_salt`.
+    pub cache_salt: String,
 }
 
 /// The state of one model replica on a node, as the node reports it.
@@ -66,6 +70,29 @@ pub struct ReplicaReport {
     pub waiting: u32,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// Its KV cache and prefix cache (absent while loading).
+    pub kv: Option<KvCacheReport>,
+}
+
+/// A replica's paged KV cache, as reported in heartbeats.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvCacheReport {
+    /// Blocks in its pool.
+    pub total_blocks: u32,
+    /// Blocks held by running sequences.
+    pub used_blocks: u32,
+    /// Blocks keeping a cached prefix (held or not).
+    pub cached_blocks: u32,
+    /// Prompt tokens looked up in the prefix cache since the replica started.
+    pub queried_tokens: u64,
+    /// Of those, tokens served from the cache.
+    pub hit_tokens: u64,
+    /// Sequences preempted to free blocks since the replica started.
+    pub preemptions: u64,
+    /// Hashes of prompt text spans ([`crate::prefix`]) whose KV blocks the
+    /// replica still holds, most recent first, at most
+    /// [`MAX_REPORTED_SPANS`](crate::prefix::MAX_REPORTED_SPANS).
+    pub prefix_spans: Vec<u64>,
 }
 
 /// A model file a node can serve, as it announces it on registration.

@@ -11,24 +11,27 @@
 //! - [`fl`]: federated-learning rounds between the leader and nodes.
 //! - [`inference`]: coordinator-to-node inference requests and the node's
 //!   heartbeats.
+//! - [`prefix`]: prompt prefixes as hashed text spans, for cache-aware routing.
 
 pub mod fl;
 pub mod frame;
 pub mod generate;
 pub mod handshake;
 pub mod inference;
+pub mod prefix;
 pub mod quic;
 pub mod tls;
 
 pub use frame::{FrameError, MAX_FRAME_BYTES};
 pub use handshake::{HandshakeError, Hello, Role, PROTOCOL_VERSION};
 pub use inference::{
-    HeartbeatReply, InferenceRequest, NodeHeartbeat, NodeRequest, NodeResponse, NodeStreamRequest,
-    Prompt, ReplicaReport, ReplicaState, ServableModel, MAX_NODE_FRAME_BYTES,
+    HeartbeatReply, InferenceRequest, KvCacheReport, NodeHeartbeat, NodeRequest, NodeResponse,
+    NodeStreamRequest, Prompt, ReplicaReport, ReplicaState, ServableModel, MAX_NODE_FRAME_BYTES,
 };
 pub use quic::QuicError;
 pub use tls::{ClusterCa, MemberIdentity, TlsError};
 
 pub use generate::{
-    ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingParams, Usage,
+    ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, PrefixSpan,
+    SamplingParams, Usage,
 };

@@ -1,17 +1,20 @@
-//! Causal self-attention of each token over its own sequence's KV cache,
-//! split by tokens across the compute pool. Every token's arithmetic is the
-//! same whatever the split, so results do not depend on batch or thread count.
+//! Causal self-attention of each token over its own sequence's positions
+//! in the paged KV cache (read through the sequence's block table), split
+//! by tokens across the compute pool. Every token's arithmetic is the same
+//! whatever the split or the blocks, so results do not depend on batch,
+//! thread count or where a sequence's blocks lie.
 
 use crate::kernels::ComputePool;
+use crate::scheduler::BlockId;
 
 use super::ops::dot;
-use super::{KvCache, LlamaConfig};
+use super::{BatchItem, KvPool, LlamaConfig};
 
-/// One token of the step: which sequence's cache it reads and its position.
+/// One token of the step: which sequence's block table it reads and its position.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct TokenSlot {
-    /// Index of the sequence's cache in the `caches` slice.
-    pub cache: usize,
+    /// Index of the token's sequence in the step's items.
+    pub seq: usize,
     /// Position of the token; it attends to positions `0..=pos`.
     pub pos: usize,
 }
@@ -31,6 +34,14 @@ impl SharedOut {
     }
 }
 
+/// Where one sequence's keys and values of one layer are.
+#[derive(Clone, Copy)]
+struct Positions<'a> {
+    kv: &'a KvPool,
+    layer: usize,
+    table: &'a [BlockId],
+}
+
 /// Scratch floats one pool part needs for tokens attending to up to `longest` positions.
 fn part_scratch(cfg: &LlamaConfig, longest: usize) -> usize {
     cfg.n_head * longest + cfg.kv_dim()
@@ -42,7 +53,8 @@ pub(super) fn attend(
     pool: &ComputePool,
     cfg: &LlamaConfig,
     layer: usize,
-    caches: &[&KvCache],
+    kv: &KvPool,
+    items: &[BatchItem<'_>],
     tokens: &[TokenSlot],
     q: &[f32],
     att: &mut [f32],
@@ -70,10 +82,14 @@ pub(super) fn attend(
         };
         for (t, slot) in tokens.iter().enumerate().take(last).skip(first) {
             let out = unsafe { std::slice::from_raw_parts_mut(att_out.at(t * d), d) };
+            let positions = Positions {
+                kv,
+                layer,
+                table: items[slot.seq].blocks,
+            };
             token_attention(
                 cfg,
-                layer,
-                caches[slot.cache],
+                &positions,
                 slot.pos,
                 &q[t * d..(t + 1) * d],
                 out,
@@ -88,31 +104,38 @@ pub(super) fn attend(
     }
 }
 
-/// Attention of one token (all heads) over positions `0..=pos`. Each cached
-/// key/value row is widened from f16 once and used by every head of its group.
+/// Attention of one token (all heads) over positions `0..=pos`, block by
+/// block. Each cached key/value row is widened from f16 once and used by
+/// every head of its group.
 fn token_attention(
     cfg: &LlamaConfig,
-    layer: usize,
-    cache: &KvCache,
+    positions: &Positions<'_>,
     pos: usize,
     q: &[f32],
     out: &mut [f32],
     scratch: &mut [f32],
 ) {
     use half::slice::HalfFloatSliceExt;
-    let (hd, kv, n_head) = (cfg.head_dim, cfg.kv_dim(), cfg.n_head);
+    let (hd, kvd, n_head) = (cfg.head_dim, cfg.kv_dim(), cfg.n_head);
     let group = n_head / cfg.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
     let n_pos = pos + 1;
+    let Positions { kv, layer, table } = *positions;
+    let bs = kv.block_size();
     let (scores, row) = scratch.split_at_mut(n_head * n_pos);
-    let row = &mut row[..kv];
-    for p in 0..n_pos {
-        let off = cache.offset(layer, p);
-        cache.k[off..off + kv].convert_to_f32_slice(row);
-        for h in 0..n_head {
-            let g = h / group;
-            scores[h * n_pos + p] =
-                dot(&q[h * hd..(h + 1) * hd], &row[g * hd..(g + 1) * hd]) * scale;
+    let row = &mut row[..kvd];
+    for (b, &block) in table.iter().enumerate().take(n_pos.div_ceil(bs)) {
+        let first = b * bs;
+        let base = kv.offset(layer, block, 0);
+        for s in 0..bs.min(n_pos - first) {
+            let off = base + s * kvd;
+            kv.k[off..off + kvd].convert_to_f32_slice(row);
+            let p = first + s;
+            for h in 0..n_head {
+                let g = h / group;
+                scores[h * n_pos + p] =
+                    dot(&q[h * hd..(h + 1) * hd], &row[g * hd..(g + 1) * hd]) * scale;
+            }
         }
     }
     for sc in scores.chunks_exact_mut(n_pos) {
@@ -127,17 +150,22 @@ fn token_attention(
         }
     }
     out.fill(0.0);
-    for p in 0..n_pos {
-        let off = cache.offset(layer, p);
-        cache.v[off..off + kv].convert_to_f32_slice(row);
-        for h in 0..n_head {
-            let g = h / group;
-            let w = scores[h * n_pos + p];
-            for (o, x) in out[h * hd..(h + 1) * hd]
-                .iter_mut()
-                .zip(&row[g * hd..(g + 1) * hd])
-            {
-                *o += w * x;
+    for (b, &block) in table.iter().enumerate().take(n_pos.div_ceil(bs)) {
+        let first = b * bs;
+        let base = kv.offset(layer, block, 0);
+        for s in 0..bs.min(n_pos - first) {
+            let off = base + s * kvd;
+            kv.v[off..off + kvd].convert_to_f32_slice(row);
+            let p = first + s;
+            for h in 0..n_head {
+                let g = h / group;
+                let w = scores[h * n_pos + p];
+                for (o, x) in out[h * hd..(h + 1) * hd]
+                    .iter_mut()
+                    .zip(&row[g * hd..(g + 1) * hd])
+                {
+                    *o += w * x;
+                }
             }
         }
     }

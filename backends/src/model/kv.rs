@@ -1,49 +1,70 @@
-//! Per-sequence key/value cache, stored as f16 (half the memory of f32, as
-//! llama.cpp does by default).
+//! The paged key/value cache of one model replica: a pool of fixed-size
+//! blocks, stored as f16 (half the memory of f32, as llama.cpp does by
+//! default). Which sequence owns which block is the scheduler's business
+//! ([`BlockPool`](crate::scheduler::BlockPool)); a sequence reaches its
+//! positions through its block table.
+//!
+//! The pool is allocated zeroed once, so the operating system commits
+//! memory only for blocks actually written.
 
 use half::f16;
 
 use super::LlamaConfig;
+use crate::scheduler::BlockId;
 
-/// One sequence's keys and values for every layer, sized once for the
-/// sequence's whole token budget and written in place as it grows.
-pub struct KvCache {
-    capacity: usize,
+/// Keys and values of every layer for `num_blocks` blocks of `block_size` positions.
+pub struct KvPool {
+    block_size: usize,
+    num_blocks: usize,
     kv_dim: usize,
-    /// `[layer][position][kv_dim]`.
+    /// `[layer][block][slot][kv_dim]`.
     pub(super) k: Vec<f16>,
-    /// `[layer][position][kv_dim]`.
+    /// `[layer][block][slot][kv_dim]`.
     pub(super) v: Vec<f16>,
 }
 
-impl KvCache {
-    /// A cache for up to `capacity` positions.
-    pub fn new(cfg: &LlamaConfig, capacity: usize) -> Self {
-        let len = cfg.n_layer * capacity * cfg.kv_dim();
+impl KvPool {
+    /// A pool of `num_blocks` blocks of `block_size` positions for `cfg`'s layers.
+    pub fn new(cfg: &LlamaConfig, block_size: usize, num_blocks: usize) -> Self {
+        let len = cfg.n_layer * num_blocks * block_size * cfg.kv_dim();
         Self {
-            capacity,
+            block_size,
+            num_blocks,
             kv_dim: cfg.kv_dim(),
             k: vec![f16::ZERO; len],
             v: vec![f16::ZERO; len],
         }
     }
 
-    /// Positions this cache can hold.
-    pub fn capacity(&self) -> usize {
-        self.capacity
+    /// Positions per block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
     }
 
-    /// Stores one position's keys and values (converted to f16).
-    pub(super) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+    /// Blocks in the pool.
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    /// Stores one position's keys and values (converted to f16) in `block` at `slot`.
+    pub(super) fn write(
+        &mut self,
+        layer: usize,
+        block: BlockId,
+        slot: usize,
+        k: &[f32],
+        v: &[f32],
+    ) {
         use half::slice::HalfFloatSliceExt;
-        let off = self.offset(layer, pos);
+        let off = self.offset(layer, block, slot);
         self.k[off..off + self.kv_dim].convert_from_f32_slice(k);
         self.v[off..off + self.kv_dim].convert_from_f32_slice(v);
     }
 
-    /// Index of `(layer, pos)`'s first value in `k` and `v`.
-    pub(super) fn offset(&self, layer: usize, pos: usize) -> usize {
-        (layer * self.capacity + pos) * self.kv_dim
+    /// Index of `(layer, block, slot)`'s first value in `k` and `v`; the
+    /// slots of one block follow each other.
+    pub(super) fn offset(&self, layer: usize, block: BlockId, slot: usize) -> usize {
+        ((layer * self.num_blocks + block as usize) * self.block_size + slot) * self.kv_dim
     }
 }
 
@@ -68,14 +89,15 @@ mod tests {
 
     #[test]
     fn written_positions_read_back_at_f16_precision_without_touching_others() {
-        let mut c = KvCache::new(&cfg(), 3);
-        c.write(1, 2, &[0.5, -1.25, 3.0, 1e-3], &[7.0, 8.0, 9.0, 10.0]);
-        let off = c.offset(1, 2);
+        let mut c = KvPool::new(&cfg(), 4, 3);
+        c.write(1, 2, 3, &[0.5, -1.25, 3.0, 1e-3], &[7.0, 8.0, 9.0, 10.0]);
+        let off = c.offset(1, 2, 3);
         let k: Vec<f32> = c.k[off..off + 4].iter().map(|x| x.to_f32()).collect();
         assert_eq!(&k[..3], &[0.5, -1.25, 3.0]);
         assert!((k[3] - 1e-3).abs() < 1e-6);
         assert_eq!(c.v[off + 3].to_f32(), 10.0);
         assert!(c.k[..off].iter().all(|x| x.to_f32() == 0.0));
+        assert_eq!(off + 4, c.k.len());
         assert_eq!(cfg().kv_bytes_per_token(), 2 * 2 * 4 * 2);
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! Every projection and MLP matmul runs once over the tokens of all sequences
 //! in the step (weights are read once per step, whatever the batch); attention
-//! runs per sequence over its own [`KvCache`], which is allocated once for the
-//! sequence's whole budget and written in place.
+//! runs per sequence over its positions in the paged [`KvPool`], reached
+//! through the sequence's block table.
 
 mod attention;
 mod config;
@@ -16,13 +16,14 @@ use std::path::Path;
 use candle_core::quantized::GgmlDType;
 
 pub use config::LlamaConfig;
-pub use kv::KvCache;
+pub use kv::KvPool;
 
 use crate::gguf::{GgufError, GgufFile};
 use crate::kernels::{
     matmul, matmul_q, quantize_activations, ComputePool, KernelError, QuantMatrix,
     QuantizedActivations, WeightType,
 };
+use crate::scheduler::BlockId;
 use attention::{attend, TokenSlot};
 use ops::{add_in_place, rms_norm, rope, swiglu};
 
@@ -98,8 +99,10 @@ pub struct BatchItem<'a> {
     pub tokens: &'a [u32],
     /// Position of `tokens[0]` in the sequence.
     pub start_pos: usize,
-    /// The sequence's cache; positions `0..start_pos` must already be filled.
-    pub cache: &'a mut KvCache,
+    /// The sequence's block table: position `p` lives in block
+    /// `blocks[p / block_size]`. Positions `0..start_pos` must already be
+    /// written; the blocks for the new tokens must not be shared.
+    pub blocks: &'a [BlockId],
     /// Whether to compute logits for the last token.
     pub want_logits: bool,
 }
@@ -225,28 +228,51 @@ impl LlamaModel {
         self.pool.threads()
     }
 
-    /// Runs one step over all items. Logits of the last token of every item
-    /// with `want_logits` are written to `logits`, one `vocab_size` row per such
-    /// item, in item order.
+    /// A KV pool for this model sized to `budget_bytes` (at least one block).
+    pub fn kv_pool(&self, block_size: usize, budget_bytes: usize) -> KvPool {
+        let per_block = self.cfg.kv_bytes_per_token() * block_size.max(1);
+        KvPool::new(
+            &self.cfg,
+            block_size.max(1),
+            (budget_bytes / per_block).max(1),
+        )
+    }
+
+    /// Runs one step over all items, writing their keys and values into
+    /// `kv`. Logits of the last token of every item with `want_logits` are
+    /// written to `logits`, one `vocab_size` row per such item, in item order.
     pub fn forward(
         &self,
-        items: &mut [BatchItem<'_>],
+        items: &[BatchItem<'_>],
+        pool_kv: &mut KvPool,
         scratch: &mut Scratch,
         logits: &mut Vec<f32>,
     ) -> Result<(), ModelError> {
         let cfg = &self.cfg;
-        let (d, kv, ff, hd) = (cfg.n_embd, cfg.kv_dim(), cfg.n_ff, cfg.head_dim);
+        let (d, kvd, ff, hd) = (cfg.n_embd, cfg.kv_dim(), cfg.n_ff, cfg.head_dim);
         let pool = &self.pool;
         let s = scratch;
         s.slots.clear();
+        let bs = pool_kv.block_size();
         for (i, item) in items.iter().enumerate() {
             let end = item.start_pos + item.tokens.len();
-            if item.tokens.is_empty() || end > item.cache.capacity() || end > cfg.context_length {
+            let capacity = item.blocks.len() * bs;
+            if item.tokens.is_empty() || end > capacity || end > cfg.context_length {
                 return Err(ModelError::InvalidBatch(format!(
-                    "{} tokens at position {} do not fit a cache of {}",
+                    "{} tokens at position {} do not fit {} blocks of {bs}",
                     item.tokens.len(),
                     item.start_pos,
-                    item.cache.capacity()
+                    item.blocks.len()
+                )));
+            }
+            if let Some(bad) = item
+                .blocks
+                .iter()
+                .find(|b| **b as usize >= pool_kv.num_blocks())
+            {
+                return Err(ModelError::InvalidBatch(format!(
+                    "block {bad} is outside the pool of {}",
+                    pool_kv.num_blocks()
                 )));
             }
             if let Some(bad) = item.tokens.iter().find(|t| **t as usize >= cfg.vocab_size) {
@@ -255,14 +281,14 @@ impl LlamaModel {
                 )));
             }
             s.slots
-                .extend((item.start_pos..end).map(|pos| TokenSlot { cache: i, pos }));
+                .extend((item.start_pos..end).map(|pos| TokenSlot { seq: i, pos }));
         }
         let t = s.slots.len();
         for buf in [&mut s.x, &mut s.xn, &mut s.q, &mut s.att, &mut s.tmp] {
             ensure(buf, t * d);
         }
-        ensure(&mut s.k, t * kv);
-        ensure(&mut s.v, t * kv);
+        ensure(&mut s.k, t * kvd);
+        ensure(&mut s.v, t * kvd);
         ensure(&mut s.gate, t * ff);
         ensure(&mut s.up, t * ff);
 
@@ -288,20 +314,21 @@ impl LlamaModel {
                     &self.rope_sin[slot.pos * half..(slot.pos + 1) * half],
                 );
                 rope(&mut s.q[row * d..(row + 1) * d], hd, cos, sin);
-                rope(&mut s.k[row * kv..(row + 1) * kv], hd, cos, sin);
-                items[slot.cache].cache.write(
+                rope(&mut s.k[row * kvd..(row + 1) * kvd], hd, cos, sin);
+                pool_kv.write(
                     layer,
-                    slot.pos,
-                    &s.k[row * kv..(row + 1) * kv],
-                    &s.v[row * kv..(row + 1) * kv],
+                    items[slot.seq].blocks[slot.pos / bs],
+                    slot.pos % bs,
+                    &s.k[row * kvd..(row + 1) * kvd],
+                    &s.v[row * kvd..(row + 1) * kvd],
                 );
             }
-            let caches: Vec<&KvCache> = items.iter().map(|i| &*i.cache).collect();
             attend(
                 pool,
                 cfg,
                 layer,
-                &caches,
+                pool_kv,
+                items,
                 &s.slots,
                 &s.q,
                 &mut s.att,

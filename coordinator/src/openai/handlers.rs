@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -105,28 +105,52 @@ async fn models<B: InferenceBackend>(State(s): State<Arc<AppState<B>>>) -> Respo
 
 async fn chat_completions<B: InferenceBackend>(
     State(s): State<Arc<AppState<B>>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let parsed = read_body(body, s.config.max_body_bytes)
         .and_then(|b| validate::parse_body::<ChatCompletionRequest>(&b));
     let model = parsed.as_ref().ok().and_then(|r| r.model.clone());
-    serve(&s, model, parsed.and_then(validate::chat), Endpoint::Chat).await
+    let validated = parsed.and_then(validate::chat).map(|v| keyed(v, &headers));
+    serve(&s, model, validated, Endpoint::Chat).await
 }
 
 async fn completions<B: InferenceBackend>(
     State(s): State<Arc<AppState<B>>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let parsed = read_body(body, s.config.max_body_bytes)
         .and_then(|b| validate::parse_body::<CompletionRequest>(&b));
     let model = parsed.as_ref().ok().and_then(|r| r.model.clone());
-    serve(
-        &s,
-        model,
-        parsed.and_then(validate::completion),
-        Endpoint::Text,
-    )
-    .await
+    let validated = parsed
+        .and_then(validate::completion)
+        .map(|v| keyed(v, &headers));
+    serve(&s, model, validated, Endpoint::Text).await
+}
+
+/// Salts the request's prefix cache with the API key it came with.
+fn keyed(mut v: Validated, headers: &HeaderMap) -> Validated {
+    v.request.cache_salt = validate::salt_with_key(api_key(headers), &v.request.cache_salt);
+    v
+}
+
+/// The API key a request carries: `Authorization: Bearer KEY` or `x-api-key`.
+fn api_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    bearer.or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    })
 }
 
 fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {

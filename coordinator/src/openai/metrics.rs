@@ -7,6 +7,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabel {
@@ -62,6 +65,14 @@ pub struct Metrics {
     queue_depth: Gauge,
     running: Family<NodeLabel, Gauge>,
     waiting: Family<NodeLabel, Gauge>,
+    kv_usage: Family<ModelNodeLabel, Gauge<f64, AtomicU64>>,
+    kv_cached_blocks: Family<ModelNodeLabel, Gauge>,
+    prefix_queried: Family<ModelNodeLabel, Counter>,
+    prefix_hit: Family<ModelNodeLabel, Counter>,
+    preemptions: Family<ModelNodeLabel, Counter>,
+    /// The nodes' cumulative counters as last reported, to turn their
+    /// heartbeats into counter increments.
+    kv_reported: Mutex<HashMap<ModelNodeLabel, [u64; 3]>>,
 }
 
 impl Default for Metrics {
@@ -84,6 +95,11 @@ impl Metrics {
         let queue_depth = Gauge::default();
         let running = Family::<NodeLabel, Gauge>::default();
         let waiting = Family::<NodeLabel, Gauge>::default();
+        let kv_usage = Family::<ModelNodeLabel, Gauge<f64, AtomicU64>>::default();
+        let kv_cached_blocks = Family::<ModelNodeLabel, Gauge>::default();
+        let prefix_queried = Family::<ModelNodeLabel, Counter>::default();
+        let prefix_hit = Family::<ModelNodeLabel, Counter>::default();
+        let preemptions = Family::<ModelNodeLabel, Counter>::default();
         registry.register(
             "inferno_requests",
             "OpenAI API requests by model and HTTP status (cancelled: client went away)",
@@ -134,6 +150,31 @@ impl Metrics {
             "Requests admitted and waiting for a slot, per node",
             waiting.clone(),
         );
+        registry.register(
+            "inferno_kv_cache_usage_ratio",
+            "KV cache blocks held by running sequences over all blocks, per replica",
+            kv_usage.clone(),
+        );
+        registry.register(
+            "inferno_kv_cache_cached_blocks",
+            "KV cache blocks keeping a cached prefix (held or not), per replica",
+            kv_cached_blocks.clone(),
+        );
+        registry.register(
+            "inferno_prefix_cache_queried_tokens",
+            "Prompt tokens looked up in the prefix cache, per replica",
+            prefix_queried.clone(),
+        );
+        registry.register(
+            "inferno_prefix_cache_hit_tokens",
+            "Prompt tokens served from the prefix cache instead of recomputed, per replica",
+            prefix_hit.clone(),
+        );
+        registry.register(
+            "inferno_preemptions",
+            "Sequences preempted (and later recomputed) to free KV cache blocks, per replica",
+            preemptions.clone(),
+        );
         Self {
             registry,
             requests,
@@ -146,6 +187,12 @@ impl Metrics {
             queue_depth,
             running,
             waiting,
+            kv_usage,
+            kv_cached_blocks,
+            prefix_queried,
+            prefix_hit,
+            preemptions,
+            kv_reported: Mutex::new(HashMap::new()),
         }
     }
 
@@ -168,6 +215,33 @@ impl Metrics {
         };
         self.running.get_or_create(&label).set(running);
         self.waiting.get_or_create(&label).set(waiting);
+    }
+
+    /// Sets a replica's KV cache gauges and advances its prefix-cache and
+    /// preemption counters to what its heartbeat reports (a replica that
+    /// restarted counts from zero again).
+    pub fn set_node_kv(&self, model: &str, node: &str, kv: &protocol::KvCacheReport) {
+        let label = ModelNodeLabel {
+            model: model.to_string(),
+            node: node.to_string(),
+        };
+        let ratio = if kv.total_blocks == 0 {
+            0.0
+        } else {
+            f64::from(kv.used_blocks) / f64::from(kv.total_blocks)
+        };
+        self.kv_usage.get_or_create(&label).set(ratio);
+        self.kv_cached_blocks
+            .get_or_create(&label)
+            .set(i64::from(kv.cached_blocks));
+        let now = [kv.queried_tokens, kv.hit_tokens, kv.preemptions];
+        let mut reported = self.kv_reported.lock().unwrap_or_else(|p| p.into_inner());
+        let before = reported.insert(label.clone(), now).unwrap_or([0; 3]);
+        let counters = [&self.prefix_queried, &self.prefix_hit, &self.preemptions];
+        for ((family, now), before) in counters.into_iter().zip(now).zip(before) {
+            let delta = if now >= before { now - before } else { now };
+            family.get_or_create(&label).inc_by(delta);
+        }
     }
 
     /// Drops a node's gauges (it left the cluster).

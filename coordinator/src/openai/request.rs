@@ -66,6 +66,9 @@ pub struct GenerationParams {
     pub min_p: Option<f32>,
     /// Repetition penalty, > 0, 1 disables (vLLM/llama.cpp extension).
     pub repetition_penalty: Option<f32>,
+    /// Prefix-cache salt: requests with different salts never share cached
+    /// KV blocks (vLLM extension).
+    pub cache_salt: Option<String>,
 }
 
 /// `stream_options`.

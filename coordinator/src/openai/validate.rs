@@ -14,6 +14,9 @@ use super::request::{
 /// Most stop strings one request may carry.
 const MAX_STOP_STRINGS: usize = 16;
 
+/// Longest `cache_salt`, in bytes.
+const MAX_CACHE_SALT_BYTES: usize = 256;
+
 /// A validated request and how to answer it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validated {
@@ -259,6 +262,13 @@ fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validate
         seed: p.seed.map(|s| s as u64),
         ..SamplingParams::default()
     };
+    let cache_salt = p.cache_salt.unwrap_or_default();
+    if cache_salt.len() > MAX_CACHE_SALT_BYTES {
+        return Err(ApiError::invalid(
+            format!("'cache_salt' may be at most {MAX_CACHE_SALT_BYTES} bytes long."),
+            Some("cache_salt"),
+        ));
+    }
     let stream = p.stream.unwrap_or(false);
     let include_usage = stream
         && p.stream_options
@@ -272,6 +282,7 @@ fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validate
             sampling,
             stop,
             ignore_eos: p.ignore_eos.unwrap_or(false),
+            cache_salt,
         },
         stream,
         include_usage,
@@ -300,5 +311,23 @@ fn in_range(
             format!("'{name}' must be in {open}{min}, {max}], got {v}."),
             Some(name),
         ))
+    }
+}
+
+/// The prefix-cache salt of a request: the hash of the API key it came
+/// with (so that different keys never share cached blocks), then the
+/// request's own `cache_salt`.
+pub fn salt_with_key(api_key: Option<&str>, requested: &str) -> String {
+    use sha2::{Digest, Sha256};
+    match api_key.filter(|k| !k.is_empty()) {
+        None => requested.to_string(),
+        Some(key) => {
+            let digest = Sha256::new()
+                .chain_update(b"inferno-cache-salt\0")
+                .chain_update(key.as_bytes())
+                .finalize();
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            format!("key:{hex}/{requested}")
+        }
     }
 }

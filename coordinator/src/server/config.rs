@@ -69,6 +69,11 @@ pub struct CoordinatorConfig {
     /// Inference requests this coordinator routes at once; more get 429.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Route each request to the replica whose KV cache already holds its
+    /// prompt's prefix (weighed against load); `false`: power of two
+    /// choices over outstanding requests only.
+    #[serde(default = "default_cache_aware_routing")]
+    pub cache_aware_routing: bool,
     /// Where the datasets are (`inferno fl data`), for the central
     /// evaluation of federated jobs on their test sets; without it, jobs
     /// report only the nodes' own evaluation.
@@ -84,6 +89,9 @@ fn default_kv_budget_mib() -> u64 {
 }
 fn default_max_in_flight() -> usize {
     256
+}
+fn default_cache_aware_routing() -> bool {
+    true
 }
 
 fn default_tick_ms() -> u64 {

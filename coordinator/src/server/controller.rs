@@ -231,6 +231,7 @@ mod tests {
                     running: 0,
                     waiting: 0,
                     error: None,
+                    kv: None,
                 })
                 .collect(),
             fl_client: None,
@@ -239,7 +240,15 @@ mod tests {
 
     fn seen(hbs: Vec<NodeHeartbeat>, age: Duration) -> BTreeMap<String, SeenNode> {
         hbs.into_iter()
-            .map(|hb| (hb.node_id.clone(), SeenNode { heartbeat: hb, age }))
+            .map(|hb| {
+                (
+                    hb.node_id.clone(),
+                    SeenNode {
+                        age,
+                        ..SeenNode::new(hb)
+                    },
+                )
+            })
             .collect()
     }
 

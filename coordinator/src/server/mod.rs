@@ -3,6 +3,7 @@
 //! API ([`admin`]), wired together by [`run`].
 
 pub mod admin;
+pub mod choice;
 pub mod config;
 pub mod controller;
 pub mod nodes;
@@ -159,6 +160,7 @@ pub async fn run(
         router::RouterConfig {
             max_in_flight: cfg.max_in_flight,
             node_stale_after: (cfg.node_down_after() * 2 / 3).max(Duration::from_millis(500)),
+            cache_aware: cfg.cache_aware_routing,
             ..router::RouterConfig::default()
         },
     ));
@@ -233,7 +235,8 @@ fn inference_routes(router: Arc<router::Router>) -> axum::Router {
 }
 
 /// Copies the routing queue depth and the nodes' running and waiting
-/// sequences into the metrics, every second, until the router is gone.
+/// sequences and KV cache figures into the metrics, every second, until
+/// the router is gone.
 async fn refresh_gauges(router: Arc<router::Router>, metrics: Arc<crate::openai::Metrics>) {
     let router = Arc::downgrade(&router);
     let mut known: std::collections::BTreeSet<String> = Default::default();
@@ -248,7 +251,12 @@ async fn refresh_gauges(router: Arc<router::Router>, metrics: Arc<crate::openai:
             let running: u32 = hb.replicas.iter().map(|r| r.running).sum();
             let waiting: u32 = hb.replicas.iter().map(|r| r.waiting).sum();
             metrics.set_node_sequences(&hb.node_id, running.into(), waiting.into());
-            seen.insert(hb.node_id);
+            for r in &hb.replicas {
+                if let Some(kv) = &r.kv {
+                    metrics.set_node_kv(&r.model, &hb.node_id, kv);
+                }
+            }
+            seen.insert(hb.node_id.clone());
         }
         for gone in known.difference(&seen) {
             metrics.forget_node(gone);

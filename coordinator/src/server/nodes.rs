@@ -3,8 +3,8 @@
 //! for routing, and the leader's [`controller`](super::controller) turns
 //! it into raft writes (registration, up/down, replica states).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use protocol::{HeartbeatReply, NodeHeartbeat, ReplicaState};
@@ -14,16 +14,44 @@ use crate::state::{ClusterState, PlacementState};
 /// Most nodes remembered; heartbeats from more are refused.
 pub const MAX_NODES: usize = 4096;
 
+/// Prompt text spans each model's replica reports holding in its KV cache.
+pub type PrefixSets = HashMap<String, Arc<HashSet<u64>>>;
+
 /// A heartbeat and how long ago it arrived.
 #[derive(Debug, Clone)]
 pub struct SeenNode {
     /// The last heartbeat.
-    pub heartbeat: NodeHeartbeat,
+    pub heartbeat: Arc<NodeHeartbeat>,
+    /// Its replicas' cached prefixes, indexed for lookups.
+    pub prefixes: Arc<PrefixSets>,
     /// Time since it arrived.
     pub age: Duration,
 }
 
 impl SeenNode {
+    /// A heartbeat just heard.
+    pub fn new(heartbeat: NodeHeartbeat) -> Self {
+        let prefixes = heartbeat
+            .replicas
+            .iter()
+            .filter_map(|r| {
+                let kv = r.kv.as_ref()?;
+                let spans = kv
+                    .prefix_spans
+                    .iter()
+                    .take(protocol::prefix::MAX_REPORTED_SPANS)
+                    .copied()
+                    .collect();
+                Some((r.model.clone(), Arc::new(spans)))
+            })
+            .collect();
+        SeenNode {
+            heartbeat: Arc::new(heartbeat),
+            prefixes: Arc::new(prefixes),
+            age: Duration::ZERO,
+        }
+    }
+
     /// Whether the node reports `model` ready.
     pub fn serves(&self, model: &str) -> bool {
         self.heartbeat
@@ -37,7 +65,7 @@ impl SeenNode {
 #[derive(Debug)]
 pub struct NodeRegistry {
     started: Instant,
-    nodes: Mutex<HashMap<String, (Instant, NodeHeartbeat)>>,
+    nodes: Mutex<HashMap<String, (Instant, SeenNode)>>,
 }
 
 impl Default for NodeRegistry {
@@ -55,7 +83,7 @@ impl NodeRegistry {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Instant, NodeHeartbeat)>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Instant, SeenNode)>> {
         // A poisoned lock only means a panic elsewhere mid-insert; the map
         // itself is still consistent.
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
@@ -68,11 +96,13 @@ impl NodeRegistry {
 
     /// Records a heartbeat; `false` if the table is full.
     pub fn record(&self, hb: NodeHeartbeat) -> bool {
+        let id = hb.node_id.clone();
+        let seen = SeenNode::new(hb);
         let mut nodes = self.lock();
-        if nodes.len() >= MAX_NODES && !nodes.contains_key(&hb.node_id) {
+        if nodes.len() >= MAX_NODES && !nodes.contains_key(&id) {
             return false;
         }
-        nodes.insert(hb.node_id.clone(), (Instant::now(), hb));
+        nodes.insert(id, (Instant::now(), seen));
         true
     }
 
@@ -84,9 +114,9 @@ impl NodeRegistry {
 
     /// The last heartbeat of `node`.
     pub fn get(&self, node: &str) -> Option<SeenNode> {
-        self.lock().get(node).map(|(at, hb)| SeenNode {
-            heartbeat: hb.clone(),
+        self.lock().get(node).map(|(at, seen)| SeenNode {
             age: at.elapsed(),
+            ..seen.clone()
         })
     }
 
@@ -107,12 +137,12 @@ impl NodeRegistry {
     pub fn snapshot(&self) -> BTreeMap<String, SeenNode> {
         self.lock()
             .iter()
-            .map(|(id, (at, hb))| {
+            .map(|(id, (at, seen))| {
                 (
                     id.clone(),
                     SeenNode {
-                        heartbeat: hb.clone(),
                         age: at.elapsed(),
+                        ..seen.clone()
                     },
                 )
             })

@@ -1,11 +1,13 @@
 //! Routing inference requests straight to ready replicas over QUIC.
 //!
 //! Any coordinator routes without a raft write: it reads the locally
-//! applied placements and the node heartbeats it hears, picks a replica by
-//! power of two choices over its own outstanding requests per node, and
-//! streams the request and its events over one QUIC stream. A node that
-//! fails before the first token (connection refused, stream reset, silent
-//! for too long) gets the request retried once on another replica.
+//! applied placements and the node heartbeats it hears, picks a replica
+//! (by expected prefix-cache overlap against load, see [`choice`], falling
+//! back to power of two choices over its own outstanding requests per
+//! node), and streams the request and its events over one QUIC stream. A
+//! node that fails before the first token (connection refused, stream
+//! reset, silent for too long) gets the request retried once on another
+//! replica.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,9 +21,9 @@ use protocol::{
     MAX_NODE_FRAME_BYTES,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
+use super::choice::{self, Candidate};
 use super::nodes::NodeRegistry;
 use super::raft_loop::LocalView;
 use crate::openai::{InferenceBackend, ModelEntry, RouteError, Routed};
@@ -47,6 +49,9 @@ pub struct RouterConfig {
     pub event_timeout: Duration,
     /// Time allowed to connect to a node and send the request.
     pub connect_timeout: Duration,
+    /// Prefer the replica whose KV cache already holds the request's
+    /// prefix (weighed against load); off: power of two choices only.
+    pub cache_aware: bool,
 }
 
 impl Default for RouterConfig {
@@ -56,6 +61,7 @@ impl Default for RouterConfig {
             node_stale_after: Duration::from_millis(2000),
             event_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(2),
+            cache_aware: true,
         }
     }
 }
@@ -159,6 +165,7 @@ impl Router {
             sampling: protocol::SamplingParams::greedy(),
             stop: Vec::new(),
             ignore_eos: true,
+            cache_salt: String::new(),
         };
         let mut routed = self.generate(req).await?;
         loop {
@@ -174,7 +181,7 @@ impl Router {
     }
 
     /// The latest heartbeats, for metrics and status.
-    pub fn nodes(&self) -> Vec<(NodeHeartbeat, Duration)> {
+    pub fn nodes(&self) -> Vec<(Arc<NodeHeartbeat>, Duration)> {
         self.registry
             .snapshot()
             .into_values()
@@ -182,8 +189,8 @@ impl Router {
             .collect()
     }
 
-    /// Ready replicas of `model`: (node id, address), or why there is none.
-    fn replicas(&self, model: &str) -> Result<Vec<(String, String)>, RouteError> {
+    /// Ready replicas of `model` with the prefixes they hold, or why there is none.
+    fn replicas(&self, model: &str) -> Result<Vec<Candidate>, RouteError> {
         let view = self.view.borrow();
         let state = &view.state;
         match state.model(model) {
@@ -197,7 +204,7 @@ impl Router {
             }
             Some(_) => {}
         }
-        let ready: Vec<(String, String)> = state
+        let ready: Vec<Candidate> = state
             .placements_of(model)
             .filter(|(_, p)| p.state == PlacementState::Ready)
             .filter_map(|(node, _)| {
@@ -206,7 +213,11 @@ impl Router {
                 (info.status == NodeStatus::Up
                     && seen.age < self.cfg.node_stale_after
                     && seen.serves(model))
-                .then(|| (node.clone(), info.addr.clone()))
+                .then(|| Candidate {
+                    node: node.clone(),
+                    addr: info.addr.clone(),
+                    prefixes: seen.prefixes.get(model).cloned(),
+                })
             })
             .collect();
         if ready.is_empty() {
@@ -215,22 +226,14 @@ impl Router {
         Ok(ready)
     }
 
-    /// Power of two choices over this coordinator's outstanding requests.
-    fn choose(&self, mut candidates: Vec<(String, String)>) -> Option<(String, String)> {
-        if candidates.len() <= 1 {
-            return candidates.pop();
-        }
-        let mut rng = rand::thread_rng();
-        let a = rng.gen_range(0..candidates.len());
-        let mut b = rng.gen_range(0..candidates.len() - 1);
-        if b >= a {
-            b += 1;
-        }
+    /// Picks a replica for a request whose prompt has text spans `spans`.
+    fn choose(&self, candidates: Vec<Candidate>, spans: &[u64]) -> Option<Candidate> {
         let out = self.outstanding();
-        let load = |i: usize| out.get(&candidates[i].0).copied().unwrap_or(0);
-        let pick = if load(b) < load(a) { b } else { a };
+        let load = |c: &Candidate| out.get(&c.node).copied().unwrap_or(0);
+        let spans = if self.cfg.cache_aware { spans } else { &[] };
+        let pick = choice::pick(&candidates, spans, load, &mut rand::thread_rng());
         drop(out);
-        Some(candidates.swap_remove(pick))
+        pick.and_then(|i| candidates.into_iter().nth(i))
     }
 
     /// Routes `req` to a ready replica and returns its event stream once
@@ -249,13 +252,18 @@ impl Router {
         };
         let mut tried: Vec<String> = Vec::new();
         let mut errors = Vec::new();
+        let spans = if self.cfg.cache_aware {
+            protocol::prefix::span_hashes(&req.prompt, &req.cache_salt)
+        } else {
+            Vec::new()
+        };
         for _attempt in 0..2 {
             let candidates: Vec<_> = match self.replicas(&req.model) {
-                Ok(c) => c.into_iter().filter(|(n, _)| !tried.contains(n)).collect(),
+                Ok(c) => c.into_iter().filter(|c| !tried.contains(&c.node)).collect(),
                 Err(e) if errors.is_empty() => return Err(e),
                 Err(_) => break,
             };
-            let Some((node, addr)) = self.choose(candidates) else {
+            let Some(Candidate { node, addr, .. }) = self.choose(candidates, &spans) else {
                 break;
             };
             tried.push(node.clone());

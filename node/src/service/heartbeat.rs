@@ -66,6 +66,7 @@ pub fn replica_report(s: &ModelStatus) -> ReplicaReport {
         running: u32::try_from(s.running).unwrap_or(u32::MAX),
         waiting: u32::try_from(s.waiting).unwrap_or(u32::MAX),
         error,
+        kv: s.kv.clone(),
     }
 }
 
@@ -240,6 +241,7 @@ mod tests {
             waiting: 2,
             running: 3,
             kv_used_bytes: 0,
+            kv: None,
         }
     }
 

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use protocol::fl::MAX_FL_FRAME_BYTES;
 use protocol::frame::{self, FrameError};
+use protocol::prefix;
 use protocol::quic;
 use protocol::{
-    GenerateError, GenerateEvent, GenerateRequest, InferenceRequest, NodeStreamRequest, Prompt,
-    MAX_NODE_FRAME_BYTES,
+    GenerateError, GenerateEvent, GenerateRequest, InferenceRequest, NodeStreamRequest, PrefixSpan,
+    Prompt, MAX_NODE_FRAME_BYTES,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, watch};
@@ -45,7 +46,6 @@ pub(crate) async fn serve(
     endpoint: quinn::Endpoint,
     node: Arc<Node>,
     fl: Arc<FlShared>,
-    kv_budget_bytes: usize,
     shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -63,7 +63,6 @@ pub(crate) async fn serve(
             conn,
             node.clone(),
             fl.clone(),
-            kv_budget_bytes,
             shutdown.clone(),
         ));
     }
@@ -73,7 +72,6 @@ async fn serve_connection(
     conn: quinn::Connection,
     node: Arc<Node>,
     fl: Arc<FlShared>,
-    kv_budget_bytes: usize,
     shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -84,7 +82,6 @@ async fn serve_connection(
                     recv,
                     node.clone(),
                     fl.clone(),
-                    kv_budget_bytes,
                     shutdown.clone(),
                 ));
             }
@@ -105,7 +102,6 @@ pub(crate) async fn serve_stream(
     mut recv: RecvStream,
     node: Arc<Node>,
     fl: Arc<FlShared>,
-    kv_budget_bytes: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let first: NodeStreamRequest =
@@ -134,7 +130,7 @@ pub(crate) async fn serve_stream(
         }
     };
     let model = req.model.clone();
-    let mut events = match prepare(&node, req, kv_budget_bytes).await {
+    let mut events = match prepare(&node, req).await {
         Ok(rx) => rx,
         Err(e) => {
             tracing::debug!(%model, "inference refused: {e}");
@@ -201,41 +197,52 @@ async fn write_event(send: &mut SendStream, ev: &GenerateEvent) -> Result<(), Fr
 }
 
 /// Renders and tokenizes a request and submits it to the model.
-/// `kv_budget_bytes` is the model's KV budget (it bounds the default `max_tokens`).
 pub(crate) async fn prepare(
     node: &Node,
     req: InferenceRequest,
-    kv_budget_bytes: usize,
 ) -> Result<mpsc::Receiver<GenerateEvent>, GenerateError> {
     let frontend = node.frontend(&req.model).await?;
-    // A request reserves KV for prompt + max_tokens, so the usable window is
-    // the smaller of the context and the KV budget.
-    let per_token = frontend.config.kv_bytes_per_token().max(1);
-    let window = frontend
-        .config
-        .context_length
-        .min(kv_budget_bytes / per_token);
     let prompt = req.prompt;
+    let salt = req.cache_salt;
     // Tokenizing a long prompt is CPU work: keep it off the async threads.
-    let tokens = tokio::task::spawn_blocking(move || match &prompt {
-        Prompt::Text(text) => frontend.encode(text),
-        Prompt::Chat(messages) => frontend.chat_prompt(messages),
+    let (tokens, prefix_spans, salt) = tokio::task::spawn_blocking(move || {
+        let tokens = match &prompt {
+            Prompt::Text(text) => frontend.encode(text),
+            Prompt::Chat(messages) => frontend.chat_prompt(messages),
+        }?;
+        let spans = prefix_spans(&prompt, &salt, tokens.len());
+        Ok::<_, backends::frontend::FrontendError>((tokens, spans, salt))
     })
     .await
     .map_err(|e| GenerateError::Unavailable(format!("tokenizer task failed: {e}")))?
     .map_err(|e| GenerateError::InvalidRequest(e.to_string()))?;
-    let max_tokens = match req.max_tokens {
-        Some(n) => n,
-        // The rest of the window. An over-long prompt gets 1 so that the
-        // engine refuses it with its context-exceeded message.
-        None => u32::try_from(window.saturating_sub(tokens.len()).max(1)).unwrap_or(u32::MAX),
-    };
     let request = GenerateRequest {
         prompt_tokens: tokens,
-        max_tokens,
+        max_tokens: req.max_tokens,
         sampling: req.sampling,
         stop: req.stop,
         ignore_eos: req.ignore_eos,
+        cache_salt: salt,
+        prefix_spans,
     };
     node.generate(&req.model, request).await
+}
+
+/// The prompt's text spans, each with the share of the prompt's tokens
+/// its text reaches (the template's own tokens are spread evenly: an
+/// estimate, rounded down so a span never claims a block it may not cover).
+fn prefix_spans(prompt: &Prompt, salt: &str, tokens: usize) -> Vec<PrefixSpan> {
+    let bytes = prefix::canonical_len(prompt).max(1);
+    prefix::span_hashes(prompt, salt)
+        .into_iter()
+        .enumerate()
+        .map(|(i, hash)| {
+            let end = ((i + 1) * prefix::SPAN_BYTES) as u128;
+            let covered = end * tokens as u128 / bytes as u128;
+            PrefixSpan {
+                hash,
+                tokens: u32::try_from(covered).unwrap_or(u32::MAX),
+            }
+        })
+        .collect()
 }

@@ -190,7 +190,6 @@ impl NodeService {
             server.clone(),
             node.clone(),
             fl,
-            kv_budget,
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(heartbeat::source(

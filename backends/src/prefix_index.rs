@@ -1,0 +1,111 @@
+//! Which prompt text spans this replica still holds in its KV cache: the
+//! bounded summary a node reports in its heartbeats so that coordinators
+//! can route a request to where its prefix already is (see
+//! [`protocol::prefix`]).
+//!
+//! Each recorded span maps to the prefix hash of the last KV block its text
+//! is estimated to cover; a span is reported while that block is cached.
+//! Pure bookkeeping: the engine records spans at admission and asks for
+//! the summary, passing the cache's membership test.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Recently seen text spans and the KV block each depends on.
+#[derive(Debug)]
+pub struct PrefixIndex {
+    capacity: usize,
+    /// Span hash -> (block prefix hash, recency tick).
+    spans: HashMap<u64, (u64, u64)>,
+    /// Recency tick -> span hash.
+    order: BTreeMap<u64, u64>,
+    tick: u64,
+}
+
+impl PrefixIndex {
+    /// An empty index remembering at most `capacity` spans.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            spans: HashMap::new(),
+            order: BTreeMap::new(),
+            tick: 0,
+        }
+    }
+
+    /// Spans remembered.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Records (or refreshes) a span whose prefix lives in the block with
+    /// prefix hash `block`; the least recently recorded span is forgotten
+    /// when full.
+    pub fn record(&mut self, span: u64, block: u64) {
+        self.tick += 1;
+        if let Some((_, old)) = self.spans.insert(span, (block, self.tick)) {
+            self.order.remove(&old);
+        }
+        self.order.insert(self.tick, span);
+        while self.spans.len() > self.capacity {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.spans.remove(&oldest);
+        }
+    }
+
+    /// Up to `max` spans whose block is still cached, most recent first.
+    /// Spans whose block is gone are forgotten.
+    pub fn summary(&mut self, max: usize, cached: impl Fn(u64) -> bool) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (&tick, &span) in self.order.iter().rev() {
+            let Some(&(block, _)) = self.spans.get(&span) else {
+                continue;
+            };
+            if !cached(block) {
+                gone.push((tick, span));
+            } else if out.len() < max {
+                out.push(span);
+            }
+        }
+        for (tick, span) in gone {
+            self.order.remove(&tick);
+            self.spans.remove(&span);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_reported_while_their_block_is_cached_most_recent_first() {
+        let mut idx = PrefixIndex::new(8);
+        idx.record(1, 100);
+        idx.record(2, 200);
+        idx.record(3, 100);
+        assert_eq!(idx.summary(10, |b| b == 100 || b == 200), vec![3, 2, 1]);
+        assert_eq!(idx.summary(2, |b| b == 100 || b == 200), vec![3, 2]);
+        // Block 100 evicted: its spans are dropped for good.
+        assert_eq!(idx.summary(10, |b| b == 200), vec![2]);
+        assert_eq!(idx.len(), 1);
+    }
+
+    #[test]
+    fn the_index_is_bounded_and_forgets_the_least_recent() {
+        let mut idx = PrefixIndex::new(2);
+        idx.record(1, 10);
+        idx.record(2, 20);
+        idx.record(1, 10); // refreshed
+        idx.record(3, 30);
+        assert_eq!(idx.summary(10, |_| true), vec![3, 1]);
+    }
+}
