@@ -36,7 +36,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// The first model listed at `GET {base}/v1/models`.
-fn first_model(agent: &ureq::Agent, base: &str) -> anyhow::Result<String> {
+pub(crate) fn first_model(agent: &ureq::Agent, base: &str) -> anyhow::Result<String> {
     let url = format!("{base}/v1/models");
     let v: Value = agent
         .get(&url)

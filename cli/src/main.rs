@@ -4,6 +4,7 @@ mod bench;
 mod bench_control_plane;
 mod bench_fl;
 mod bench_kernels;
+mod bench_prefix;
 mod certs;
 mod chat;
 mod config;
@@ -69,6 +70,8 @@ enum BenchCommand {
     ControlPlane(bench_control_plane::ControlPlaneBenchArgs),
     /// Federated learning on a throwaway local cluster: accuracy and time per round.
     Fl(bench_fl::FlBenchArgs),
+    /// Shared-prefix chat traffic against any OpenAI-compatible server: cold and warm TTFT, prefix-cache hits.
+    Prefix(bench_prefix::PrefixBenchArgs),
 }
 
 /// Options shared by commands that compute on this machine.
@@ -158,6 +161,9 @@ fn run() -> anyhow::Result<()> {
             Command::Fl(c) => tokio::task::spawn_blocking(move || fl::run(c)).await?,
             Command::Bench(BenchCommand::Fl(a)) => {
                 tokio::task::spawn_blocking(move || bench_fl::run(a)).await?
+            }
+            Command::Bench(BenchCommand::Prefix(a)) => {
+                tokio::task::spawn_blocking(move || bench_prefix::run(a)).await?
             }
             Command::Bench(BenchCommand::ControlPlane(a)) => {
                 tokio::task::spawn_blocking(move || bench_control_plane::run(a)).await?

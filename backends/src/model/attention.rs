@@ -4,10 +4,9 @@
 //! whatever the split or the blocks, so results do not depend on batch,
 //! thread count or where a sequence's blocks lie.
 
-use crate::kernels::ComputePool;
+use crate::kernels::{ComputePool, F16Kernels};
 use crate::scheduler::BlockId;
 
-use super::ops::dot;
 use super::{BatchItem, KvPool, LlamaConfig};
 
 /// One token of the step: which sequence's block table it reads and its position.
@@ -44,7 +43,7 @@ struct Positions<'a> {
 
 /// Scratch floats one pool part needs for tokens attending to up to `longest` positions.
 fn part_scratch(cfg: &LlamaConfig, longest: usize) -> usize {
-    cfg.n_head * longest + cfg.kv_dim()
+    cfg.n_head * longest
 }
 
 /// Writes `att[t]`, the attention output of token `t` (all heads), for every token.
@@ -66,6 +65,7 @@ pub(super) fn attend(
     // Waking another thread costs a few microseconds; only split real work.
     let parts = pool.threads().min(tokens.len()).min(work / 4096 + 1).max(1);
     let per_scratch = part_scratch(cfg, longest);
+    let f16k = F16Kernels::detect();
     if scratch.len() < parts * per_scratch {
         scratch.resize(parts * per_scratch, 0.0);
     }
@@ -89,6 +89,7 @@ pub(super) fn attend(
             };
             token_attention(
                 cfg,
+                f16k,
                 &positions,
                 slot.pos,
                 &q[t * d..(t + 1) * d],
@@ -105,36 +106,33 @@ pub(super) fn attend(
 }
 
 /// Attention of one token (all heads) over positions `0..=pos`, block by
-/// block. Each cached key/value row is widened from f16 once and used by
-/// every head of its group.
+/// block, reading the f16 keys and values in place.
 fn token_attention(
     cfg: &LlamaConfig,
+    f16k: F16Kernels,
     positions: &Positions<'_>,
     pos: usize,
     q: &[f32],
     out: &mut [f32],
-    scratch: &mut [f32],
+    scores: &mut [f32],
 ) {
-    use half::slice::HalfFloatSliceExt;
     let (hd, kvd, n_head) = (cfg.head_dim, cfg.kv_dim(), cfg.n_head);
     let group = n_head / cfg.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
     let n_pos = pos + 1;
     let Positions { kv, layer, table } = *positions;
+    let (keys, values) = (kv.keys(), kv.values());
     let bs = kv.block_size();
-    let (scores, row) = scratch.split_at_mut(n_head * n_pos);
-    let row = &mut row[..kvd];
+    let scores = &mut scores[..n_head * n_pos];
     for (b, &block) in table.iter().enumerate().take(n_pos.div_ceil(bs)) {
         let first = b * bs;
         let base = kv.offset(layer, block, 0);
         for s in 0..bs.min(n_pos - first) {
-            let off = base + s * kvd;
-            kv.k[off..off + kvd].convert_to_f32_slice(row);
-            let p = first + s;
+            let row = &keys[base + s * kvd..base + (s + 1) * kvd];
             for h in 0..n_head {
                 let g = h / group;
-                scores[h * n_pos + p] =
-                    dot(&q[h * hd..(h + 1) * hd], &row[g * hd..(g + 1) * hd]) * scale;
+                scores[h * n_pos + first + s] =
+                    (f16k.dot)(&q[h * hd..(h + 1) * hd], &row[g * hd..(g + 1) * hd]) * scale;
             }
         }
     }
@@ -154,18 +152,15 @@ fn token_attention(
         let first = b * bs;
         let base = kv.offset(layer, block, 0);
         for s in 0..bs.min(n_pos - first) {
-            let off = base + s * kvd;
-            kv.v[off..off + kvd].convert_to_f32_slice(row);
-            let p = first + s;
+            let row = &values[base + s * kvd..base + (s + 1) * kvd];
             for h in 0..n_head {
                 let g = h / group;
-                let w = scores[h * n_pos + p];
-                for (o, x) in out[h * hd..(h + 1) * hd]
-                    .iter_mut()
-                    .zip(&row[g * hd..(g + 1) * hd])
-                {
-                    *o += w * x;
-                }
+                let w = scores[h * n_pos + first + s];
+                (f16k.axpy)(
+                    &mut out[h * hd..(h + 1) * hd],
+                    w,
+                    &row[g * hd..(g + 1) * hd],
+                );
             }
         }
     }

@@ -8,6 +8,7 @@
 //! memory only for blocks actually written.
 
 use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use super::LlamaConfig;
 use crate::scheduler::BlockId;
@@ -17,10 +18,11 @@ pub struct KvPool {
     block_size: usize,
     num_blocks: usize,
     kv_dim: usize,
-    /// `[layer][block][slot][kv_dim]`.
-    pub(super) k: Vec<f16>,
-    /// `[layer][block][slot][kv_dim]`.
-    pub(super) v: Vec<f16>,
+    /// f16 bits, `[layer][block][slot][kv_dim]` (integers, so that the
+    /// allocation is zeroed by the OS rather than written element by element).
+    k: Vec<u16>,
+    /// f16 bits, `[layer][block][slot][kv_dim]`.
+    v: Vec<u16>,
 }
 
 impl KvPool {
@@ -31,9 +33,19 @@ impl KvPool {
             block_size,
             num_blocks,
             kv_dim: cfg.kv_dim(),
-            k: vec![f16::ZERO; len],
-            v: vec![f16::ZERO; len],
+            k: vec![0; len],
+            v: vec![0; len],
         }
+    }
+
+    /// All keys.
+    pub(super) fn keys(&self) -> &[f16] {
+        self.k.reinterpret_cast()
+    }
+
+    /// All values.
+    pub(super) fn values(&self) -> &[f16] {
+        self.v.reinterpret_cast()
     }
 
     /// Positions per block.
@@ -55,10 +67,10 @@ impl KvPool {
         k: &[f32],
         v: &[f32],
     ) {
-        use half::slice::HalfFloatSliceExt;
         let off = self.offset(layer, block, slot);
-        self.k[off..off + self.kv_dim].convert_from_f32_slice(k);
-        self.v[off..off + self.kv_dim].convert_from_f32_slice(v);
+        let n = self.kv_dim;
+        self.k.reinterpret_cast_mut::<f16>()[off..off + n].convert_from_f32_slice(k);
+        self.v.reinterpret_cast_mut::<f16>()[off..off + n].convert_from_f32_slice(v);
     }
 
     /// Index of `(layer, block, slot)`'s first value in `k` and `v`; the
@@ -92,12 +104,12 @@ mod tests {
         let mut c = KvPool::new(&cfg(), 4, 3);
         c.write(1, 2, 3, &[0.5, -1.25, 3.0, 1e-3], &[7.0, 8.0, 9.0, 10.0]);
         let off = c.offset(1, 2, 3);
-        let k: Vec<f32> = c.k[off..off + 4].iter().map(|x| x.to_f32()).collect();
+        let k: Vec<f32> = c.keys()[off..off + 4].iter().map(|x| x.to_f32()).collect();
         assert_eq!(&k[..3], &[0.5, -1.25, 3.0]);
         assert!((k[3] - 1e-3).abs() < 1e-6);
-        assert_eq!(c.v[off + 3].to_f32(), 10.0);
-        assert!(c.k[..off].iter().all(|x| x.to_f32() == 0.0));
-        assert_eq!(off + 4, c.k.len());
+        assert_eq!(c.values()[off + 3].to_f32(), 10.0);
+        assert!(c.keys()[..off].iter().all(|x| x.to_f32() == 0.0));
+        assert_eq!(off + 4, c.keys().len());
         assert_eq!(cfg().kv_bytes_per_token(), 2 * 2 * 4 * 2);
     }
 }
