@@ -44,16 +44,12 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Tokens per step (decode tokens plus prompt chunks).
     pub max_step_tokens: usize,
-    /// KV cache pool of this model, in bytes, shared by all its sequences.
+    /// KV cache pool of this model, in bytes, shared by all its sequences
+    /// (in blocks of 16 positions).
     pub kv_budget_bytes: usize,
-    /// Token positions per KV cache block.
-    pub kv_block_tokens: usize,
     /// Threads the model's matmuls and attention run on.
     pub threads: usize,
 }
-
-/// Positions per KV block unless configured otherwise (vLLM's default).
-pub const DEFAULT_KV_BLOCK_TOKENS: usize = 16;
 
 /// Text spans each replica remembers for its routing summary.
 const PREFIX_INDEX_SPANS: usize = 8192;
@@ -68,7 +64,6 @@ impl Default for EngineConfig {
             max_waiting: 64,
             max_step_tokens: 256,
             kv_budget_bytes: 512 << 20,
-            kv_block_tokens: DEFAULT_KV_BLOCK_TOKENS,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
@@ -351,7 +346,7 @@ impl Engine {
             ModelFrontend::from_gguf(&file, model.config().clone())
                 .map_err(|e| EngineError::Frontend(e.to_string()))?,
         );
-        let kv = model.kv_pool(cfg.kv_block_tokens, cfg.kv_budget_bytes);
+        let kv = model.kv_pool(cfg.kv_budget_bytes);
         let block_bytes = model.config().kv_bytes_per_token() * kv.block_size();
         let sched_cfg = SchedulerConfig {
             max_running: cfg.max_running.max(1),

@@ -5,17 +5,30 @@
 //!
 //! Each recorded span maps to the prefix hash of the last KV block its text
 //! is estimated to cover; a span is reported while that block is cached.
+//! Spans are recorded when a request is admitted, before its blocks are
+//! written: a span whose block has not been cached yet is kept (pending),
+//! one whose block was cached and is gone is forgotten.
 //! Pure bookkeeping: the engine records spans at admission and asks for
 //! the summary, passing the cache's membership test.
 
 use std::collections::{BTreeMap, HashMap};
 
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    /// Prefix hash of the KV block the span's text reaches.
+    block: u64,
+    /// Recency tick (key in `order`).
+    tick: u64,
+    /// Whether the block has been seen in the cache.
+    seen: bool,
+}
+
 /// Recently seen text spans and the KV block each depends on.
 #[derive(Debug)]
 pub struct PrefixIndex {
     capacity: usize,
-    /// Span hash -> (block prefix hash, recency tick).
-    spans: HashMap<u64, (u64, u64)>,
+    /// Span hash -> its entry.
+    spans: HashMap<u64, Span>,
     /// Recency tick -> span hash.
     order: BTreeMap<u64, u64>,
     tick: u64,
@@ -47,8 +60,13 @@ impl PrefixIndex {
     /// when full.
     pub fn record(&mut self, span: u64, block: u64) {
         self.tick += 1;
-        if let Some((_, old)) = self.spans.insert(span, (block, self.tick)) {
-            self.order.remove(&old);
+        let entry = Span {
+            block,
+            tick: self.tick,
+            seen: false,
+        };
+        if let Some(old) = self.spans.insert(span, entry) {
+            self.order.remove(&old.tick);
         }
         self.order.insert(self.tick, span);
         while self.spans.len() > self.capacity {
@@ -59,19 +77,22 @@ impl PrefixIndex {
         }
     }
 
-    /// Up to `max` spans whose block is still cached, most recent first.
-    /// Spans whose block is gone are forgotten.
+    /// Up to `max` spans whose block is cached, most recent first. Spans
+    /// whose block was cached and has been evicted are forgotten.
     pub fn summary(&mut self, max: usize, cached: impl Fn(u64) -> bool) -> Vec<u64> {
         let mut out = Vec::new();
         let mut gone = Vec::new();
         for (&tick, &span) in self.order.iter().rev() {
-            let Some(&(block, _)) = self.spans.get(&span) else {
+            let Some(entry) = self.spans.get_mut(&span) else {
                 continue;
             };
-            if !cached(block) {
+            if cached(entry.block) {
+                entry.seen = true;
+                if out.len() < max {
+                    out.push(span);
+                }
+            } else if entry.seen {
                 gone.push((tick, span));
-            } else if out.len() < max {
-                out.push(span);
             }
         }
         for (tick, span) in gone {
@@ -97,6 +118,16 @@ mod tests {
         // Block 100 evicted: its spans are dropped for good.
         assert_eq!(idx.summary(10, |b| b == 200), vec![2]);
         assert_eq!(idx.len(), 1);
+    }
+
+    #[test]
+    fn spans_whose_blocks_are_not_written_yet_wait_for_them() {
+        let mut idx = PrefixIndex::new(8);
+        idx.record(1, 100);
+        // The prompt is still being prefilled: nothing to report, nothing lost.
+        assert!(idx.summary(10, |_| false).is_empty());
+        assert_eq!(idx.len(), 1);
+        assert_eq!(idx.summary(10, |b| b == 100), vec![1]);
     }
 
     #[test]

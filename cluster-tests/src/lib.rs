@@ -67,3 +67,49 @@ pub fn data_dir() -> PathBuf {
     );
     dir
 }
+
+/// Calls `f` every 100 ms until it returns `Some`, for at most `timeout`.
+pub fn poll_until<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// [`poll_until`], panicking on timeout.
+pub fn wait_until<T>(what: &str, timeout: std::time::Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Sum of a metric over all its label sets in a Prometheus text body
+/// (`name` is the sample name, e.g. `inferno_preemptions_total`).
+pub fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The model name `inferno up` registers for the test model (its file stem, lower case).
+pub fn test_model_name() -> String {
+    test_model()
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default()
+}

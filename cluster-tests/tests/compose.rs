@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use inferno_cluster_tests::http;
+use inferno_cluster_tests::{http, wait_until};
 use serde_json::{json, Value};
 
 /// The model's cluster name: the `[[node.models]] name` of configs/compose.
@@ -207,20 +207,6 @@ impl Drop for Compose {
         if !r.ok {
             eprintln!("docker-compose down -v failed: {}", r.stderr);
         }
-    }
-}
-
-fn wait_until<R>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<R>) -> R {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use inferno_cluster_tests::{inferno, udp_proxy::UdpProxy};
+use inferno_cluster_tests::{inferno, poll_until, udp_proxy::UdpProxy};
 use lincheck::{Input, Operation, Output};
 use protocol::tls::ClusterCa;
 use serde_json::{json, Value};
@@ -133,7 +133,7 @@ impl Cluster {
     }
 
     fn wait_leader_among(&self, among: &[usize], timeout: Duration) -> u64 {
-        wait_until(&format!("a leader among {among:?}"), timeout, || {
+        poll_until(&format!("a leader among {among:?}"), timeout, || {
             self.leader_among(among)
         })
         .unwrap_or_else(|e| {
@@ -253,23 +253,6 @@ fn http(
         .ok_or_else(|| fail(false, format!("bad status: {head:?}")))?;
     let value = serde_json::from_str(body).map_err(|e| fail(false, format!("{e}: {body:?}")))?;
     Ok((status, value))
-}
-
-fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> Result<T, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn model(name: &str, source: &str) -> Value {
@@ -430,7 +413,7 @@ fn acknowledged_writes_survive_ten_leader_kills_and_history_is_linearizable() {
         );
         cluster.procs[li].start();
         let addr = cluster.procs[li].http;
-        wait_until(
+        poll_until(
             "the restarted coordinator to serve",
             Duration::from_secs(20),
             || {
@@ -450,7 +433,7 @@ fn acknowledged_writes_survive_ten_leader_kills_and_history_is_linearizable() {
     // Every acknowledged unique write is on every member.
     let acknowledged = acknowledged.lock().expect("acked").clone();
     for p in &cluster.procs {
-        let missing = wait_until("every acknowledged write", Duration::from_secs(20), || {
+        let missing = poll_until("every acknowledged write", Duration::from_secs(20), || {
             let m = models(p.http)?;
             let missing: Vec<&String> = acknowledged
                 .iter()
@@ -526,7 +509,7 @@ fn stop_all_and_restart_keeps_state() {
             "format": if i % 2 == 0 { "gguf" } else { "safetensors" },
             "size_bytes": 1000 + i * 7, "desired_replicas": 1 + i % 3});
         let addr = cluster.procs[i as usize % N].http;
-        wait_until("a write", Duration::from_secs(15), || {
+        poll_until("a write", Duration::from_secs(15), || {
             http(addr, "POST", "/admin/v1/models", Some(&body))
                 .ok()
                 .filter(|(s, _)| *s == 200)
@@ -544,7 +527,7 @@ fn stop_all_and_restart_keeps_state() {
     )
     .expect("update answered");
     assert_eq!(status, 200, "{v}");
-    let before = wait_until("models on every member", Duration::from_secs(15), || {
+    let before = poll_until("models on every member", Duration::from_secs(15), || {
         let first = models(cluster.procs[0].http)?;
         let same = cluster.procs[1..]
             .iter()
@@ -563,7 +546,7 @@ fn stop_all_and_restart_keeps_state() {
     cluster.start_all();
     cluster.wait_leader_among(&all, Duration::from_secs(20));
     for p in &cluster.procs {
-        let after = wait_until("models after restart", Duration::from_secs(20), || {
+        let after = poll_until("models after restart", Duration::from_secs(20), || {
             models(p.http)
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
@@ -660,7 +643,7 @@ fn partitioned_minority_refuses_writes() {
         for (k, &i) in majority.iter().enumerate() {
             let name = format!("majority-{round}-{k}");
             let addr = cluster.procs[i].http;
-            wait_until("a majority write", Duration::from_secs(15), || {
+            poll_until("a majority write", Duration::from_secs(15), || {
                 http(addr, "POST", "/admin/v1/models", Some(&model(&name, "s")))
                     .ok()
                     .filter(|(s, _)| *s == 200)
@@ -673,14 +656,14 @@ fn partitioned_minority_refuses_writes() {
         for link in links_of(isolated) {
             proxies[&link].set_blocked(false);
         }
-        wait_until("catch-up after healing", Duration::from_secs(30), || {
+        poll_until("catch-up after healing", Duration::from_secs(30), || {
             let m = models(cluster.procs[isolated].http)?;
             written.iter().all(|n| m.contains_key(n)).then_some(())
         })
         .unwrap_or_else(|e| panic!("{round}: {e}\n{}", cluster.logs()));
         // And accepts writes again.
         let name = format!("healed-{round}");
-        wait_until("a write after healing", Duration::from_secs(15), || {
+        poll_until("a write after healing", Duration::from_secs(15), || {
             http(addr, "POST", "/admin/v1/models", Some(&model(&name, "s")))
                 .ok()
                 .filter(|(s, _)| *s == 200)
@@ -689,7 +672,7 @@ fn partitioned_minority_refuses_writes() {
         written.insert(name);
     }
     for p in &cluster.procs {
-        wait_until("every write everywhere", Duration::from_secs(15), || {
+        poll_until("every write everywhere", Duration::from_secs(15), || {
             let m = models(p.http)?;
             written.iter().all(|n| m.contains_key(n)).then_some(())
         })

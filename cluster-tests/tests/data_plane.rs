@@ -10,21 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use inferno_cluster_tests::http;
 use inferno_cluster_tests::local_up::{signal, LocalUp};
+use inferno_cluster_tests::{http, metric_sum, test_model_name as model_name, wait_until};
 use serde_json::{json, Value};
 
-const MODEL: &str = "smollm2-135m.instruct.q4_1";
 const STARTUP: Duration = Duration::from_secs(240);
 const T: Duration = Duration::from_secs(60);
-
-fn model_name() -> String {
-    inferno_cluster_tests::test_model()
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_else(|| MODEL.into())
-}
 
 fn post(addr: SocketAddr, path: &str, body: &Value) -> std::io::Result<http::Response> {
     http::request(addr, "POST", path, Some(&body.to_string()), T)
@@ -33,26 +24,6 @@ fn post(addr: SocketAddr, path: &str, body: &Value) -> std::io::Result<http::Res
 fn chat_body(model: &str, content: &str, max_tokens: u32) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens, "temperature": 0})
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Sum of a gauge over all its label sets in a Prometheus text body.
-fn gauge_sum(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]
@@ -164,14 +135,14 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
             .unwrap_or_default()
     };
     wait_until("the node to report the running sequence", T, || {
-        (gauge_sum(&metrics(), "inferno_running_sequences") >= 1.0).then_some(())
+        (metric_sum(&metrics(), "inferno_running_sequences") >= 1.0).then_some(())
     });
     drop(conn);
     let freed = Instant::now();
     wait_until(
         "the slot to be freed after the client left",
         Duration::from_secs(10),
-        || (gauge_sum(&metrics(), "inferno_running_sequences") == 0.0).then_some(()),
+        || (metric_sum(&metrics(), "inferno_running_sequences") == 0.0).then_some(()),
     );
     eprintln!("slot freed {:?} after the disconnect", freed.elapsed());
     let m = metrics();

@@ -7,8 +7,6 @@
 //! * [`matmul`] / [`matmul_q`] multiply, weight-stationary (each weight tile
 //!   is applied to every activation row before the next tile is read), split
 //!   across a persistent [`ComputePool`].
-//! * [`F16Kernels`]: dot products and scaled additions against f16
-//!   vectors, for attention over the f16 KV cache.
 //! * Kernels exist for scalar code, AVX2 + FMA, and AVX-512 (F + BW + VL,
 //!   using VNNI `vpdpbusd` where present), chosen at run time
 //!   ([`detect_path`]); the binary is not built for a specific CPU.
@@ -50,7 +48,6 @@
 
 mod bench;
 mod dot_scalar;
-mod f16;
 mod formats;
 mod matmul;
 mod pool;
@@ -64,7 +61,6 @@ mod dot_avx512;
 use std::sync::OnceLock;
 
 pub use bench::{bench_cases, bench_kernels, bench_kernels_on, KernelReport};
-pub use f16::F16Kernels;
 pub use formats::{QuantMatrix, WeightType};
 pub use matmul::{matmul, matmul_on, matmul_q, matmul_q_on};
 pub use pool::ComputePool;

@@ -1,13 +1,27 @@
-//! Causal self-attention of each token over its own sequence's positions
-//! in the paged KV cache (read through the sequence's block table), split
-//! by tokens across the compute pool. Every token's arithmetic is the same
-//! whatever the split or the blocks, so results do not depend on batch,
-//! thread count or where a sequence's blocks lie.
+//! Causal self-attention over the paged KV cache, tiled: a tile is a run of
+//! up to [`TILE`] consecutive tokens of one sequence (a prompt chunk, or the
+//! one token it decodes), and each KV block its tokens attend to is widened
+//! from f16 once for the whole tile and every head that shares it (GQA).
+//! A block's keys are stored transposed, so the scores of its 16 keys
+//! accumulate in 16 independent lanes over the head dimension, which the
+//! compiler vectorizes (AVX2 when the CPU has it); values are added lane by
+//! lane over the head dimension, key after key. Tiles are split across the
+//! compute pool by cost.
+//!
+//! Every token's arithmetic is the same whatever its tile, the batch, the
+//! thread count, where its blocks lie or the CPU path: results depend on
+//! none of them.
 
-use crate::kernels::{ComputePool, F16Kernels};
+use half::slice::HalfFloatSliceExt;
+
+use crate::kernels::{detect_path, ComputePool, CpuPath};
 use crate::scheduler::BlockId;
 
+use super::kv::BLOCK;
 use super::{BatchItem, KvPool, LlamaConfig};
+
+/// Query tokens per tile.
+const TILE: usize = 16;
 
 /// One token of the step: which sequence's block table it reads and its position.
 #[derive(Debug, Clone, Copy)]
@@ -18,11 +32,22 @@ pub(super) struct TokenSlot {
     pub pos: usize,
 }
 
+/// Consecutive tokens (rows `first..first + len` of the step) of one
+/// sequence at consecutive positions.
+#[derive(Debug, Clone, Copy)]
+struct Tile {
+    first: usize,
+    len: usize,
+    /// Query-key pairs, the unit of work.
+    cost: usize,
+}
+
 /// Pointer to a buffer whose disjoint parts are written by different threads.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: each pool part writes only its own rows of `att` and its own slice
-// of `scores` (see `attend`), so no element is written by two threads.
+// SAFETY: each pool part writes only the rows of `att` of its own tiles and
+// its own slice of the scratch buffer (see `attend`), so no element is
+// written by two threads.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
@@ -33,17 +58,32 @@ impl SharedOut {
     }
 }
 
-/// Where one sequence's keys and values of one layer are.
-#[derive(Clone, Copy)]
-struct Positions<'a> {
-    kv: &'a KvPool,
-    layer: usize,
-    table: &'a [BlockId],
+/// Cuts the step's tokens into tiles.
+fn tiles(tokens: &[TokenSlot]) -> Vec<Tile> {
+    let mut out: Vec<Tile> = Vec::new();
+    for (row, t) in tokens.iter().enumerate() {
+        let extends = out.last().is_some_and(|tile| {
+            let prev = tokens[tile.first + tile.len - 1];
+            tile.len < TILE && prev.seq == t.seq && prev.pos + 1 == t.pos
+        });
+        match out.last_mut() {
+            Some(tile) if extends => {
+                tile.len += 1;
+                tile.cost += t.pos + 1;
+            }
+            _ => out.push(Tile {
+                first: row,
+                len: 1,
+                cost: t.pos + 1,
+            }),
+        }
+    }
+    out
 }
 
-/// Scratch floats one pool part needs for tokens attending to up to `longest` positions.
-fn part_scratch(cfg: &LlamaConfig, longest: usize) -> usize {
-    cfg.n_head * longest
+/// Floats of scratch one tile needs when its last token attends to `longest` positions.
+fn tile_scratch(cfg: &LlamaConfig, longest: usize) -> usize {
+    TILE * cfg.n_head * longest + BLOCK * cfg.kv_dim()
 }
 
 /// Writes `att[t]`, the attention output of token `t` (all heads), for every token.
@@ -60,42 +100,54 @@ pub(super) fn attend(
     scratch: &mut Vec<f32>,
 ) {
     let d = cfg.n_embd;
+    let tiles = tiles(tokens);
     let longest = tokens.iter().map(|t| t.pos + 1).max().unwrap_or(0);
-    let work: usize = tokens.iter().map(|t| t.pos + 1).sum::<usize>() * cfg.n_head;
+    let total: usize = tiles.iter().map(|t| t.cost).sum();
     // Waking another thread costs a few microseconds; only split real work.
-    let parts = pool.threads().min(tokens.len()).min(work / 4096 + 1).max(1);
-    let per_scratch = part_scratch(cfg, longest);
-    let f16k = F16Kernels::detect();
+    let parts = pool
+        .threads()
+        .min(tiles.len())
+        .min(total * cfg.n_head / 4096 + 1)
+        .max(1);
+    let per_scratch = tile_scratch(cfg, longest);
     if scratch.len() < parts * per_scratch {
         scratch.resize(parts * per_scratch, 0.0);
     }
+    // Contiguous runs of tiles of about equal cost, one per part.
+    let mut bounds = vec![0; parts + 1];
+    let (mut acc, mut part) = (0, 1);
+    for (i, t) in tiles.iter().enumerate() {
+        acc += t.cost;
+        while part < parts && acc * parts >= total * part {
+            bounds[part] = i + 1;
+            part += 1;
+        }
+    }
+    bounds[parts] = tiles.len();
+    let avx2 = matches!(detect_path(), CpuPath::Avx2 | CpuPath::Avx512);
     let att_out = SharedOut(att.as_mut_ptr());
     let scratch_out = SharedOut(scratch.as_mut_ptr());
-    let per_part = tokens.len().div_ceil(parts);
     let run_part = |part: usize| {
-        let first = part * per_part;
-        let last = (first + per_part).min(tokens.len());
-        // SAFETY: part `part` owns rows `first..last` of `att` and the
-        // `part * per_scratch ..` slice of `scratch`; both outlive `run`.
+        // SAFETY: part `part` owns the `part * per_scratch ..` slice of
+        // `scratch` and the `att` rows of its tiles; both outlive `run`.
         let sc = unsafe {
             std::slice::from_raw_parts_mut(scratch_out.at(part * per_scratch), per_scratch)
         };
-        for (t, slot) in tokens.iter().enumerate().take(last).skip(first) {
-            let out = unsafe { std::slice::from_raw_parts_mut(att_out.at(t * d), d) };
-            let positions = Positions {
+        for tile in &tiles[bounds[part]..bounds[part + 1]] {
+            let rows = tile.first..tile.first + tile.len;
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(att_out.at(tile.first * d), tile.len * d) };
+            let job = TileJob {
+                cfg,
                 kv,
                 layer,
-                table: items[slot.seq].blocks,
-            };
-            token_attention(
-                cfg,
-                f16k,
-                &positions,
-                slot.pos,
-                &q[t * d..(t + 1) * d],
+                table: items[tokens[tile.first].seq].blocks,
+                tokens: &tokens[rows.clone()],
+                q: &q[rows.start * d..rows.end * d],
                 out,
-                sc,
-            );
+                scratch: sc,
+            };
+            run_tile(job, avx2);
         }
     };
     if parts == 1 {
@@ -105,63 +157,237 @@ pub(super) fn attend(
     }
 }
 
-/// Attention of one token (all heads) over positions `0..=pos`, block by
-/// block, reading the f16 keys and values in place.
-fn token_attention(
-    cfg: &LlamaConfig,
-    f16k: F16Kernels,
-    positions: &Positions<'_>,
-    pos: usize,
-    q: &[f32],
-    out: &mut [f32],
-    scores: &mut [f32],
-) {
-    let (hd, kvd, n_head) = (cfg.head_dim, cfg.kv_dim(), cfg.n_head);
-    let group = n_head / cfg.n_kv_head;
+/// One tile's inputs and outputs.
+struct TileJob<'a> {
+    cfg: &'a LlamaConfig,
+    kv: &'a KvPool,
+    layer: usize,
+    /// The sequence's block table.
+    table: &'a [BlockId],
+    /// The tile's tokens (consecutive positions).
+    tokens: &'a [TokenSlot],
+    /// Their queries, `n_embd` floats each.
+    q: &'a [f32],
+    /// Their outputs, `n_embd` floats each.
+    out: &'a mut [f32],
+    scratch: &'a mut [f32],
+}
+
+fn run_tile(job: TileJob<'_>, avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is set only when the CPU path detected AVX2 (and
+        // FMA, F16C) support.
+        unsafe { tile_avx2(job) };
+        return;
+    }
+    let _ = avx2;
+    tile::<false>(job);
+}
+
+/// [`tile`] compiled for AVX2, so its lane loops use 256-bit vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2(job: TileJob<'_>) {
+    tile::<true>(job);
+}
+
+/// Attention of a tile's tokens: scores block by block, softmax, then
+/// values block by block. `F16C`: widen f16 with the F16C instructions
+/// (only inside [`tile_avx2`]).
+#[inline(always)]
+fn tile<const F16C: bool>(job: TileJob<'_>) {
+    let TileJob {
+        cfg,
+        kv,
+        layer,
+        table,
+        tokens,
+        q,
+        out,
+        scratch,
+    } = job;
+    let (d, hd, kvd) = (cfg.n_embd, cfg.head_dim, cfg.kv_dim());
+    let (n_head, n_kv) = (cfg.n_head, cfg.n_kv_head);
+    let group = n_head / n_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    let n_pos = pos + 1;
-    let Positions { kv, layer, table } = *positions;
-    let (keys, values) = (kv.keys(), kv.values());
-    let bs = kv.block_size();
-    let scores = &mut scores[..n_head * n_pos];
-    for (b, &block) in table.iter().enumerate().take(n_pos.div_ceil(bs)) {
-        let first = b * bs;
-        let base = kv.offset(layer, block, 0);
-        for s in 0..bs.min(n_pos - first) {
-            let row = &keys[base + s * kvd..base + (s + 1) * kvd];
-            for h in 0..n_head {
-                let g = h / group;
-                scores[h * n_pos + first + s] =
-                    (f16k.dot)(&q[h * hd..(h + 1) * hd], &row[g * hd..(g + 1) * hd]) * scale;
+    let n_pos = tokens[tokens.len() - 1].pos + 1;
+    let (scores, block_f32) = scratch.split_at_mut(tokens.len() * n_head * n_pos);
+    let block_f32 = &mut block_f32[..BLOCK * kvd];
+    let n_blocks = n_pos.div_ceil(BLOCK);
+    let score_row = |i: usize, h: usize| (i * n_head + h) * n_pos;
+
+    for (b, &block) in table.iter().enumerate().take(n_blocks) {
+        let base = b * BLOCK;
+        let nk = BLOCK.min(n_pos - base);
+        // `[kv_dim][slot]`: head g's keys are rows g * hd .. (g + 1) * hd.
+        widen::<F16C>(kv.block_keys(layer, block), block_f32);
+        for g in 0..n_kv {
+            let kt = &block_f32[g * hd * BLOCK..(g + 1) * hd * BLOCK];
+            for (i, t) in tokens.iter().enumerate() {
+                if t.pos < base {
+                    continue;
+                }
+                let valid = nk.min(t.pos + 1 - base);
+                let q_at = |h: usize| &q[i * d + h * hd..i * d + (h + 1) * hd];
+                let mut h = g * group;
+                while h < (g + 1) * group {
+                    // Heads of one group read the same keys: up to 4 at a time.
+                    let n = ((g + 1) * group - h).min(4);
+                    let lanes: [[f32; BLOCK]; 4] = match n {
+                        4 => qk_block::<4>([q_at(h), q_at(h + 1), q_at(h + 2), q_at(h + 3)], kt),
+                        3 => pad(qk_block::<3>([q_at(h), q_at(h + 1), q_at(h + 2)], kt)),
+                        2 => pad(qk_block::<2>([q_at(h), q_at(h + 1)], kt)),
+                        _ => pad(qk_block::<1>([q_at(h)], kt)),
+                    };
+                    for (k, lane) in lanes.iter().enumerate().take(n) {
+                        let row = score_row(i, h + k) + base;
+                        for (s, l) in scores[row..row + valid].iter_mut().zip(lane) {
+                            *s = l * scale;
+                        }
+                    }
+                    h += n;
+                }
             }
         }
     }
-    for sc in scores.chunks_exact_mut(n_pos) {
-        let max = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for v in sc.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        for v in sc.iter_mut() {
-            *v /= sum;
+    for (i, t) in tokens.iter().enumerate() {
+        for h in 0..n_head {
+            let row = score_row(i, h);
+            softmax(&mut scores[row..row + t.pos + 1]);
         }
     }
     out.fill(0.0);
-    for (b, &block) in table.iter().enumerate().take(n_pos.div_ceil(bs)) {
-        let first = b * bs;
-        let base = kv.offset(layer, block, 0);
-        for s in 0..bs.min(n_pos - first) {
-            let row = &values[base + s * kvd..base + (s + 1) * kvd];
+    for (b, &block) in table.iter().enumerate().take(n_blocks) {
+        let base = b * BLOCK;
+        let nk = BLOCK.min(n_pos - base);
+        let values = &mut block_f32[..nk * kvd];
+        widen::<F16C>(&kv.block_values(layer, block)[..nk * kvd], values);
+        for (i, t) in tokens.iter().enumerate() {
+            if t.pos < base {
+                continue;
+            }
+            let valid = nk.min(t.pos + 1 - base);
             for h in 0..n_head {
                 let g = h / group;
-                let w = scores[h * n_pos + first + s];
-                (f16k.axpy)(
-                    &mut out[h * hd..(h + 1) * hd],
-                    w,
-                    &row[g * hd..(g + 1) * hd],
-                );
+                let row = score_row(i, h) + base;
+                let o = &mut out[i * d + h * hd..i * d + (h + 1) * hd];
+                add_values(o, &scores[row..row + valid], &values[g * hd..], kvd);
             }
         }
+    }
+}
+
+/// `out += Σ_j w[j] · v_j` where `v_j = values[j * stride..][..out.len()]`.
+/// 32 output lanes at a time stay in registers across the keys; each
+/// element still adds key after key, as a plain loop would.
+#[inline(always)]
+fn add_values(out: &mut [f32], w: &[f32], values: &[f32], stride: usize) {
+    let mut at = 0;
+    let mut wide = out.chunks_exact_mut(32);
+    for o in &mut wide {
+        let mut acc = [0.0f32; 32];
+        acc.copy_from_slice(o);
+        for (j, &wj) in w.iter().enumerate() {
+            let v = &values[j * stride + at..j * stride + at + 32];
+            for (a, &x) in acc.iter_mut().zip(v) {
+                *a += wj * x;
+            }
+        }
+        o.copy_from_slice(&acc);
+        at += 32;
+    }
+    for (k, o) in wide.into_remainder().iter_mut().enumerate() {
+        for (j, &wj) in w.iter().enumerate() {
+            *o += wj * values[j * stride + at + k];
+        }
+    }
+}
+
+/// Widens f16 to f32 (`dst.len() == src.len()`).
+#[inline(always)]
+fn widen<const F16C: bool>(src: &[half::f16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if F16C {
+        // SAFETY: `F16C` is true only inside `tile_avx2`, which runs on
+        // CPUs with F16C and AVX.
+        unsafe { widen_f16c(src, dst) };
+        return;
+    }
+    src.convert_to_f32_slice(dst);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_f16c(src: &[half::f16], dst: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let n = src.len().min(dst.len());
+    let (s, d) = (src.as_ptr() as *const u16, dst.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(
+            d.add(i),
+            _mm256_cvtph_ps(_mm_loadu_si128(s.add(i) as *const __m128i)),
+        );
+        i += 8;
+    }
+    while i < n {
+        *d.add(i) = src[i].to_f32();
+        i += 1;
+    }
+}
+
+fn pad<const H: usize>(lanes: [[f32; BLOCK]; H]) -> [[f32; BLOCK]; 4] {
+    let mut out = [[0.0; BLOCK]; 4];
+    out[..H].copy_from_slice(&lanes);
+    out
+}
+
+/// `q_h · k` for `H` query heads and the 16 keys of a transposed block
+/// (`kt[dim][key]`), one lane per key, accumulated over the head dimension.
+#[inline(always)]
+fn qk_block<const H: usize>(q: [&[f32]; H], kt: &[f32]) -> [[f32; BLOCK]; H] {
+    let mut acc = [[0.0f32; BLOCK]; H];
+    for (dim, k) in kt.chunks_exact(BLOCK).enumerate() {
+        for (a, qh) in acc.iter_mut().zip(&q) {
+            let qd = qh[dim];
+            for (x, &kj) in a.iter_mut().zip(k) {
+                *x += qd * kj;
+            }
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(seq: usize, pos: usize) -> TokenSlot {
+        TokenSlot { seq, pos }
+    }
+
+    #[test]
+    fn tiles_are_runs_of_one_sequence_at_consecutive_positions() {
+        let mut tokens = vec![slot(0, 7), slot(1, 3)];
+        tokens.extend((0..20).map(|p| slot(2, p)));
+        tokens.push(slot(3, 9));
+        let t = tiles(&tokens);
+        let shape: Vec<(usize, usize)> = t.iter().map(|t| (t.first, t.len)).collect();
+        assert_eq!(shape, vec![(0, 1), (1, 1), (2, 16), (18, 4), (22, 1)]);
+        assert_eq!(t[3].cost, 17 + 18 + 19 + 20);
     }
 }

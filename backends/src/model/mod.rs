@@ -229,13 +229,9 @@ impl LlamaModel {
     }
 
     /// A KV pool for this model sized to `budget_bytes` (at least one block).
-    pub fn kv_pool(&self, block_size: usize, budget_bytes: usize) -> KvPool {
-        let per_block = self.cfg.kv_bytes_per_token() * block_size.max(1);
-        KvPool::new(
-            &self.cfg,
-            block_size.max(1),
-            (budget_bytes / per_block).max(1),
-        )
+    pub fn kv_pool(&self, budget_bytes: usize) -> KvPool {
+        let per_block = self.cfg.kv_bytes_per_token() * kv::BLOCK;
+        KvPool::new(&self.cfg, (budget_bytes / per_block).max(1))
     }
 
     /// Runs one step over all items, writing their keys and values into

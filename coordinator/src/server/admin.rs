@@ -374,8 +374,14 @@ async fn cluster(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiErro
                 .replicas
                 .iter()
                 .map(|r| {
+                    let kv = r.kv.as_ref().map(|kv| {
+                        json!({"total_blocks": kv.total_blocks, "used_blocks": kv.used_blocks,
+                            "cached_blocks": kv.cached_blocks, "queried_tokens": kv.queried_tokens,
+                            "hit_tokens": kv.hit_tokens, "preemptions": kv.preemptions,
+                            "cached_prefix_spans": kv.prefix_spans.len()})
+                    });
                     json!({"model": r.model, "state": format!("{:?}", r.state).to_lowercase(),
-                        "running": r.running, "waiting": r.waiting, "error": r.error})
+                        "running": r.running, "waiting": r.waiting, "error": r.error, "kv": kv})
                 })
                 .collect();
             let age_ms = u64::try_from(s.age.as_millis()).unwrap_or(u64::MAX);

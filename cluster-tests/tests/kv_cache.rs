@@ -1,0 +1,157 @@
+//! The paged KV cache through `inferno up` (3 coordinators, 2 node
+//! processes): requests that share a long system prompt reuse its KV
+//! blocks wherever they enter the cluster, and many clients that set no
+//! `max_tokens` all run at once and give every block back when they leave.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use inferno_cluster_tests::local_up::LocalUp;
+use inferno_cluster_tests::{http, metric_sum, test_model_name, wait_until};
+use serde_json::{json, Value};
+
+const STARTUP: Duration = Duration::from_secs(240);
+const T: Duration = Duration::from_secs(120);
+
+fn metrics(api: SocketAddr) -> String {
+    http::request(api, "GET", "/metrics", None, T)
+        .map(|r| r.body)
+        .unwrap_or_default()
+}
+
+/// About 1,100 tokens of plain English.
+fn long_system_prompt() -> String {
+    let words = [
+        "the",
+        "ship",
+        "leaves",
+        "port",
+        "at",
+        "dawn",
+        "and",
+        "every",
+        "parcel",
+        "must",
+        "be",
+        "labelled",
+        "with",
+        "its",
+        "weight",
+        "destination",
+        "and",
+        "sender",
+    ];
+    let mut text = String::from("You are the dispatch assistant of a harbour. House rules:");
+    for i in 0..1100 {
+        text.push(' ');
+        text.push_str(words[i % words.len()]);
+        if i % 18 == 17 {
+            text.push('.');
+        }
+    }
+    text
+}
+
+/// Sends a one-token chat request and returns how long the answer took.
+fn ask(api: SocketAddr, model: &str, system: &str, user: &str) -> Duration {
+    let body = json!({"model": model, "max_tokens": 1, "temperature": 0,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]});
+    let t = Instant::now();
+    let r = http::request(
+        api,
+        "POST",
+        "/v1/chat/completions",
+        Some(&body.to_string()),
+        T,
+    )
+    .expect("chat request");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.json()["usage"]["prompt_tokens"].as_u64().unwrap_or(0) > 1000,
+        "{}",
+        r.body
+    );
+    t.elapsed()
+}
+
+/// Opens a streaming chat request without `max_tokens` and waits for its first bytes.
+fn open_stream(api: SocketAddr, model: &str, i: usize) -> TcpStream {
+    let body: Value = json!({"model": model, "stream": true, "ignore_eos": true,
+        "messages": [{"role": "user", "content": format!("Tell story number {i} about a lighthouse.")}]});
+    let mut conn = http::send(
+        api,
+        "POST",
+        "/v1/chat/completions",
+        Some(&body.to_string()),
+        T,
+    )
+    .expect("open stream");
+    let mut buf = [0u8; 512];
+    let n = conn.read(&mut buf).expect("first bytes");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "stream {i} did not start: {head}"
+    );
+    conn
+}
+
+#[test]
+fn shared_prefixes_are_reused_across_coordinators_and_open_ended_streams_all_run() {
+    let up = LocalUp::start(2, 2, &[], STARTUP);
+    let model = test_model_name();
+    let apis = up.coordinator_apis();
+
+    // The same 1,100-token system prompt twice, through two coordinators:
+    // the second request goes where the prefix is and only prefills its
+    // own question.
+    let system = long_system_prompt();
+    let hits_before = metric_sum(&metrics(up.api), "inferno_prefix_cache_hit_tokens_total");
+    let cold = ask(apis[0], &model, &system, "Which pier is for parcels?");
+    // Let the node's heartbeat tell the coordinators what it now holds.
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!(
+        "heartbeats before the warm request: {}",
+        up.cluster()
+            .map(|c| c["heartbeats"].to_string())
+            .unwrap_or_default()
+    );
+    let warm = ask(apis[1], &model, &system, "When does the ship leave?");
+    let hits = wait_until(
+        "the prefix-cache hits to show in the metrics",
+        Duration::from_secs(10),
+        || {
+            let h =
+                metric_sum(&metrics(up.api), "inferno_prefix_cache_hit_tokens_total") - hits_before;
+            (h >= 900.0).then_some(h)
+        },
+    );
+    eprintln!("cold {cold:?}, warm {warm:?}, {hits} prompt tokens from the cache");
+    assert!(warm * 3 < cold, "warm request took {warm:?}, cold {cold:?}");
+
+    // Twelve clients that set no max_tokens all run at once.
+    let started = Instant::now();
+    let streams: Vec<TcpStream> = (0..12)
+        .map(|i| open_stream(apis[i % 3], &model, i))
+        .collect();
+    wait_until(
+        "12 sequences running",
+        Duration::from_secs(10).saturating_sub(started.elapsed()),
+        || (metric_sum(&metrics(up.api), "inferno_running_sequences") == 12.0).then_some(()),
+    );
+    eprintln!("12 running {:?} after the first request", started.elapsed());
+    let m = metrics(up.api);
+    assert!(metric_sum(&m, "inferno_kv_cache_usage_ratio") > 0.0, "{m}");
+    assert_eq!(metric_sum(&m, "inferno_preemptions_total"), 0.0, "{m}");
+
+    // They leave: every block they held is given back; cached prefixes stay.
+    drop(streams);
+    wait_until("every block given back", Duration::from_secs(10), || {
+        let m = metrics(up.api);
+        (metric_sum(&m, "inferno_running_sequences") == 0.0
+            && metric_sum(&m, "inferno_kv_cache_usage_ratio") == 0.0)
+            .then_some(())
+    });
+    assert!(metric_sum(&metrics(up.api), "inferno_kv_cache_cached_blocks") > 0.0);
+}
