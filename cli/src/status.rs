@@ -64,8 +64,8 @@ pub fn render(v: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<14} {:<22} {:<6} {:>5} {:>9} {:>8} {:>8}",
-        "NODE", "ADDRESS", "STATUS", "CORES", "MEM_MIB", "RUNNING", "WAITING"
+        "\n{:<14} {:<22} {:<6} {:>5} {:>9} {:>8} {:>8} {:>6} {:>8}",
+        "NODE", "ADDRESS", "STATUS", "CORES", "MEM_MIB", "RUNNING", "WAITING", "KV", "PFX_HIT"
     );
     if let Some(nodes) = v["nodes"].as_object() {
         for (id, n) in nodes {
@@ -75,9 +75,21 @@ pub fn render(v: &Value) -> String {
                     .as_array()
                     .map_or(0, |r| r.iter().filter_map(|x| x[key].as_u64()).sum())
             };
+            let kv = |key: &str| -> u64 {
+                hb["replicas"]
+                    .as_array()
+                    .map_or(0, |r| r.iter().filter_map(|x| x["kv"][key].as_u64()).sum())
+            };
+            let percent = |part: u64, whole: u64| {
+                if whole == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.0}%", 100.0 * part as f64 / whole as f64)
+                }
+            };
             let _ = writeln!(
                 out,
-                "{:<14} {:<22} {:<6} {:>5} {:>9} {:>8} {:>8}",
+                "{:<14} {:<22} {:<6} {:>5} {:>9} {:>8} {:>8} {:>6} {:>8}",
                 id,
                 s(&n["addr"]),
                 s(&n["status"]),
@@ -85,6 +97,8 @@ pub fn render(v: &Value) -> String {
                 n["memory_bytes"].as_u64().unwrap_or(0) >> 20,
                 sum("running"),
                 sum("waiting"),
+                percent(kv("used_blocks"), kv("total_blocks")),
+                percent(kv("hit_tokens"), kv("queried_tokens")),
             );
         }
     }
@@ -129,14 +143,15 @@ mod tests {
             "leader_id": 2, "term": 3, "commit_index": 17, "members": [1, 2, 3],
             "nodes": {"node-1": {"addr": "127.0.0.1:7201", "status": "Up", "cores": 2,
                 "memory_bytes": 2147483648u64}},
-            "heartbeats": {"node-1": {"replicas": [{"model": "m", "running": 3, "waiting": 1}]}},
+            "heartbeats": {"node-1": {"replicas": [{"model": "m", "running": 3, "waiting": 1,
+                "kv": {"used_blocks": 25, "total_blocks": 100, "hit_tokens": 900, "queried_tokens": 1000}}]}},
             "models": [{"name": "m", "version": 1, "desired_replicas": 2}],
             "placements": {"m": {"node-1": {"state": "Ready", "model_version": 1}}},
         });
         let text = render(&v);
         assert!(text.contains("leader 2  term 3"), "{text}");
         assert!(text.contains("node-1") && text.contains("2048"), "{text}");
-        assert!(text.contains("       3        1"), "{text}");
+        assert!(text.contains("       3        1    25%      90%"), "{text}");
         assert!(text.contains("node-1:ready"), "{text}");
     }
 }
