@@ -18,10 +18,14 @@ use protocol::prefix::leading_matches;
 use rand::Rng;
 
 /// How much prefill (in text spans, ~64 tokens each) one outstanding
-/// request on a replica is worth: a replica holding a 16-span (about
-/// 1,000-token) prefix keeps getting that prefix's requests until it has
-/// 4 more in flight than another.
-pub const LOAD_WEIGHT_SPANS: usize = 4;
+/// request on a replica is worth. Recomputing a prefix costs far more than
+/// the wait behind one more running sequence (measured here: ~5 ms per
+/// prompt token of prefill at a 1,000-token context against ~3 ms of
+/// time to first token per running sequence), and a recomputed prefix
+/// evicts another from a full cache; so a replica holding a 16-span
+/// (about 1,000-token) prefix keeps its requests until it has 16 more in
+/// flight than another, and load decides only between equal overlaps.
+pub const LOAD_WEIGHT_SPANS: usize = 1;
 
 /// A ready replica.
 #[derive(Debug, Clone)]
@@ -32,6 +36,9 @@ pub struct Candidate {
     pub addr: String,
     /// The prompt spans its KV cache holds, if it reports any.
     pub prefixes: Option<Arc<HashSet<u64>>>,
+    /// Share of its KV blocks holding cached prefixes or running
+    /// sequences (0 when unknown).
+    pub kv_fill: f64,
 }
 
 impl Candidate {
@@ -74,7 +81,9 @@ fn two_choices(
     if b >= a {
         b += 1;
     }
-    if load(&candidates[b]) < load(&candidates[a]) {
+    let key = |i: usize| (load(&candidates[i]), candidates[i].kv_fill);
+    let (ka, kb) = (key(a), key(b));
+    if kb.0 < ka.0 || (kb.0 == ka.0 && kb.1 < ka.1) {
         b
     } else {
         a
@@ -91,6 +100,7 @@ mod tests {
             node: node.into(),
             addr: String::new(),
             prefixes: Some(Arc::new(spans.iter().copied().collect())),
+            kv_fill: 0.0,
         }
     }
 
@@ -120,14 +130,14 @@ mod tests {
     }
 
     #[test]
-    fn load_outweighs_a_small_overlap() {
+    fn a_large_load_difference_outweighs_an_overlap() {
         let prompt: Vec<u64> = (1..=16).collect();
         let c = [cand("hot", &prompt), cand("idle", &[])];
         let busy = |n: usize| move |c: &Candidate| if c.node == "hot" { n } else { 0 };
-        // 16 spans saved against 3 extra requests (12 spans): stay.
-        assert_eq!(pick(&c, &prompt, busy(3), &mut rng()), Some(0));
-        // Against 5 extra requests (20 spans): spill over.
-        assert_eq!(pick(&c, &prompt, busy(5), &mut rng()), Some(1));
+        // 16 spans saved against 12 extra requests: stay.
+        assert_eq!(pick(&c, &prompt, busy(12), &mut rng()), Some(0));
+        // Against 20 extra requests: spill over.
+        assert_eq!(pick(&c, &prompt, busy(20), &mut rng()), Some(1));
     }
 
     #[test]
@@ -141,5 +151,16 @@ mod tests {
         }
         assert_eq!(pick(&c, &[], load, &mut rng()), Some(1));
         assert_eq!(pick(&[], &[1], load, &mut rng()), None);
+    }
+
+    #[test]
+    fn a_new_prefix_goes_where_it_evicts_least_at_equal_load() {
+        let mut full = cand("full", &[7]);
+        full.kv_fill = 0.6;
+        let c = [full, cand("empty", &[8])];
+        for seed in 0..10 {
+            let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+            assert_eq!(pick(&c, &[1, 2], |_| 2, &mut r), Some(1));
+        }
     }
 }

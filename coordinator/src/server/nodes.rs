@@ -52,6 +52,20 @@ impl SeenNode {
         }
     }
 
+    /// Share of `model`'s KV blocks on this node that hold cached prefixes
+    /// or running sequences (0 when not reported).
+    pub fn kv_fill(&self, model: &str) -> f64 {
+        self.heartbeat
+            .replicas
+            .iter()
+            .find(|r| r.model == model)
+            .and_then(|r| r.kv.as_ref())
+            .filter(|kv| kv.total_blocks > 0)
+            .map_or(0.0, |kv| {
+                f64::from(kv.cached_blocks.max(kv.used_blocks)) / f64::from(kv.total_blocks)
+            })
+    }
+
     /// Whether the node reports `model` ready.
     pub fn serves(&self, model: &str) -> bool {
         self.heartbeat

@@ -217,6 +217,7 @@ impl Router {
                     node: node.clone(),
                     addr: info.addr.clone(),
                     prefixes: seen.prefixes.get(model).cloned(),
+                    kv_fill: seen.kv_fill(model),
                 })
             })
             .collect();
