@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::frontend::ModelFrontend;
 use crate::gguf::GgufFile;
-use crate::model::{BatchItem, KvPool, LlamaModel, ModelError, Scratch};
+use crate::model::{BatchItem, KvPool, ModelError, Scratch, Transformer};
 use crate::prefix_index::PrefixIndex;
 use crate::sampling::Sampler;
 use crate::scheduler::{AdmitError, Scheduler, SchedulerConfig, SeqId, StepPlan};
@@ -321,7 +321,7 @@ impl Sequence {
 
 /// One model's weights, KV pool, scheduler and sequences.
 pub struct Engine {
-    model: LlamaModel,
+    model: Transformer,
     frontend: Arc<ModelFrontend>,
     sched: Scheduler,
     kv: KvPool,
@@ -341,7 +341,7 @@ impl Engine {
     /// Loads a GGUF model and prepares its engine.
     pub fn load(path: &Path, cfg: &EngineConfig) -> Result<(Engine, EngineHandle), EngineError> {
         let file = GgufFile::open(path)?;
-        let model = LlamaModel::load(&file, cfg.threads)?;
+        let model = Transformer::load(&file, cfg.threads)?;
         let frontend = Arc::new(
             ModelFrontend::from_gguf(&file, model.config().clone())
                 .map_err(|e| EngineError::Frontend(e.to_string()))?,

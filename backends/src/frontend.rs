@@ -5,7 +5,7 @@ use protocol::ChatMessage;
 
 use crate::chat::ChatTemplate;
 use crate::gguf::GgufFile;
-use crate::model::LlamaConfig;
+use crate::model::ModelConfig;
 use crate::tokenizer::GgufTokenizer;
 
 /// Why a prompt could not be prepared.
@@ -29,12 +29,12 @@ pub struct ModelFrontend {
     /// The file's own chat template, if it has one.
     pub chat: Option<ChatTemplate>,
     /// The model's hyper-parameters.
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
 }
 
 impl ModelFrontend {
     /// Builds the tokenizer and chat template from an opened GGUF file.
-    pub fn from_gguf(file: &GgufFile, config: LlamaConfig) -> Result<Self, FrontendError> {
+    pub fn from_gguf(file: &GgufFile, config: ModelConfig) -> Result<Self, FrontendError> {
         let tokenizer = GgufTokenizer::from_gguf(&file.content)?;
         let chat = ChatTemplate::from_gguf(&file.content, &tokenizer)?;
         Ok(Self {

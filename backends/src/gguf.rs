@@ -32,12 +32,14 @@ pub enum GgufError {
         reason: String,
     },
     /// The file holds a model family this build cannot run.
-    #[error("{path}: unsupported architecture '{arch}' (supported: llama)")]
+    #[error("{path}: unsupported architecture '{arch}' (supported: {supported})")]
     UnsupportedArchitecture {
         /// The file.
         path: PathBuf,
         /// `general.architecture` as found in the file.
         arch: String,
+        /// The architectures this build runs.
+        supported: String,
     },
     /// A metadata key the model needs is absent or has the wrong type.
     #[error("{path}: metadata '{key}' is missing or malformed")]

@@ -8,6 +8,7 @@ pub mod frontend;
 pub mod gguf;
 pub mod kernels;
 pub mod model;
+pub mod perplexity;
 pub mod prefix_index;
 pub mod sampling;
 pub mod scheduler;

@@ -64,6 +64,9 @@ const GPT2_REGEX: &str =
 /// The llama3 split (llama.cpp's adaptation of the tokenizer.json regex).
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// The qwen2 split: the llama3 one with digits taken one at a time.
+const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// The regex sequence llama.cpp applies for `tokenizer.ggml.pre = "default"` (or missing).
 const DEFAULT_REGEXES: &[&str] = &[
     r"[\p{P}\$\+<=>\^~\|]+",
@@ -97,7 +100,7 @@ pub enum TokenizerError {
     /// `tokenizer.ggml.pre` names a pre-tokenizer that is not implemented.
     #[error(
         "unsupported pre-tokenizer `{0}` (tokenizer.ggml.pre); supported: smollm, gpt2, gpt-2, \
-         default, llama-bpe, llama3, llama-v3"
+         default, llama-bpe, llama3, llama-v3, qwen2"
     )]
     UnsupportedPreTokenizer(String),
     /// The metadata is present and well-typed but inconsistent (bad merge, id out of range, ...).
@@ -127,6 +130,8 @@ enum PreKind {
     Default,
     /// `llama-bpe` / `llama3` / `llama-v3`: the llama3 regex, merges ignored for whole words.
     Llama3,
+    /// `qwen2`: the llama3 regex with single digits.
+    Qwen2,
 }
 
 impl PreKind {
@@ -136,6 +141,7 @@ impl PreKind {
             Some("smollm") => Ok(Self::SmolLm),
             Some("gpt2") | Some("gpt-2") => Ok(Self::Gpt2),
             Some("llama-bpe") | Some("llama3") | Some("llama-v3") => Ok(Self::Llama3),
+            Some("qwen2") => Ok(Self::Qwen2),
             Some(other) => Err(TokenizerError::UnsupportedPreTokenizer(other.to_string())),
         }
     }
@@ -320,6 +326,7 @@ fn pre_tokenizer(kind: PreKind) -> Result<PreTokenizerWrapper, TokenizerError> {
         PreKind::SmolLm => vec![Digits::new(true).into(), byte_level_regex.into()],
         PreKind::Gpt2 => vec![byte_level_regex.into()],
         PreKind::Llama3 => vec![isolated_split(LLAMA3_REGEX)?, byte_level_plain.into()],
+        PreKind::Qwen2 => vec![isolated_split(QWEN2_REGEX)?, byte_level_plain.into()],
         PreKind::Default => {
             let mut v = DEFAULT_REGEXES
                 .iter()
@@ -336,8 +343,8 @@ impl GgufTokenizer {
     /// Builds the tokenizer from a GGUF file's metadata.
     ///
     /// Supports `tokenizer.ggml.model = "gpt2"` (byte-level BPE) with the pre-tokenizers
-    /// `smollm`, `gpt2`/`gpt-2`, `default` (also used when the key is absent) and
-    /// `llama-bpe`/`llama3`/`llama-v3`.  Control (type 3) and user-defined (type 4) tokens
+    /// `smollm`, `gpt2`/`gpt-2`, `default` (also used when the key is absent),
+    /// `llama-bpe`/`llama3`/`llama-v3` and `qwen2`.  Control (type 3) and user-defined (type 4) tokens
     /// become special added tokens, so their text inside a prompt encodes to one token.
     pub fn from_gguf(content: &Content) -> Result<Self, TokenizerError> {
         let model = get_string(content, KEY_MODEL)?

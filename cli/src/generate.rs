@@ -64,20 +64,21 @@ pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(crate::default_models_dir);
     let path = crate::models::resolve(&a.model, &dir).await?;
+    let name = crate::models::model_name(&a.model);
     let spec = ModelSpec {
-        name: "model".into(),
+        name: name.clone(),
         path: path.clone(),
         engine: a.compute.engine_config()?,
     };
     let node = Node::start(vec![spec], RestartBudget::default()).await?;
-    let result = generate(&node, &a).await;
+    let result = generate(&node, &name, &a).await;
     node.shutdown().await;
     result.with_context(|| format!("generation with {} failed", path.display()))
 }
 
-async fn generate(node: &Node, a: &GenerateArgs) -> anyhow::Result<()> {
-    node.wait_ready("model", Duration::from_secs(60)).await?;
-    let frontend = node.frontend("model").await?;
+async fn generate(node: &Node, name: &str, a: &GenerateArgs) -> anyhow::Result<()> {
+    node.wait_ready(name, Duration::from_secs(60)).await?;
+    let frontend = node.frontend(name).await?;
     let prompt_tokens = if a.chat {
         frontend.chat_prompt(&[ChatMessage::new("user", a.prompt.clone())])?
     } else {
@@ -101,7 +102,7 @@ async fn generate(node: &Node, a: &GenerateArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let mut first_token = None;
-    let mut events = node.generate("model", request).await?;
+    let mut events = node.generate(name, request).await?;
     let mut out = std::io::stdout().lock();
     while let Some(ev) = events.recv().await {
         match ev {

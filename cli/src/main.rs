@@ -15,6 +15,7 @@ mod http_client;
 mod local_cluster;
 mod models;
 mod node_cmd;
+mod perplexity;
 mod pull;
 mod signals;
 mod status;
@@ -39,6 +40,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Fetch a model into the models directory and print its path.
     Pull(pull::PullArgs),
+    /// Perplexity of a text file under a model, computed as llama-perplexity does.
+    Perplexity(perplexity::PerplexityArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -148,6 +151,7 @@ fn run() -> anyhow::Result<()> {
         match cli.command {
             Command::Generate(a) => generate::run(a).await,
             Command::Pull(a) => pull::run(a).await,
+            Command::Perplexity(a) => perplexity::run(a).await,
             Command::Certs(c) => certs::run(c),
             Command::Coordinator(a) => coordinator::run(a).await,
             Command::Node(a) => node_cmd::run(a).await,

@@ -133,19 +133,6 @@ fn coordinator_toml(args: &UpArgs) -> String {
     t
 }
 
-/// The cluster's model name for `arg`: a known name as is, a file by its stem.
-fn model_name(arg: &str) -> String {
-    if crate::models::known(arg).is_some() {
-        return arg.to_string();
-    }
-    Path::new(arg)
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .map(|s| s.to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "model".into())
-}
-
 /// Runs the cluster until Ctrl-C or SIGTERM.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.coordinators >= 1, "--coordinators must be at least 1");
@@ -176,7 +163,7 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
     let size_bytes = std::fs::metadata(model_path)
         .with_context(|| format!("cannot read {}", model_path.display()))?
         .len();
-    let name = model_name(&args.model);
+    let name = crate::models::model_name(&args.model);
 
     let spec = LocalCoordinatorsSpec {
         n: args.coordinators,
@@ -359,18 +346,4 @@ fn write_cluster_json(dir: &Path, cluster: &LocalCluster) -> anyhow::Result<()> 
     let path = dir.join("cluster.json");
     let text = serde_json::to_string_pretty(&json!({ "processes": procs }))?;
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_names_come_from_known_names_or_file_stems() {
-        assert_eq!(model_name("smollm2-135m"), "smollm2-135m");
-        assert_eq!(
-            model_name("/models/Qwen2-0.5B.Q4_0.gguf"),
-            "qwen2-0.5b.q4_0"
-        );
-    }
 }

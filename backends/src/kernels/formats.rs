@@ -150,6 +150,38 @@ impl std::fmt::Debug for QuantMatrix {
     }
 }
 
+/// Bytes of a ggml Q5_0 block: f16 scale, 32 high bits, 16 bytes of low nibbles.
+const Q5_0_BLOCK: usize = 22;
+
+/// Rewrites ggml Q5_0 blocks (`w = d * (q - 16)`, `q` of 5 bits) as Q8_0
+/// blocks with the same scale and `q - 16` as the signed byte: exactly the
+/// same weights, multiplied by the Q8_0 kernels on every path.
+pub fn q5_0_as_q8_0(data: &[u8]) -> Result<Vec<u8>, KernelError> {
+    if !data.len().is_multiple_of(Q5_0_BLOCK) {
+        return Err(KernelError::UnsupportedType(format!(
+            "q5_0 data of {} bytes is not a whole number of blocks",
+            data.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(data.len() / Q5_0_BLOCK * 34);
+    for b in data.chunks_exact(Q5_0_BLOCK) {
+        out.extend_from_slice(&b[..2]);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let qs = &b[6..22];
+        let code = |j: usize| -> u8 {
+            let low = if j < 16 {
+                qs[j] & 0x0f
+            } else {
+                qs[j - 16] >> 4
+            };
+            let high = (((qh >> j) & 1) as u8) << 4;
+            (low | high).wrapping_sub(16)
+        };
+        out.extend((0..QK).map(code));
+    }
+    Ok(out)
+}
+
 impl QuantMatrix {
     /// Repacks raw ggml data (`out_dim` rows of `in_dim / block_elems`
     /// blocks each, row-major, little-endian) of type `dtype`.
@@ -217,8 +249,8 @@ impl QuantMatrix {
 
     /// Repacks a candle `QTensor` of shape `(out_dim, in_dim)`.
     ///
-    /// Q4_0, Q4_1, Q8_0, Q4_K, Q6_K and F32 are taken as they are; F16 and
-    /// BF16 are widened to F32. Other types are rejected.
+    /// Q4_0, Q4_1, Q8_0, Q4_K, Q6_K and F32 are taken as they are; Q5_0 is
+    /// rewritten losslessly as Q8_0; F16 and BF16 are widened to F32. Other types are rejected.
     pub fn from_qtensor(t: &candle_core::quantized::QTensor) -> Result<Self, KernelError> {
         use candle_core::quantized::GgmlDType as G;
         let (out_dim, in_dim) = t.shape().dims2()?;
@@ -226,6 +258,10 @@ impl QuantMatrix {
             G::Q4_0 => WeightType::Q4_0,
             G::Q4_1 => WeightType::Q4_1,
             G::Q8_0 => WeightType::Q8_0,
+            G::Q5_0 => {
+                let bytes = q5_0_as_q8_0(&t.data()?)?;
+                return Self::from_ggml(WeightType::Q8_0, out_dim, in_dim, &bytes);
+            }
             G::Q4K => WeightType::Q4K,
             G::Q6K => WeightType::Q6K,
             G::F32 => WeightType::F32,

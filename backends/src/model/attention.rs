@@ -18,7 +18,7 @@ use crate::kernels::{detect_path, ComputePool, CpuPath};
 use crate::scheduler::BlockId;
 
 use super::kv::BLOCK;
-use super::{BatchItem, KvPool, LlamaConfig};
+use super::{BatchItem, KvPool, ModelConfig};
 
 /// Query tokens per tile.
 const TILE: usize = 16;
@@ -82,7 +82,7 @@ fn tiles(tokens: &[TokenSlot]) -> Vec<Tile> {
 }
 
 /// Floats of scratch one tile needs when its last token attends to `longest` positions.
-fn tile_scratch(cfg: &LlamaConfig, longest: usize) -> usize {
+fn tile_scratch(cfg: &ModelConfig, longest: usize) -> usize {
     TILE * cfg.n_head * longest + BLOCK * cfg.kv_dim()
 }
 
@@ -90,7 +90,7 @@ fn tile_scratch(cfg: &LlamaConfig, longest: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attend(
     pool: &ComputePool,
-    cfg: &LlamaConfig,
+    cfg: &ModelConfig,
     layer: usize,
     kv: &KvPool,
     items: &[BatchItem<'_>],
@@ -159,7 +159,7 @@ pub(super) fn attend(
 
 /// One tile's inputs and outputs.
 struct TileJob<'a> {
-    cfg: &'a LlamaConfig,
+    cfg: &'a ModelConfig,
     kv: &'a KvPool,
     layer: usize,
     /// The sequence's block table.

@@ -1,10 +1,62 @@
-//! Hyper-parameters of a llama-family model, read from GGUF metadata.
+//! What a model is: its architecture's description (which tensors, biases,
+//! RoPE layout) and its hyper-parameters, read from GGUF metadata. The
+//! forward pass reads these instead of branching on architecture names.
 
 use crate::gguf::{GgufError, GgufFile};
 
-/// Hyper-parameters of a llama-family model, read from GGUF metadata.
+/// How RoPE pairs the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Adjacent pairs `(2i, 2i + 1)` (ggml's "normal" mode; llama GGUF files
+    /// permute their Q/K weights for it).
+    Adjacent,
+    /// Halves: `(i, i + head_dim / 2)` (ggml's NeoX mode: qwen2, gemma).
+    Halves,
+}
+
+/// What distinguishes one decoder-only architecture from another, as data.
+#[derive(Debug, PartialEq)]
+pub struct Architecture {
+    /// `general.architecture` in the GGUF file (also the metadata key prefix).
+    pub name: &'static str,
+    /// RoPE pairing.
+    pub rope: RopeLayout,
+    /// Q, K and V projections carry biases (`blk.N.attn_{q,k,v}.bias`).
+    pub qkv_bias: bool,
+    /// RoPE base when the file does not say.
+    pub default_rope_base: f32,
+}
+
+/// The architectures this build runs.
+pub const ARCHITECTURES: &[Architecture] = &[
+    Architecture {
+        name: "llama",
+        rope: RopeLayout::Adjacent,
+        qkv_bias: false,
+        default_rope_base: 10_000.0,
+    },
+    Architecture {
+        name: "qwen2",
+        rope: RopeLayout::Halves,
+        qkv_bias: true,
+        default_rope_base: 1_000_000.0,
+    },
+];
+
+/// The names of [`ARCHITECTURES`], for error messages.
+pub fn supported_architectures() -> String {
+    ARCHITECTURES
+        .iter()
+        .map(|a| a.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Hyper-parameters of a decoder-only transformer, read from GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
+pub struct ModelConfig {
+    /// The architecture's description.
+    pub arch: &'static Architecture,
     /// Transformer blocks.
     pub n_layer: usize,
     /// Hidden size.
@@ -27,17 +79,18 @@ pub struct LlamaConfig {
     pub vocab_size: usize,
 }
 
-impl LlamaConfig {
-    /// Reads the configuration of a `llama` GGUF file.
+impl ModelConfig {
+    /// Reads the configuration of a GGUF file of one of the [`ARCHITECTURES`].
     pub fn from_gguf(file: &GgufFile) -> Result<Self, GgufError> {
-        let arch = file.architecture()?;
-        if arch != "llama" {
+        let name = file.architecture()?;
+        let Some(arch) = ARCHITECTURES.iter().find(|a| a.name == name) else {
             return Err(GgufError::UnsupportedArchitecture {
                 path: file.path().to_path_buf(),
-                arch: arch.to_string(),
+                arch: name.to_string(),
+                supported: supported_architectures(),
             });
-        }
-        let key = |k: &str| format!("llama.{k}");
+        };
+        let key = |k: &str| format!("{}.{k}", arch.name);
         let n_embd = file.usize(&key("embedding_length"))?;
         let n_head = file.usize(&key("attention.head_count"))?;
         let n_kv_head = file
@@ -65,13 +118,16 @@ impl LlamaConfig {
             }
         };
         Ok(Self {
+            arch,
             n_layer: file.usize(&key("block_count"))?,
             n_embd,
             n_ff: file.usize(&key("feed_forward_length"))?,
             n_head,
             n_kv_head,
             head_dim,
-            rope_base: file.f32(&key("rope.freq_base")).unwrap_or(10_000.0),
+            rope_base: file
+                .f32(&key("rope.freq_base"))
+                .unwrap_or(arch.default_rope_base),
             rms_eps: file
                 .f32(&key("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5),

@@ -13,7 +13,7 @@
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
-use super::LlamaConfig;
+use super::ModelConfig;
 use crate::scheduler::BlockId;
 
 /// Token positions per block.
@@ -32,7 +32,7 @@ pub struct KvPool {
 
 impl KvPool {
     /// A pool of `num_blocks` blocks for `cfg`'s layers.
-    pub fn new(cfg: &LlamaConfig, num_blocks: usize) -> Self {
+    pub fn new(cfg: &ModelConfig, num_blocks: usize) -> Self {
         let len = cfg.n_layer * num_blocks * BLOCK * cfg.kv_dim();
         Self {
             num_blocks,
@@ -93,8 +93,9 @@ impl KvPool {
 mod tests {
     use super::*;
 
-    fn cfg() -> LlamaConfig {
-        LlamaConfig {
+    fn cfg() -> ModelConfig {
+        ModelConfig {
+            arch: &crate::model::ARCHITECTURES[0],
             n_layer: 2,
             n_embd: 8,
             n_ff: 16,

