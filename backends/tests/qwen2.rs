@@ -1,0 +1,133 @@
+//! Qwen2.5-Coder-0.5B-Instruct Q4_K_M (architecture qwen2: QKV biases, NeoX
+//! RoPE, an untied Q8_0 head; Q5_0, Q4_K, Q6_K and Q8_0 weights) against
+//! llama.cpp: token ids, chat prompts, perplexity, and a sensible greedy
+//! completion.
+//!
+//! `tests/data/llamacpp_qwen2.5-coder.json` comes from llama.cpp as vendored
+//! in llama-cpp-python 0.3.36 (`../shared/anchors/llamacpp/build.sh`):
+//! `python3 scripts/llamacpp-testdata.py <the gguf> qwen2.5-coder` (llama-server's
+//! `/tokenize` with `parse_special`, and `/apply-template` under `--jinja`).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use backends::chat::ChatTemplate;
+use backends::engine::{spawn_engine, EngineConfig};
+use backends::gguf::GgufFile;
+use backends::model::Transformer;
+use backends::tokenizer::GgufTokenizer;
+use protocol::{ChatMessage, GenerateEvent, GenerateRequest, SamplingParams};
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    tokens: Vec<TokenCase>,
+    templates: Vec<TemplateCase>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenCase {
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct TemplateCase {
+    messages: Vec<ChatMessage>,
+    prompt: String,
+}
+
+fn reference() -> Reference {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp_qwen2.5-coder.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn tokenizer(file: &GgufFile) -> GgufTokenizer {
+    GgufTokenizer::from_gguf(&file.content).unwrap()
+}
+
+#[test]
+fn token_ids_equal_llamacpp() {
+    let file = GgufFile::open(&inferno_cluster_tests::qwen_model()).unwrap();
+    let tok = tokenizer(&file);
+    let cases = reference().tokens;
+    assert!(cases.len() >= 20);
+    let mut failures = Vec::new();
+    for c in &cases {
+        let ours = tok.encode(&c.text).unwrap();
+        if ours != c.ids {
+            failures.push(format!(
+                "{:?}\n  llama.cpp {:?}\n  ours      {:?}",
+                c.text, c.ids, ours
+            ));
+        }
+        assert_eq!(tok.decode(&c.ids).unwrap(), c.text);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn chat_prompts_equal_llama_server() {
+    let file = GgufFile::open(&inferno_cluster_tests::qwen_model()).unwrap();
+    let tok = tokenizer(&file);
+    let chat = ChatTemplate::from_gguf(&file.content, &tok)
+        .unwrap()
+        .expect("Qwen ships a chat template");
+    let cases = reference().templates;
+    assert!(cases.len() >= 3);
+    for c in &cases {
+        assert_eq!(chat.render(&c.messages, true).unwrap(), c.prompt);
+    }
+}
+
+/// `llama-perplexity -m <qwen 0.5B> -f /usr/share/common-licenses/GPL-3 -c 256
+/// --chunks 8 -t 2` printed `Final estimate: PPL = 8.2709 +/- 0.61284`.
+#[test]
+fn perplexity_is_within_one_percent_of_llamacpp() {
+    let text = std::fs::read_to_string("/usr/share/common-licenses/GPL-3")
+        .expect("Debian's base-files ships the GPL-3 text");
+    let file = GgufFile::open(&inferno_cluster_tests::qwen_model()).unwrap();
+    let tok = tokenizer(&file);
+    let model = Transformer::load(&file, 2).unwrap();
+    let tokens = tok.encode(&text).unwrap();
+    let bos = tok.add_bos().then(|| tok.bos_id()).flatten();
+    let p = backends::perplexity::perplexity(&model, &tokens, bos, 256, Some(8), |_, _| {})
+        .unwrap();
+    assert_eq!(p.chunks, 8);
+    assert_eq!(p.scored_tokens, 8 * 127);
+    let llamacpp = 8.2709;
+    assert!(
+        (p.ppl / llamacpp - 1.0).abs() < 0.01,
+        "ppl {} vs llama.cpp {llamacpp}",
+        p.ppl
+    );
+}
+
+#[test]
+fn greedy_fibonacci_completion_computes_fibonacci() {
+    let (h, _) =
+        spawn_engine(&inferno_cluster_tests::qwen_model(), &EngineConfig::default()).unwrap();
+    let prompt = h.frontend().encode("def fibonacci(n):").unwrap();
+    let req = GenerateRequest {
+        prompt_tokens: prompt,
+        max_tokens: Some(96),
+        sampling: SamplingParams::greedy(),
+        ..GenerateRequest::default()
+    };
+    let mut rx = h.submit(req).unwrap();
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        match rx.blocking_recv() {
+            Some(GenerateEvent::Token { text: t, .. }) => text.push_str(&t),
+            Some(GenerateEvent::Finished { .. }) => break,
+            Some(GenerateEvent::Failed(e)) => panic!("generation failed: {e:?}"),
+            None => panic!("stream closed"),
+        }
+    }
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    assert!(
+        compact.contains("fibonacci(n-1)+fibonacci(n-2)") || compact.contains("a,b=b,a+b"),
+        "not a Fibonacci body:\n{text}"
+    );
+}
