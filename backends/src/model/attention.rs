@@ -58,6 +58,16 @@ impl SharedOut {
     }
 }
 
+/// Which layer attention runs for, and its sliding window if it has one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AttendLayer {
+    /// The layer (selects its part of the KV pool).
+    pub layer: usize,
+    /// A sliding-window layer attends to the last `window` positions
+    /// (itself included); a global one to all of them.
+    pub window: Option<usize>,
+}
+
 /// Cuts the step's tokens into tiles.
 fn tiles(tokens: &[TokenSlot]) -> Vec<Tile> {
     let mut out: Vec<Tile> = Vec::new();
@@ -91,7 +101,7 @@ fn tile_scratch(cfg: &ModelConfig, longest: usize) -> usize {
 pub(super) fn attend(
     pool: &ComputePool,
     cfg: &ModelConfig,
-    layer: usize,
+    at: AttendLayer,
     kv: &KvPool,
     items: &[BatchItem<'_>],
     tokens: &[TokenSlot],
@@ -99,7 +109,7 @@ pub(super) fn attend(
     att: &mut [f32],
     scratch: &mut Vec<f32>,
 ) {
-    let d = cfg.n_embd;
+    let d = cfg.q_dim();
     let tiles = tiles(tokens);
     let longest = tokens.iter().map(|t| t.pos + 1).max().unwrap_or(0);
     let total: usize = tiles.iter().map(|t| t.cost).sum();
@@ -140,7 +150,8 @@ pub(super) fn attend(
             let job = TileJob {
                 cfg,
                 kv,
-                layer,
+                layer: at.layer,
+                window: at.window,
                 table: items[tokens[tile.first].seq].blocks,
                 tokens: &tokens[rows.clone()],
                 q: &q[rows.start * d..rows.end * d],
@@ -162,13 +173,15 @@ struct TileJob<'a> {
     cfg: &'a ModelConfig,
     kv: &'a KvPool,
     layer: usize,
+    /// The layer's sliding window, if any.
+    window: Option<usize>,
     /// The sequence's block table.
     table: &'a [BlockId],
     /// The tile's tokens (consecutive positions).
     tokens: &'a [TokenSlot],
-    /// Their queries, `n_embd` floats each.
+    /// Their queries, `q_dim` floats each.
     q: &'a [f32],
-    /// Their outputs, `n_embd` floats each.
+    /// Their outputs, `q_dim` floats each.
     out: &'a mut [f32],
     scratch: &'a mut [f32],
 }
@@ -201,13 +214,18 @@ fn tile<const F16C: bool>(job: TileJob<'_>) {
         cfg,
         kv,
         layer,
+        window,
         table,
         tokens,
         q,
         out,
         scratch,
     } = job;
-    let (d, hd, kvd) = (cfg.n_embd, cfg.head_dim, cfg.kv_dim());
+    let (d, hd, kvd) = (cfg.q_dim(), cfg.head_dim, cfg.kv_dim());
+    // The first position each token sees (its window's start); the tile's
+    // first token sees the earliest.
+    let lo = |t: &TokenSlot| window.map_or(0, |w| (t.pos + 1).saturating_sub(w));
+    let tile_lo = lo(&tokens[0]);
     let (n_head, n_kv) = (cfg.n_head, cfg.n_kv_head);
     let group = n_head / n_kv;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -220,6 +238,9 @@ fn tile<const F16C: bool>(job: TileJob<'_>) {
     for (b, &block) in table.iter().enumerate().take(n_blocks) {
         let base = b * BLOCK;
         let nk = BLOCK.min(n_pos - base);
+        if base + nk <= tile_lo {
+            continue;
+        }
         // `[kv_dim][slot]`: head g's keys are rows g * hd .. (g + 1) * hd.
         widen::<F16C>(kv.block_keys(layer, block), block_f32);
         for g in 0..n_kv {
@@ -254,25 +275,33 @@ fn tile<const F16C: bool>(job: TileJob<'_>) {
     for (i, t) in tokens.iter().enumerate() {
         for h in 0..n_head {
             let row = score_row(i, h);
-            softmax(&mut scores[row..row + t.pos + 1]);
+            softmax(&mut scores[row + lo(t)..row + t.pos + 1]);
         }
     }
     out.fill(0.0);
     for (b, &block) in table.iter().enumerate().take(n_blocks) {
         let base = b * BLOCK;
         let nk = BLOCK.min(n_pos - base);
+        if base + nk <= tile_lo {
+            continue;
+        }
         let values = &mut block_f32[..nk * kvd];
         widen::<F16C>(&kv.block_values(layer, block)[..nk * kvd], values);
         for (i, t) in tokens.iter().enumerate() {
-            if t.pos < base {
+            let (from, to) = (lo(t).max(base), (t.pos + 1).min(base + nk));
+            if from >= to {
                 continue;
             }
-            let valid = nk.min(t.pos + 1 - base);
             for h in 0..n_head {
                 let g = h / group;
-                let row = score_row(i, h) + base;
+                let row = score_row(i, h);
                 let o = &mut out[i * d + h * hd..i * d + (h + 1) * hd];
-                add_values(o, &scores[row..row + valid], &values[g * hd..], kvd);
+                add_values(
+                    o,
+                    &scores[row + from..row + to],
+                    &values[(from - base) * kvd + g * hd..],
+                    kvd,
+                );
             }
         }
     }

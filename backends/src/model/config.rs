@@ -14,6 +14,25 @@ pub enum RopeLayout {
     Halves,
 }
 
+/// The gate activation of the gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) * up` (llama, qwen2).
+    SwiGlu,
+    /// `gelu_tanh(gate) * up` (gemma).
+    GeGlu,
+}
+
+/// Layers that attend to a sliding window of recent positions, interleaved
+/// with layers that attend to everything.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlidingWindow {
+    /// Every `period`-th layer (the last of each period) is global; the others slide.
+    pub period: usize,
+    /// RoPE base of the sliding layers (the global ones use the file's).
+    pub rope_base: f32,
+}
+
 /// What distinguishes one decoder-only architecture from another, as data.
 #[derive(Debug, PartialEq)]
 pub struct Architecture {
@@ -23,6 +42,18 @@ pub struct Architecture {
     pub rope: RopeLayout,
     /// Q, K and V projections carry biases (`blk.N.attn_{q,k,v}.bias`).
     pub qkv_bias: bool,
+    /// Per-head RMSNorm of queries and keys before RoPE (`attn_{q,k}_norm`).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and MLP outputs before their residual adds
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    /// The MLP's gate activation.
+    pub activation: Activation,
+    /// Token embeddings are multiplied by `sqrt(n_embd)`.
+    pub scale_embeddings: bool,
+    /// Sliding-window attention layers, if any (the window size is read
+    /// from `attention.sliding_window`).
+    pub sliding_window: Option<SlidingWindow>,
     /// RoPE base when the file does not say.
     pub default_rope_base: f32,
 }
@@ -33,12 +64,36 @@ pub const ARCHITECTURES: &[Architecture] = &[
         name: "llama",
         rope: RopeLayout::Adjacent,
         qkv_bias: false,
+        qk_norm: false,
+        post_norms: false,
+        activation: Activation::SwiGlu,
+        scale_embeddings: false,
+        sliding_window: None,
         default_rope_base: 10_000.0,
     },
     Architecture {
         name: "qwen2",
         rope: RopeLayout::Halves,
         qkv_bias: true,
+        qk_norm: false,
+        post_norms: false,
+        activation: Activation::SwiGlu,
+        scale_embeddings: false,
+        sliding_window: None,
+        default_rope_base: 1_000_000.0,
+    },
+    Architecture {
+        name: "gemma3",
+        rope: RopeLayout::Halves,
+        qkv_bias: false,
+        qk_norm: true,
+        post_norms: true,
+        activation: Activation::GeGlu,
+        scale_embeddings: true,
+        sliding_window: Some(SlidingWindow {
+            period: 6,
+            rope_base: 10_000.0,
+        }),
         default_rope_base: 1_000_000.0,
     },
 ];
@@ -67,8 +122,11 @@ pub struct ModelConfig {
     pub n_head: usize,
     /// Key/value heads (grouped-query attention when fewer than `n_head`).
     pub n_kv_head: usize,
-    /// Size of one head.
+    /// Size of one head (queries and keys alike).
     pub head_dim: usize,
+    /// Positions a sliding-window layer attends to (itself included), when
+    /// the architecture has such layers.
+    pub window: Option<usize>,
     /// RoPE frequency base.
     pub rope_base: f32,
     /// RMSNorm epsilon.
@@ -100,13 +158,32 @@ impl ModelConfig {
             path: file.path().to_path_buf(),
             key: key(k),
         };
-        if n_head == 0 || n_kv_head == 0 || n_embd % n_head != 0 || n_head % n_kv_head != 0 {
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
             return Err(bad("attention.head_count"));
         }
-        let head_dim = n_embd / n_head;
-        if head_dim % 2 != 0 {
-            return Err(bad("embedding_length"));
+        let head_dim = match file.usize(&key("attention.key_length")) {
+            Ok(k) => k,
+            Err(_) if n_embd % n_head == 0 => n_embd / n_head,
+            Err(_) => return Err(bad("attention.head_count")),
+        };
+        if head_dim == 0 || head_dim % 2 != 0 || head_dim > 1024 {
+            return Err(bad("attention.key_length"));
         }
+        if let Ok(v) = file.usize(&key("attention.value_length")) {
+            if v != head_dim {
+                return Err(bad("attention.value_length"));
+            }
+        }
+        let window = match arch.sliding_window {
+            Some(_) => {
+                let w = file.usize(&key("attention.sliding_window"))?;
+                if w == 0 {
+                    return Err(bad("attention.sliding_window"));
+                }
+                Some(w)
+            }
+            None => None,
+        };
         let vocab_size = match file.content.tensor_infos.get("token_embd.weight") {
             Some(info) => info.shape.dims().first().copied().unwrap_or(0),
             None => {
@@ -125,6 +202,7 @@ impl ModelConfig {
             n_head,
             n_kv_head,
             head_dim,
+            window,
             rope_base: file
                 .f32(&key("rope.freq_base"))
                 .unwrap_or(arch.default_rope_base),
@@ -134,6 +212,25 @@ impl ModelConfig {
             context_length: file.usize(&key("context_length"))?,
             vocab_size,
         })
+    }
+
+    /// Width of one token's queries (all heads) in one layer.
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// The window of layer `layer` if it is a sliding-window layer.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        let sw = self.arch.sliding_window?;
+        (!(layer + 1).is_multiple_of(sw.period)).then_some(self.window?)
+    }
+
+    /// The RoPE base of layer `layer`.
+    pub fn layer_rope_base(&self, layer: usize) -> f32 {
+        match self.arch.sliding_window {
+            Some(sw) if self.layer_window(layer).is_some() => sw.rope_base,
+            _ => self.rope_base,
+        }
     }
 
     /// Width of one token's keys (or values) in one layer.

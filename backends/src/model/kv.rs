@@ -96,6 +96,7 @@ mod tests {
     fn cfg() -> ModelConfig {
         ModelConfig {
             arch: &crate::model::ARCHITECTURES[0],
+            window: None,
             n_layer: 2,
             n_embd: 8,
             n_ff: 16,

@@ -1,4 +1,4 @@
-//! A decoder-only transformer (llama, qwen2: see [`ARCHITECTURES`]) whose forward pass runs a whole batch of
+//! A decoder-only transformer (llama, qwen2, gemma3: see [`ARCHITECTURES`]) whose forward pass runs a whole batch of
 //! sequences at once (continuous batching), on our own quantized kernels.
 //!
 //! Every projection and MLP matmul runs once over the tokens of all sequences
@@ -15,7 +15,10 @@ use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
 
-pub use config::{supported_architectures, Architecture, ModelConfig, RopeLayout, ARCHITECTURES};
+pub use config::{
+    supported_architectures, Activation, Architecture, ModelConfig, RopeLayout, SlidingWindow,
+    ARCHITECTURES,
+};
 pub use kv::KvPool;
 
 use crate::gguf::{GgufError, GgufFile};
@@ -24,8 +27,8 @@ use crate::kernels::{
     QuantizedActivations, WeightType,
 };
 use crate::scheduler::BlockId;
-use attention::{attend, TokenSlot};
-use ops::{add_in_place, add_row_bias, rms_norm, rope, swiglu};
+use attention::{attend, AttendLayer, TokenSlot};
+use ops::{add_in_place, add_row_bias, geglu, rms_norm, rms_norm_in_place, rope, swiglu};
 
 /// Why the model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -97,13 +100,27 @@ struct QkvBias {
     v: Vec<f32>,
 }
 
+/// Per-head RMSNorm weights of queries and keys (architectures with `qk_norm`).
+struct QkNorm {
+    q: Vec<f32>,
+    k: Vec<f32>,
+}
+
+/// RMSNorm weights of the attention and MLP outputs (architectures with `post_norms`).
+struct PostNorms {
+    attn: Vec<f32>,
+    ffn: Vec<f32>,
+}
+
 struct Block {
     attn_norm: Vec<f32>,
     wq: QuantMatrix,
     wk: QuantMatrix,
     wv: QuantMatrix,
     bias: Option<QkvBias>,
+    qk_norm: Option<QkNorm>,
     wo: QuantMatrix,
+    post: Option<PostNorms>,
     ffn_norm: Vec<f32>,
     w_gate: QuantMatrix,
     w_up: QuantMatrix,
@@ -140,6 +157,8 @@ pub struct Scratch {
     scores: Vec<f32>,
     last: Vec<f32>,
     slots: Vec<TokenSlot>,
+    /// Per RoPE base: cosines and sines, `head_dim / 2` per token of the step.
+    rope: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 fn ensure(buf: &mut Vec<f32>, len: usize) {
@@ -175,16 +194,22 @@ pub struct Transformer {
     norm: Vec<f32>,
     /// The output head, or `None` when it is tied to the embedding table.
     output: Option<QuantMatrix>,
-    /// `[position][head_dim / 2]` cosines and sines for RoPE.
-    rope_cos: Vec<f32>,
-    rope_sin: Vec<f32>,
+    /// RoPE frequencies (`head_dim / 2` each): `[0]` for global layers,
+    /// `[1]` for sliding-window layers when their base differs.
+    rope_freqs: Vec<Vec<f32>>,
 }
 
 impl Transformer {
     /// Loads the weights of an opened GGUF file; matmuls run on `threads` threads.
     pub fn load(file: &GgufFile, threads: usize) -> Result<Self, ModelError> {
         let cfg = ModelConfig::from_gguf(file)?;
-        let (d, kv, ff) = (cfg.n_embd, cfg.kv_dim(), cfg.n_ff);
+        let (d, qd, kv, ff, hd) = (
+            cfg.n_embd,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.n_ff,
+            cfg.head_dim,
+        );
         let embedding = matrix(file, "token_embd.weight", cfg.vocab_size, d)?;
         let output = if file.has_tensor("output.weight") {
             Some(matrix(file, "output.weight", cfg.vocab_size, d)?)
@@ -197,7 +222,7 @@ impl Transformer {
             let bias = |s: &str| {
                 file.vector(
                     &format!("blk.{i}.{s}.bias"),
-                    if s == "attn_q" { d } else { kv },
+                    if s == "attn_q" { qd } else { kv },
                 )
             };
             let bias = if cfg.arch.qkv_bias {
@@ -209,13 +234,31 @@ impl Transformer {
             } else {
                 None
             };
+            let qk_norm = if cfg.arch.qk_norm {
+                Some(QkNorm {
+                    q: file.vector(&p("attn_q_norm"), hd)?,
+                    k: file.vector(&p("attn_k_norm"), hd)?,
+                })
+            } else {
+                None
+            };
+            let post = if cfg.arch.post_norms {
+                Some(PostNorms {
+                    attn: file.vector(&p("post_attention_norm"), d)?,
+                    ffn: file.vector(&p("post_ffw_norm"), d)?,
+                })
+            } else {
+                None
+            };
             blocks.push(Block {
                 attn_norm: file.vector(&p("attn_norm"), d)?,
-                wq: matrix(file, &p("attn_q"), d, d)?,
+                wq: matrix(file, &p("attn_q"), qd, d)?,
                 wk: matrix(file, &p("attn_k"), kv, d)?,
                 wv: matrix(file, &p("attn_v"), kv, d)?,
                 bias,
-                wo: matrix(file, &p("attn_output"), d, d)?,
+                qk_norm,
+                wo: matrix(file, &p("attn_output"), d, qd)?,
+                post,
                 ffn_norm: file.vector(&p("ffn_norm"), d)?,
                 w_gate: matrix(file, &p("ffn_gate"), ff, d)?,
                 w_up: matrix(file, &p("ffn_up"), ff, d)?,
@@ -223,16 +266,14 @@ impl Transformer {
             });
         }
         let norm = file.vector("output_norm.weight", d)?;
-        let half = cfg.head_dim / 2;
-        let mut rope_cos = Vec::with_capacity(cfg.context_length * half);
-        let mut rope_sin = Vec::with_capacity(cfg.context_length * half);
-        for pos in 0..cfg.context_length {
-            for i in 0..half {
-                let freq = 1.0 / cfg.rope_base.powf(2.0 * i as f32 / cfg.head_dim as f32);
-                let angle = pos as f32 * freq;
-                rope_cos.push(angle.cos());
-                rope_sin.push(angle.sin());
-            }
+        let freqs = |base: f32| -> Vec<f32> {
+            (0..hd / 2)
+                .map(|i| 1.0 / base.powf(2.0 * i as f32 / hd as f32))
+                .collect()
+        };
+        let mut rope_freqs = vec![freqs(cfg.rope_base)];
+        if let Some(sw) = cfg.arch.sliding_window {
+            rope_freqs.push(freqs(sw.rope_base));
         }
         Ok(Self {
             cfg,
@@ -241,8 +282,7 @@ impl Transformer {
             blocks,
             norm,
             output,
-            rope_cos,
-            rope_sin,
+            rope_freqs,
         })
     }
 
@@ -311,9 +351,12 @@ impl Transformer {
                 .extend((item.start_pos..end).map(|pos| TokenSlot { seq: i, pos }));
         }
         let t = s.slots.len();
-        for buf in [&mut s.x, &mut s.xn, &mut s.q, &mut s.att, &mut s.tmp] {
+        let qd = cfg.q_dim();
+        for buf in [&mut s.x, &mut s.xn, &mut s.tmp] {
             ensure(buf, t * d);
         }
+        ensure(&mut s.q, t * qd);
+        ensure(&mut s.att, t * qd);
         ensure(&mut s.k, t * kvd);
         ensure(&mut s.v, t * kvd);
         ensure(&mut s.gate, t * ff);
@@ -327,8 +370,26 @@ impl Transformer {
                 row += 1;
             }
         }
+        if cfg.arch.scale_embeddings {
+            let scale = (d as f32).sqrt();
+            s.x[..t * d].iter_mut().for_each(|v| *v *= scale);
+        }
 
+        // Cosines and sines of every token's position, per RoPE base.
         let half = hd / 2;
+        s.rope.resize_with(self.rope_freqs.len(), Default::default);
+        for (freqs, (cos, sin)) in self.rope_freqs.iter().zip(s.rope.iter_mut()) {
+            cos.clear();
+            sin.clear();
+            for slot in &s.slots {
+                for f in freqs {
+                    let angle = slot.pos as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+
         for (layer, b) in self.blocks.iter().enumerate() {
             rms_norm(&s.x[..t * d], &b.attn_norm, cfg.rms_eps, &mut s.xn[..t * d]);
             let mut fresh = true;
@@ -336,17 +397,23 @@ impl Transformer {
             project(pool, &b.wk, &s.xn, t, &mut s.xq, &mut fresh, &mut s.k);
             project(pool, &b.wv, &s.xn, t, &mut s.xq, &mut fresh, &mut s.v);
             if let Some(bias) = &b.bias {
-                add_row_bias(&mut s.q[..t * d], &bias.q);
+                add_row_bias(&mut s.q[..t * qd], &bias.q);
                 add_row_bias(&mut s.k[..t * kvd], &bias.k);
                 add_row_bias(&mut s.v[..t * kvd], &bias.v);
             }
+            if let Some(n) = &b.qk_norm {
+                rms_norm_in_place(&mut s.q[..t * qd], &n.q, cfg.rms_eps);
+                rms_norm_in_place(&mut s.k[..t * kvd], &n.k, cfg.rms_eps);
+            }
+            let window = cfg.layer_window(layer);
+            let (cos_all, sin_all) = &s.rope[usize::from(window.is_some() && s.rope.len() > 1)];
             let layout = cfg.arch.rope;
             for (row, slot) in s.slots.iter().enumerate() {
                 let (cos, sin) = (
-                    &self.rope_cos[slot.pos * half..(slot.pos + 1) * half],
-                    &self.rope_sin[slot.pos * half..(slot.pos + 1) * half],
+                    &cos_all[row * half..(row + 1) * half],
+                    &sin_all[row * half..(row + 1) * half],
                 );
-                rope(layout, &mut s.q[row * d..(row + 1) * d], hd, cos, sin);
+                rope(layout, &mut s.q[row * qd..(row + 1) * qd], hd, cos, sin);
                 rope(layout, &mut s.k[row * kvd..(row + 1) * kvd], hd, cos, sin);
                 pool_kv.write(
                     layer,
@@ -359,7 +426,7 @@ impl Transformer {
             attend(
                 pool,
                 cfg,
-                layer,
+                AttendLayer { layer, window },
                 pool_kv,
                 items,
                 &s.slots,
@@ -368,6 +435,9 @@ impl Transformer {
                 &mut s.scores,
             );
             matmul(pool, &b.wo, &s.att, t, &mut s.tmp);
+            if let Some(post) = &b.post {
+                rms_norm_in_place(&mut s.tmp[..t * d], &post.attn, cfg.rms_eps);
+            }
             add_in_place(&mut s.x[..t * d], &s.tmp[..t * d]);
             rms_norm(&s.x[..t * d], &b.ffn_norm, cfg.rms_eps, &mut s.xn[..t * d]);
             let mut fresh = true;
@@ -381,8 +451,14 @@ impl Transformer {
                 &mut s.gate,
             );
             project(pool, &b.w_up, &s.xn, t, &mut s.xq, &mut fresh, &mut s.up);
-            swiglu(&mut s.gate[..t * ff], &s.up[..t * ff]);
+            match cfg.arch.activation {
+                Activation::SwiGlu => swiglu(&mut s.gate[..t * ff], &s.up[..t * ff]),
+                Activation::GeGlu => geglu(&mut s.gate[..t * ff], &s.up[..t * ff]),
+            }
             matmul(pool, &b.w_down, &s.gate, t, &mut s.tmp);
+            if let Some(post) = &b.post {
+                rms_norm_in_place(&mut s.tmp[..t * d], &post.ffn, cfg.rms_eps);
+            }
             add_in_place(&mut s.x[..t * d], &s.tmp[..t * d]);
         }
 

@@ -14,6 +14,18 @@ pub(super) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// [`rms_norm`] of each `w.len()`-wide row of `x`, in place.
+pub(super) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for xr in x.chunks_exact_mut(d) {
+        let ms = dot(xr, xr) / d as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for (a, g) in xr.iter_mut().zip(w) {
+            *a = *a * scale * g;
+        }
+    }
+}
+
 /// `x += y`.
 pub(super) fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
@@ -25,6 +37,16 @@ pub(super) fn add_in_place(x: &mut [f32], y: &[f32]) {
 pub(super) fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `gate = gelu(gate) * up`, the GeGLU activation (GELU's tanh
+/// approximation, as ggml computes it).
+pub(super) fn geglu(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (g, u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh()) * u;
     }
 }
 

@@ -10,6 +10,8 @@
 //! candle's `TokenizerFromGguf` is deliberately not used: it adds a prefix space and
 //! reads the wrong unknown-token key for SmolLM2-style models.
 
+mod spm;
+
 use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -41,6 +43,10 @@ const TOKEN_TYPE_NORMAL: i64 = 1;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 /// GGUF `token_type` value of a user-defined (added) token.
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+/// GGUF `token_type` value of a byte token (`<0x0A>`).
+const TOKEN_TYPE_BYTE: i64 = 6;
+const KEY_SCORES: &str = "tokenizer.ggml.scores";
+const KEY_ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
 
 /// Token texts that llama.cpp treats as end-of-generation when they are present in the
 /// vocabulary (see `special_eog_ids` in llama.cpp's `llama-vocab.cpp`).
@@ -93,8 +99,8 @@ pub enum TokenizerError {
     },
     /// `tokenizer.ggml.model` names a tokenizer family that is not implemented.
     #[error(
-        "unsupported tokenizer model `{0}`: only byte-level BPE (`gpt2`) is supported; \
-         llama/SentencePiece tokenizers are not implemented yet"
+        "unsupported tokenizer model `{0}`: byte-level BPE (`gpt2`) and SentencePiece \
+         (`llama`) are supported"
     )]
     UnsupportedModel(String),
     /// `tokenizer.ggml.pre` names a pre-tokenizer that is not implemented.
@@ -152,7 +158,7 @@ impl PreKind {
 /// Cheap to share: wrap it in an `Arc` or clone it (the clone copies the vocabulary).
 #[derive(Clone)]
 pub struct GgufTokenizer {
-    inner: Tokenizer,
+    inner: Inner,
     /// Vocabulary strings, indexed by id.
     tokens: Vec<String>,
     /// Raw bytes of each token (byte-level decoded; special tokens as their UTF-8 text).
@@ -163,6 +169,15 @@ pub struct GgufTokenizer {
     eos: Option<u32>,
     eog: Vec<u32>,
     add_bos: bool,
+}
+
+/// The tokenization model proper.
+#[derive(Clone)]
+enum Inner {
+    /// Byte-level BPE with merges (`gpt2`), by the `tokenizers` crate.
+    Bpe(Box<Tokenizer>),
+    /// SentencePiece with scores (`llama`).
+    Spm(Box<spm::SpmModel>),
 }
 
 impl std::fmt::Debug for GgufTokenizer {
@@ -339,7 +354,123 @@ fn pre_tokenizer(kind: PreKind) -> Result<PreTokenizerWrapper, TokenizerError> {
     Ok(Sequence::new(seq).into())
 }
 
+/// `tokenizer.ggml.token_type`, one per token (all normal when absent).
+fn token_types(content: &Content, n: usize) -> Result<Vec<i64>, TokenizerError> {
+    let Some(arr) = get_array(content, KEY_TOKEN_TYPE)? else {
+        return Ok(vec![TOKEN_TYPE_NORMAL; n]);
+    };
+    if arr.len() != n {
+        return Err(TokenizerError::InvalidMetadata(format!(
+            "`{KEY_TOKEN_TYPE}` has {} entries but `{KEY_TOKENS}` has {n}",
+            arr.len()
+        )));
+    }
+    arr.iter()
+        .map(|v| {
+            value_as_i64(v).ok_or_else(|| TokenizerError::WrongType {
+                key: KEY_TOKEN_TYPE.to_string(),
+                expected: "array of integers",
+                found: format!("array containing {}", type_name(v)),
+            })
+        })
+        .collect()
+}
+
+/// Control and user-defined tokens: matched in text as themselves.
+fn special_flags(types: &[i64]) -> Vec<bool> {
+    types
+        .iter()
+        .map(|t| *t == TOKEN_TYPE_CONTROL || *t == TOKEN_TYPE_USER_DEFINED)
+        .collect()
+}
+
+/// The end-of-generation ids: the named ones plus tokens whose text
+/// llama.cpp treats as end of generation; sorted, deduplicated.
+fn eog_ids(tokens: &[&str], named: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut eog: Vec<u32> = named.collect();
+    for (id, tok) in tokens.iter().enumerate() {
+        if EOG_TEXTS.contains(tok) {
+            eog.push(id as u32);
+        }
+    }
+    eog.sort_unstable();
+    eog.dedup();
+    eog
+}
+
 impl GgufTokenizer {
+    /// The SentencePiece tokenizer (`tokenizer.ggml.model = "llama"`).
+    fn spm_from_gguf(content: &Content) -> Result<Self, TokenizerError> {
+        let tokens = get_string_array(content, KEY_TOKENS)?
+            .ok_or_else(|| TokenizerError::MissingKey(KEY_TOKENS.to_string()))?;
+        let n = tokens.len();
+        if n == 0 || u32::try_from(n).is_err() {
+            return Err(TokenizerError::InvalidMetadata(format!(
+                "`{KEY_TOKENS}` has {n} entries"
+            )));
+        }
+        let scores: Vec<f32> = match get_array(content, KEY_SCORES)? {
+            Some(arr) if arr.len() == n => arr
+                .iter()
+                .map(|v| match v {
+                    Value::F32(x) => Ok(*x),
+                    other => Err(TokenizerError::WrongType {
+                        key: KEY_SCORES.to_string(),
+                        expected: "array of f32",
+                        found: format!("array containing {}", type_name(other)),
+                    }),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(arr) => {
+                return Err(TokenizerError::InvalidMetadata(format!(
+                    "`{KEY_SCORES}` has {} entries but `{KEY_TOKENS}` has {n}",
+                    arr.len()
+                )))
+            }
+            None => return Err(TokenizerError::MissingKey(KEY_SCORES.to_string())),
+        };
+        let types = token_types(content, n)?;
+        let special = special_flags(&types);
+        let is_byte: Vec<bool> = types.iter().map(|t| *t == TOKEN_TYPE_BYTE).collect();
+        let bos = get_token_id(content, KEY_BOS, n)?;
+        let eos = get_token_id(content, KEY_EOS, n)?;
+        let unk = get_token_id(content, KEY_UNK, n)?;
+        let eot = get_token_id(content, KEY_EOT, n)?;
+        let eom = get_token_id(content, KEY_EOM, n)?;
+        // llama.cpp's defaults for SentencePiece vocabularies.
+        let add_bos = get_bool(content, KEY_ADD_BOS)?.unwrap_or(true);
+        let add_space_prefix = get_bool(content, KEY_ADD_SPACE_PREFIX)?.unwrap_or(true);
+        if add_bos && bos.is_none() {
+            return Err(TokenizerError::InvalidMetadata(format!(
+                "`{KEY_ADD_BOS}` is true but `{KEY_BOS}` is missing"
+            )));
+        }
+        let model = spm::SpmModel::new(&tokens, scores, &special, &is_byte, unk, add_space_prefix)?;
+        let bytes = tokens
+            .iter()
+            .zip(&special)
+            .zip(&is_byte)
+            .map(|((t, s), b)| {
+                if *s {
+                    t.as_bytes().to_vec()
+                } else {
+                    spm::token_bytes(t, *b)
+                }
+            })
+            .collect();
+        let eog = eog_ids(&tokens, eos.into_iter().chain(eot).chain(eom));
+        Ok(Self {
+            inner: Inner::Spm(Box::new(model)),
+            tokens: tokens.iter().map(|t| (*t).to_string()).collect(),
+            bytes,
+            special,
+            bos,
+            eos,
+            eog,
+            add_bos,
+        })
+    }
+
     /// Builds the tokenizer from a GGUF file's metadata.
     ///
     /// Supports `tokenizer.ggml.model = "gpt2"` (byte-level BPE) with the pre-tokenizers
@@ -349,8 +480,10 @@ impl GgufTokenizer {
     pub fn from_gguf(content: &Content) -> Result<Self, TokenizerError> {
         let model = get_string(content, KEY_MODEL)?
             .ok_or_else(|| TokenizerError::MissingKey(KEY_MODEL.to_string()))?;
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(model.to_string()));
+        match model {
+            "gpt2" => {}
+            "llama" => return Self::spm_from_gguf(content),
+            other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
         }
         let pre = PreKind::from_name(get_string(content, KEY_PRE)?)?;
 
@@ -368,30 +501,8 @@ impl GgufTokenizer {
             )));
         }
 
-        let types: Vec<i64> = match get_array(content, KEY_TOKEN_TYPE)? {
-            None => vec![TOKEN_TYPE_NORMAL; n],
-            Some(arr) => {
-                if arr.len() != n {
-                    return Err(TokenizerError::InvalidMetadata(format!(
-                        "`{KEY_TOKEN_TYPE}` has {} entries but `{KEY_TOKENS}` has {n}",
-                        arr.len()
-                    )));
-                }
-                arr.iter()
-                    .map(|v| {
-                        value_as_i64(v).ok_or_else(|| TokenizerError::WrongType {
-                            key: KEY_TOKEN_TYPE.to_string(),
-                            expected: "array of integers",
-                            found: format!("array containing {}", type_name(v)),
-                        })
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-        };
-        let special: Vec<bool> = types
-            .iter()
-            .map(|t| *t == TOKEN_TYPE_CONTROL || *t == TOKEN_TYPE_USER_DEFINED)
-            .collect();
+        let types = token_types(content, n)?;
+        let special = special_flags(&types);
 
         let merges_raw = get_string_array(content, KEY_MERGES)?
             .ok_or_else(|| TokenizerError::MissingKey(KEY_MERGES.to_string()))?;
@@ -464,17 +575,10 @@ impl GgufTokenizer {
             })
             .collect();
 
-        let mut eog: Vec<u32> = eos.into_iter().chain(eot).chain(eom).collect();
-        for (id, tok) in tokens.iter().enumerate() {
-            if EOG_TEXTS.contains(tok) {
-                eog.push(id as u32);
-            }
-        }
-        eog.sort_unstable();
-        eog.dedup();
+        let eog = eog_ids(&tokens, eos.into_iter().chain(eot).chain(eom));
 
         Ok(Self {
-            inner,
+            inner: Inner::Bpe(Box::new(inner)),
             tokens: tokens.iter().map(|t| (*t).to_string()).collect(),
             bytes,
             special,
@@ -490,13 +594,17 @@ impl GgufTokenizer {
     /// Special-token text in `text` (e.g. `<|im_start|>`) is parsed as the special token.
     /// A BOS token is prepended only when the GGUF asks for it (`add_bos_token`).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.inner.encode_fast(text, false).map_err(tk_err)?;
-        let ids = enc.get_ids();
-        let mut out = Vec::with_capacity(ids.len() + 1);
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if self.add_bos {
             out.extend(self.bos);
         }
-        out.extend_from_slice(ids);
+        match &self.inner {
+            Inner::Bpe(t) => {
+                let enc = t.encode_fast(text, false).map_err(tk_err)?;
+                out.extend_from_slice(enc.get_ids());
+            }
+            Inner::Spm(m) => m.encode(text, &mut out),
+        }
         Ok(out)
     }
 
@@ -577,7 +685,10 @@ impl GgufTokenizer {
 
     /// Looks a vocabulary string up (exact match on the stored string).
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.inner.token_to_id(text)
+        match &self.inner {
+            Inner::Bpe(t) => t.token_to_id(text),
+            Inner::Spm(m) => m.token_id(text),
+        }
     }
 }
 
@@ -841,17 +952,26 @@ mod tests {
 
         content
             .metadata
-            .insert(KEY_MODEL.into(), Value::String("llama".into()));
+            .insert(KEY_MODEL.into(), Value::String("bert".into()));
         let err = GgufTokenizer::from_gguf(&content).unwrap_err();
         assert!(matches!(err, TokenizerError::UnsupportedModel(_)), "{err}");
         assert!(err.to_string().contains("SentencePiece"));
+        // SentencePiece needs the scores.
+        content
+            .metadata
+            .insert(KEY_MODEL.into(), Value::String("llama".into()));
+        let err = GgufTokenizer::from_gguf(&content).unwrap_err();
+        assert!(
+            matches!(err, TokenizerError::MissingKey(ref k) if k == KEY_SCORES),
+            "{err}"
+        );
         content
             .metadata
             .insert(KEY_MODEL.into(), Value::String("gpt2".into()));
 
         content
             .metadata
-            .insert(KEY_PRE.into(), Value::String("qwen2".into()));
+            .insert(KEY_PRE.into(), Value::String("tekken".into()));
         let err = GgufTokenizer::from_gguf(&content).unwrap_err();
         assert!(
             matches!(err, TokenizerError::UnsupportedPreTokenizer(_)),
