@@ -30,6 +30,9 @@ pub enum PerplexityError {
         /// The model's context length.
         max: usize,
     },
+    /// `max_chunks` was zero.
+    #[error("at least one chunk must be scored")]
+    NoChunks,
     /// The model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -73,6 +76,9 @@ pub fn perplexity(
         });
     }
     let chunks = (tokens.len() / ctx).min(max_chunks.unwrap_or(usize::MAX));
+    if chunks == 0 {
+        return Err(PerplexityError::NoChunks);
+    }
     let mut kv = model.kv_pool(ctx.div_ceil(16) * 16 * cfg.kv_bytes_per_token());
     let blocks: Vec<BlockId> = (0..kv.num_blocks() as BlockId).collect();
     let mut scratch = Scratch::default();

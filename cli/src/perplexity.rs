@@ -25,8 +25,8 @@ pub struct PerplexityArgs {
     #[arg(long, default_value_t = 512)]
     pub ctx: usize,
     /// Score at most this many chunks (llama-perplexity's `--chunks`).
-    #[arg(long)]
-    pub chunks: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunks: Option<u32>,
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -69,18 +69,24 @@ fn score(a: &PerplexityArgs, path: &std::path::Path) -> anyhow::Result<()> {
             a.file.display(),
             tokens.len(),
             a.ctx,
-            (tokens.len() / a.ctx.max(1)).min(a.chunks.unwrap_or(usize::MAX))
+            (tokens.len() / a.ctx.max(1)).min(a.chunks.map_or(usize::MAX, |c| c as usize))
         );
     }
     let started = Instant::now();
     let json = a.json;
-    let result =
-        backends::perplexity::perplexity(&model, &tokens, bos, a.ctx, a.chunks, |i, p| {
+    let result = backends::perplexity::perplexity(
+        &model,
+        &tokens,
+        bos,
+        a.ctx,
+        a.chunks.map(|c| c as usize),
+        |i, p| {
             if !json {
                 eprint!("[{}]{p:.4},", i + 1);
                 let _ = std::io::stderr().flush();
             }
-        })?;
+        },
+    )?;
     let secs = started.elapsed().as_secs_f64();
     if a.json {
         println!(
