@@ -32,8 +32,10 @@ fn ggml(t: WeightType) -> GgmlDType {
     match t {
         WeightType::Q4_0 => GgmlDType::Q4_0,
         WeightType::Q4_1 => GgmlDType::Q4_1,
+        WeightType::Q5_1 => GgmlDType::Q5_1,
         WeightType::Q8_0 => GgmlDType::Q8_0,
         WeightType::Q4K => GgmlDType::Q4K,
+        WeightType::Q5K => GgmlDType::Q5K,
         WeightType::Q6K => GgmlDType::Q6K,
         WeightType::F32 => GgmlDType::F32,
     }
@@ -109,7 +111,7 @@ fn rel_l2(y: &[f32], reference: &[f64], out: usize) -> f64 {
 fn bound(t: WeightType) -> f64 {
     match t {
         WeightType::F32 => 1e-5,
-        WeightType::Q4K | WeightType::Q6K => 4e-2,
+        WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => 4e-2,
         _ => 2e-2,
     }
 }
@@ -167,8 +169,10 @@ fn every_type_and_path_matches_candle_reference() {
     let types = [
         WeightType::Q4_0,
         WeightType::Q4_1,
+        WeightType::Q5_1,
         WeightType::Q8_0,
         WeightType::Q4K,
+        WeightType::Q5K,
         WeightType::Q6K,
         WeightType::F32,
     ];
@@ -176,7 +180,7 @@ fn every_type_and_path_matches_candle_reference() {
     let pool = ComputePool::new(1);
     for t in types {
         let ks: &[usize] = match t {
-            WeightType::Q4K | WeightType::Q6K => &[256, 512, 1536],
+            WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => &[256, 512, 1536],
             _ => &[576, 1536],
         };
         for &k in ks {
@@ -214,7 +218,12 @@ fn every_type_and_path_matches_candle_reference() {
 #[test]
 fn threads_and_batch_position_do_not_change_results() {
     let (out, k, rows) = (1536, 576, 9);
-    for t in [WeightType::Q4_1, WeightType::Q8_0, WeightType::Q4_0] {
+    for t in [
+        WeightType::Q4_1,
+        WeightType::Q5_1,
+        WeightType::Q8_0,
+        WeightType::Q4_0,
+    ] {
         let (qt, _) = random_qtensor(t, out, k, 77);
         let m = QuantMatrix::from_qtensor(&qt).unwrap();
         let x = activations(rows, k, 5);

@@ -51,11 +51,16 @@ pub struct KernelReport {
 /// 49152x576); K-quants need `k % 256 == 0`, so 576-wide inputs become 512.
 pub fn bench_cases() -> Vec<(WeightType, usize, usize)> {
     let mut v = Vec::new();
-    for t in [WeightType::Q4_0, WeightType::Q4_1, WeightType::Q8_0] {
+    for t in [
+        WeightType::Q4_0,
+        WeightType::Q4_1,
+        WeightType::Q5_1,
+        WeightType::Q8_0,
+    ] {
         v.extend([(t, 576, 576), (t, 1536, 576), (t, 576, 1536)]);
     }
     v.push((WeightType::Q8_0, 49152, 576));
-    for t in [WeightType::Q4K, WeightType::Q6K] {
+    for t in [WeightType::Q4K, WeightType::Q5K, WeightType::Q6K] {
         v.extend([(t, 576, 512), (t, 1536, 512), (t, 576, 1536)]);
     }
     v
@@ -156,11 +161,11 @@ pub(crate) fn random_ggml(t: WeightType, out: usize, k: usize, seed: u64) -> Vec
         };
         match t {
             WeightType::Q4_0 | WeightType::Q8_0 => f16_at(b, 0, 1e-3, 2e-2),
-            WeightType::Q4_1 => {
+            WeightType::Q4_1 | WeightType::Q5_1 => {
                 f16_at(b, 0, 1e-3, 2e-2);
                 f16_at(b, 2, -0.15, 0.0);
             }
-            WeightType::Q4K => {
+            WeightType::Q4K | WeightType::Q5K => {
                 f16_at(b, 0, 1e-4, 1e-3);
                 f16_at(b, 2, 1e-4, 1e-3);
             }

@@ -15,8 +15,9 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::formats::{
-    QuantMatrix, WeightType, Q4K_D, Q4K_MIN, Q4K_SC, Q4K_TB, Q4_0_TB, Q4_1_TB, Q6K_D, Q6K_H,
-    Q6K_SC, Q6K_TB, Q8_0_TB, QK, QK_K, TILE,
+    QuantMatrix, WeightType, Q4K_D, Q4K_MIN, Q4K_SC, Q4K_TB, Q4_0_TB, Q4_1_TB, Q5K_D, Q5K_H,
+    Q5K_MIN, Q5K_SC, Q5K_TB, Q5_1_D, Q5_1_H, Q5_1_TB, Q6K_D, Q6K_H, Q6K_SC, Q6K_TB, Q8_0_TB, QK,
+    QK_K, TILE,
 };
 use super::matmul::{prefetch_ahead, OutPtr};
 use super::quantize::{ActView, QuantizedActivations};
@@ -24,6 +25,7 @@ use super::quantize::{ActView, QuantizedActivations};
 const F_Q4_0: u8 = 0;
 const F_Q4_1: u8 = 1;
 const F_Q8_0: u8 = 2;
+const F_Q5_1: u8 = 3;
 
 /// Computes output tiles `tiles` with AVX2.
 ///
@@ -53,7 +55,7 @@ pub(crate) unsafe fn run(
                 // views activations matching `w` with `row0 + rt <= rows`,
                 // and the caller owns tile `t` of `out`.
                 let rt = match w.dtype() {
-                    WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0 => {
+                    WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q5_1 | WeightType::Q8_0 => {
                         macro_rules! q32 {
                             ($f:expr) => {
                                 if left >= 4 {
@@ -71,16 +73,26 @@ pub(crate) unsafe fn run(
                         match w.dtype() {
                             WeightType::Q4_0 => q32!(F_Q4_0),
                             WeightType::Q4_1 => q32!(F_Q4_1),
+                            WeightType::Q5_1 => q32!(F_Q5_1),
                             _ => q32!(F_Q8_0),
                         }
                     }
-                    WeightType::Q4K => {
-                        if left >= 2 {
-                            unsafe { tile_q4k::<2>(tile, h, nb, av, row0, out, t) };
-                            2
+                    WeightType::Q4K | WeightType::Q5K => {
+                        macro_rules! qk {
+                            ($five:expr) => {
+                                if left >= 2 {
+                                    unsafe { tile_q4k::<2, $five>(tile, h, nb, av, row0, out, t) };
+                                    2
+                                } else {
+                                    unsafe { tile_q4k::<1, $five>(tile, h, nb, av, row0, out, t) };
+                                    1
+                                }
+                            };
+                        }
+                        if w.dtype() == WeightType::Q5K {
+                            qk!(true)
                         } else {
-                            unsafe { tile_q4k::<1>(tile, h, nb, av, row0, out, t) };
-                            1
+                            qk!(false)
                         }
                     }
                     WeightType::Q6K => {
@@ -157,6 +169,26 @@ unsafe fn dot8_u4(w: &[__m256i; 8], x: *const i8, init: __m256i) -> __m256i {
     }
 }
 
+/// Bit `q` of each byte of `h` moved to bit 4 (the fifth bit of a 5-bit
+/// code), the other bits cleared.
+#[inline(always)]
+unsafe fn fifth_bits(h: __m256i, q: usize) -> __m256i {
+    let down = _mm256_srl_epi16(h, _mm_cvtsi64_si128(q as i64));
+    _mm256_and_si256(_mm256_slli_epi16::<4>(down), _mm256_set1_epi8(0x10))
+}
+
+/// `init + Σ_q w[q] · x[quartet q]` over 8 quartets of 5-bit codes, with
+/// i16 partial sums taken four quartets at a time (4 · 2 · 31 · 127 < 32768).
+#[inline(always)]
+unsafe fn dot8_u5(w: &[__m256i; 8], x: *const i8, init: __m256i) -> __m256i {
+    // SAFETY: `x` has 32 readable bytes (caller).
+    unsafe {
+        let lo = [w[0], w[1], w[2], w[3]];
+        let hi = [w[4], w[5], w[6], w[7]];
+        dot4_u6(&hi, x.add(16), dot4_u6(&lo, x, init))
+    }
+}
+
 /// `init + Σ_q w[q] · x[quartet q]` over 4 quartets, weights below 64.
 #[inline(always)]
 unsafe fn dot4_u6(w: &[__m256i; 4], x: *const i8, init: __m256i) -> __m256i {
@@ -192,9 +224,15 @@ unsafe fn tile_q32<const F: u8, const RT: usize>(
     let tb = match F {
         F_Q4_0 => Q4_0_TB,
         F_Q4_1 => Q4_1_TB,
+        F_Q5_1 => Q5_1_TB,
         _ => Q8_0_TB,
     };
-    let dofs = if F == F_Q8_0 { 512 } else { 256 };
+    let dofs = match F {
+        F_Q8_0 => 512,
+        F_Q5_1 => Q5_1_D,
+        _ => 256,
+    };
+    let with_min = F == F_Q4_1 || F == F_Q5_1;
     let m4 = _mm256_set1_epi8(0x0F);
     let zero = _mm256_setzero_si256();
     let mut acc = [_mm256_setzero_ps(); RT];
@@ -218,10 +256,16 @@ unsafe fn tile_q32<const F: u8, const RT: usize>(
                     wv[q] = _mm256_and_si256(v, m4);
                     wv[q + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
                 }
+                if F == F_Q5_1 {
+                    let hv = load(p.add(Q5_1_H + 32 * h));
+                    for (q, w) in wv.iter_mut().enumerate() {
+                        *w = _mm256_or_si256(*w, fifth_bits(hv, q));
+                    }
+                }
             }
             let dw = load_f16(p.add(dofs + 16 * h));
-            let mw = if F == F_Q4_1 {
-                load_f16(p.add(288 + 16 * h))
+            let mw = if with_min {
+                load_f16(p.add(dofs + 32 + 16 * h))
             } else {
                 _mm256_setzero_ps()
             };
@@ -249,17 +293,18 @@ unsafe fn tile_q32<const F: u8, const RT: usize>(
                         c
                     }
                     F_Q4_0 => dot8_u4(&wv, x, _mm256_set1_epi32(-8 * *a.sums.add(blk))),
+                    F_Q5_1 => dot8_u5(&wv, x, zero),
                     _ => dot8_u4(&wv, x, zero),
                 };
                 let dx = _mm256_set1_ps(*a.d.add(blk));
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx), acc[r]);
-                if F == F_Q4_1 {
+                if with_min {
                     accm[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*a.ds.add(blk)), accm[r]);
                 }
             }
         }
         for r in 0..RT {
-            let v = if F == F_Q4_1 {
+            let v = if with_min {
                 _mm256_add_ps(acc[r], accm[r])
             } else {
                 acc[r]
@@ -269,9 +314,10 @@ unsafe fn tile_q32<const F: u8, const RT: usize>(
     }
 }
 
-/// Q4_K: half `h` of one tile against `RT` rows from `row0`.
+/// Q4_K, or Q5_K when `FIVE` (the same layout plus fifth-bit vectors):
+/// half `h` of one tile against `RT` rows from `row0`.
 #[inline(always)]
-unsafe fn tile_q4k<const RT: usize>(
+unsafe fn tile_q4k<const RT: usize, const FIVE: bool>(
     tile: *const u8,
     h: usize,
     nsb: usize,
@@ -284,11 +330,16 @@ unsafe fn tile_q4k<const RT: usize>(
     let zero = _mm256_setzero_si256();
     let mut acc = [_mm256_setzero_ps(); RT];
     let mut accm = [_mm256_setzero_ps(); RT];
-    // SAFETY (whole body): as in `tile_q32`, with `Q4K_TB`-byte blocks.
+    let (tb, sc_at, min_at, d_at) = if FIVE {
+        (Q5K_TB, Q5K_SC, Q5K_MIN, Q5K_D)
+    } else {
+        (Q4K_TB, Q4K_SC, Q4K_MIN, Q4K_D)
+    };
+    // SAFETY (whole body): as in `tile_q32`, with `tb`-byte blocks.
     unsafe {
         for sb in 0..nsb {
-            let p = tile.add(sb * Q4K_TB);
-            prefetch_ahead(p, Q4K_TB);
+            let p = tile.add(sb * tb);
+            prefetch_ahead(p, tb);
             let mut itot = [zero; RT];
             for s in 0..8 {
                 let j = s / 2;
@@ -301,19 +352,29 @@ unsafe fn tile_q4k<const RT: usize>(
                         _mm256_and_si256(v, m4)
                     };
                 }
+                if FIVE {
+                    let hv = load(p.add(Q5K_H + s * 64 + 32 * h));
+                    for (q, w) in wv.iter_mut().enumerate() {
+                        *w = _mm256_or_si256(*w, fifth_bits(hv, q));
+                    }
+                }
                 let sc =
-                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(Q4K_SC + s * 16 + 8 * h).cast()));
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(sc_at + s * 16 + 8 * h).cast()));
                 for (r, it) in itot.iter_mut().enumerate() {
                     let x = a.qs.add((row0 + r) * a.in_dim + sb * QK_K + s * 32);
-                    *it = _mm256_add_epi32(*it, _mm256_mullo_epi32(dot8_u4(&wv, x, zero), sc));
+                    let dot = if FIVE {
+                        dot8_u5(&wv, x, zero)
+                    } else {
+                        dot8_u4(&wv, x, zero)
+                    };
+                    *it = _mm256_add_epi32(*it, _mm256_mullo_epi32(dot, sc));
                 }
             }
-            let d = load_f16(p.add(Q4K_D + 16 * h));
-            let dmin = load_f16(p.add(Q4K_D + 32 + 16 * h));
+            let d = load_f16(p.add(d_at + 16 * h));
+            let dmin = load_f16(p.add(d_at + 32 + 16 * h));
             let mut mp = [zero; 4];
             for (pp, m) in mp.iter_mut().enumerate() {
-                *m =
-                    _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(Q4K_MIN + pp * 32 + 16 * h).cast()));
+                *m = _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(min_at + pp * 32 + 16 * h).cast()));
             }
             for r in 0..RT {
                 let blk = (row0 + r) * a.nb + sb;

@@ -21,8 +21,9 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::formats::{
-    QuantMatrix, WeightType, Q4K_D, Q4K_MIN, Q4K_SC, Q4K_TB, Q4_0_TB, Q4_1_TB, Q6K_D, Q6K_H,
-    Q6K_SC, Q6K_TB, Q8_0_TB, QK, QK_K, TILE,
+    QuantMatrix, WeightType, Q4K_D, Q4K_MIN, Q4K_SC, Q4K_TB, Q4_0_TB, Q4_1_TB, Q5K_D, Q5K_H,
+    Q5K_MIN, Q5K_SC, Q5K_TB, Q5_1_D, Q5_1_H, Q5_1_TB, Q6K_D, Q6K_H, Q6K_SC, Q6K_TB, Q8_0_TB, QK,
+    QK_K, TILE,
 };
 use super::matmul::{prefetch_ahead, OutPtr};
 use super::quantize::{ActView, QuantizedActivations};
@@ -31,6 +32,7 @@ use super::quantize::{ActView, QuantizedActivations};
 const F_Q4_0: u8 = 0;
 const F_Q4_1: u8 = 1;
 const F_Q8_0: u8 = 2;
+const F_Q5_1: u8 = 3;
 
 /// Computes output tiles `tiles` with AVX-512 F/BW/VL (no VNNI).
 ///
@@ -82,10 +84,11 @@ unsafe fn run_impl<const VNNI: bool>(
             // activations matching `w` with `row0 + rt <= rows`, and the
             // caller owns tile `t` of `out`.
             let rt = match w.dtype() {
-                WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0 => {
+                WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q5_1 | WeightType::Q8_0 => {
                     let f = match w.dtype() {
                         WeightType::Q4_0 => F_Q4_0,
                         WeightType::Q4_1 => F_Q4_1,
+                        WeightType::Q5_1 => F_Q5_1,
                         _ => F_Q8_0,
                     };
                     macro_rules! q32 {
@@ -108,19 +111,29 @@ unsafe fn run_impl<const VNNI: bool>(
                     match f {
                         F_Q4_0 => q32!(F_Q4_0),
                         F_Q4_1 => q32!(F_Q4_1),
+                        F_Q5_1 => q32!(F_Q5_1),
                         _ => q32!(F_Q8_0),
                     }
                 }
-                WeightType::Q4K => {
-                    if left >= 4 {
-                        unsafe { tile_q4k::<4, VNNI>(tile, nb, av, row0, out, t) };
-                        4
-                    } else if left >= 2 {
-                        unsafe { tile_q4k::<2, VNNI>(tile, nb, av, row0, out, t) };
-                        2
+                WeightType::Q4K | WeightType::Q5K => {
+                    macro_rules! qk {
+                        ($five:expr) => {
+                            if left >= 4 {
+                                unsafe { tile_q4k::<4, VNNI, $five>(tile, nb, av, row0, out, t) };
+                                4
+                            } else if left >= 2 {
+                                unsafe { tile_q4k::<2, VNNI, $five>(tile, nb, av, row0, out, t) };
+                                2
+                            } else {
+                                unsafe { tile_q4k::<1, VNNI, $five>(tile, nb, av, row0, out, t) };
+                                1
+                            }
+                        };
+                    }
+                    if w.dtype() == WeightType::Q5K {
+                        qk!(true)
                     } else {
-                        unsafe { tile_q4k::<1, VNNI>(tile, nb, av, row0, out, t) };
-                        1
+                        qk!(false)
                     }
                 }
                 WeightType::Q6K => {
@@ -233,6 +246,31 @@ unsafe fn high_nibbles<const VNNI: bool>(v: __m512i) -> __m512i {
     }
 }
 
+/// Bit `q` of each byte of `h` moved to bit 4 (the fifth bit of a 5-bit
+/// code), the other bits cleared.
+#[inline(always)]
+unsafe fn fifth_bits(h: __m512i, q: usize) -> __m512i {
+    let down = _mm512_srl_epi16(h, _mm_cvtsi64_si128(q as i64));
+    _mm512_and_si512(_mm512_slli_epi16::<4>(down), _mm512_set1_epi8(0x10))
+}
+
+/// `init + Σ_q w[q] · x[quartet q]` over 8 quartets of 5-bit codes. Without
+/// VNNI the i16 partial sums are taken four quartets at a time, which cannot
+/// overflow (4 · 2 · 31 · 127 < 32768).
+#[inline(always)]
+unsafe fn dot8_u5<const VNNI: bool>(w: &[__m512i; 8], x: *const i8, init: __m512i) -> __m512i {
+    // SAFETY: `x` has 32 readable bytes (caller).
+    unsafe {
+        if VNNI {
+            dot8_u4::<true, false>(w, x, init)
+        } else {
+            let lo = [w[0], w[1], w[2], w[3]];
+            let hi = [w[4], w[5], w[6], w[7]];
+            dot4_u6::<false>(&hi, x.add(16), dot4_u6::<false>(&lo, x, init))
+        }
+    }
+}
+
 /// `init + Σ_q w[q] · x[quartet q]` over 4 quartets with weights below 64
 /// (pairs of i16 partial sums: 2 · 2 · 63 · 127 < 32768).
 #[inline(always)]
@@ -274,9 +312,15 @@ unsafe fn tile_q32<const F: u8, const RT: usize, const VNNI: bool>(
     let tb = match F {
         F_Q4_0 => Q4_0_TB,
         F_Q4_1 => Q4_1_TB,
+        F_Q5_1 => Q5_1_TB,
         _ => Q8_0_TB,
     };
-    let dofs = if F == F_Q8_0 { 512 } else { 256 };
+    let dofs = match F {
+        F_Q8_0 => 512,
+        F_Q5_1 => Q5_1_D,
+        _ => 256,
+    };
+    let with_min = F == F_Q4_1 || F == F_Q5_1;
     let m4 = _mm512_set1_epi8(0x0F);
     let zero = _mm512_setzero_si512();
     let mut acc = [_mm512_setzero_ps(); RT];
@@ -293,6 +337,13 @@ unsafe fn tile_q32<const F: u8, const RT: usize, const VNNI: bool>(
                 for (q, w) in wv.iter_mut().enumerate() {
                     *w = load(p.add(64 * q));
                 }
+            } else if F == F_Q5_1 {
+                let hv = load(p.add(Q5_1_H));
+                for q in 0..4 {
+                    let v = load(p.add(64 * q));
+                    wv[q] = _mm512_or_si512(_mm512_and_si512(v, m4), fifth_bits(hv, q));
+                    wv[q + 4] = _mm512_or_si512(high_nibbles::<false>(v), fifth_bits(hv, q + 4));
+                }
             } else {
                 for q in 0..4 {
                     let v = load(p.add(64 * q));
@@ -301,8 +352,8 @@ unsafe fn tile_q32<const F: u8, const RT: usize, const VNNI: bool>(
                 }
             }
             let dw = load_f16(p.add(dofs));
-            let mw = if F == F_Q4_1 {
-                load_f16(p.add(288))
+            let mw = if with_min {
+                load_f16(p.add(dofs + 32))
             } else {
                 _mm512_setzero_ps()
             };
@@ -351,19 +402,21 @@ unsafe fn tile_q32<const F: u8, const RT: usize, const VNNI: bool>(
                             c1 = _mm512_dpbusd_epi32(c1, wv[q + 4], bcast(x, q + 4));
                         }
                         _mm512_add_epi32(c0, c1)
+                    } else if F == F_Q5_1 {
+                        dot8_u5::<VNNI>(&wv, x, init)
                     } else {
                         dot8_u4::<VNNI, true>(&wv, x, init)
                     }
                 };
                 let dx = _mm512_set1_ps(*a.d.add(blk));
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, dx), acc[r]);
-                if F == F_Q4_1 {
+                if with_min {
                     accm[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*a.ds.add(blk)), accm[r]);
                 }
             }
         }
         for r in 0..RT {
-            let v = if F == F_Q4_1 {
+            let v = if with_min {
                 _mm512_add_ps(acc[r], accm[r])
             } else {
                 acc[r]
@@ -373,9 +426,10 @@ unsafe fn tile_q32<const F: u8, const RT: usize, const VNNI: bool>(
     }
 }
 
-/// Q4_K: one tile against `RT` activation rows from `row0`.
+/// Q4_K, or Q5_K when `FIVE` (the same layout plus fifth-bit vectors): one
+/// tile against `RT` activation rows from `row0`.
 #[inline(always)]
-unsafe fn tile_q4k<const RT: usize, const VNNI: bool>(
+unsafe fn tile_q4k<const RT: usize, const VNNI: bool, const FIVE: bool>(
     tile: *const u8,
     nsb: usize,
     a: ActView,
@@ -387,38 +441,55 @@ unsafe fn tile_q4k<const RT: usize, const VNNI: bool>(
     let zero = _mm512_setzero_si512();
     let mut acc = [_mm512_setzero_ps(); RT];
     let mut accm = [_mm512_setzero_ps(); RT];
-    // SAFETY (whole body): as in `tile_q32`, with `Q4K_TB`-byte blocks.
+    let (tb, sc_at, min_at, d_at) = if FIVE {
+        (Q5K_TB, Q5K_SC, Q5K_MIN, Q5K_D)
+    } else {
+        (Q4K_TB, Q4K_SC, Q4K_MIN, Q4K_D)
+    };
+    // SAFETY (whole body): as in `tile_q32`, with `tb`-byte blocks.
     unsafe {
         for sb in 0..nsb {
-            let p = tile.add(sb * Q4K_TB);
-            prefetch_ahead(p, Q4K_TB);
+            let p = tile.add(sb * tb);
+            prefetch_ahead(p, tb);
             let mut itot = [zero; RT];
             for s in 0..8 {
                 let j = s / 2;
                 let mut wv = [zero; 8];
                 for (q, w) in wv.iter_mut().enumerate() {
                     let v = load(p.add((j * 8 + q) * 64));
-                    *w = if s % 2 == 1 {
+                    *w = if s % 2 == 1 && FIVE {
+                        high_nibbles::<false>(v)
+                    } else if s % 2 == 1 {
                         high_nibbles::<VNNI>(v)
                     } else {
                         _mm512_and_si512(v, m4)
                     };
                 }
-                let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(Q4K_SC + s * 16).cast()));
+                if FIVE {
+                    let hv = load(p.add(Q5K_H + s * 64));
+                    for (q, w) in wv.iter_mut().enumerate() {
+                        *w = _mm512_or_si512(*w, fifth_bits(hv, q));
+                    }
+                }
+                let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(p.add(sc_at + s * 16).cast()));
                 for (r, it) in itot.iter_mut().enumerate() {
                     let x = a.qs.add((row0 + r) * a.in_dim + sb * QK_K + s * 32);
-                    let mut isum = dot8_u4::<VNNI, false>(&wv, x, zero);
-                    if VNNI && s % 2 == 1 {
-                        isum = _mm512_srai_epi32::<4>(isum); // exact: codes were x16
-                    }
+                    let isum = if FIVE {
+                        dot8_u5::<VNNI>(&wv, x, zero)
+                    } else if VNNI && s % 2 == 1 {
+                        // exact: codes were x16
+                        _mm512_srai_epi32::<4>(dot8_u4::<VNNI, false>(&wv, x, zero))
+                    } else {
+                        dot8_u4::<VNNI, false>(&wv, x, zero)
+                    };
                     *it = _mm512_add_epi32(*it, _mm512_mullo_epi32(isum, sc));
                 }
             }
-            let d = load_f16(p.add(Q4K_D));
-            let dmin = load_f16(p.add(Q4K_D + 32));
+            let d = load_f16(p.add(d_at));
+            let dmin = load_f16(p.add(d_at + 32));
             let mut mp = [zero; 4];
             for (pp, m) in mp.iter_mut().enumerate() {
-                *m = _mm512_cvtepu8_epi16(_mm256_loadu_si256(p.add(Q4K_MIN + pp * 32).cast()));
+                *m = _mm512_cvtepu8_epi16(_mm256_loadu_si256(p.add(min_at + pp * 32).cast()));
             }
             for r in 0..RT {
                 let blk = (row0 + r) * a.nb + sb;

@@ -10,8 +10,9 @@
 use std::ops::Range;
 
 use super::formats::{
-    read_f16, unpack_q4, unpack_q4k, unpack_q6k, unpack_q8, QuantMatrix, WeightType, Q4K_D,
-    Q4K_MIN, Q4K_SC, Q6K_D, Q6K_SC, QK, QK_K, TILE,
+    read_f16, unpack_q4, unpack_q4k, unpack_q5_1, unpack_q5k, unpack_q6k, unpack_q8, QuantMatrix,
+    WeightType, Q4K_D, Q4K_MIN, Q4K_SC, Q5K_D, Q5K_MIN, Q5K_SC, Q5_1_D, Q6K_D, Q6K_SC, QK, QK_K,
+    TILE,
 };
 use super::matmul::OutPtr;
 use super::quantize::QuantizedActivations;
@@ -50,7 +51,10 @@ pub(crate) unsafe fn run(
                 let blk = &tile[b * tb..][..tb];
                 for r in 0..TILE {
                     match dtype {
-                        WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0 => {
+                        WeightType::Q4_0
+                        | WeightType::Q4_1
+                        | WeightType::Q5_1
+                        | WeightType::Q8_0 => {
                             let (dot, dw, mw): ([i32; RT], f32, f32) = match dtype {
                                 WeightType::Q8_0 => {
                                     let wv = unpack_q8(blk, r);
@@ -67,7 +71,11 @@ pub(crate) unsafe fn run(
                                     )
                                 }
                                 _ => {
-                                    let u = unpack_q4(blk, r);
+                                    let (u, dofs) = if dtype == WeightType::Q5_1 {
+                                        (unpack_q5_1(blk, r), Q5_1_D)
+                                    } else {
+                                        (unpack_q4(blk, r), 256)
+                                    };
                                     let q4_0 = dtype == WeightType::Q4_0;
                                     (
                                         dots(rt, |i| {
@@ -84,11 +92,11 @@ pub(crate) unsafe fn run(
                                                 s
                                             }
                                         }),
-                                        read_f16(blk, 256 + 2 * r),
+                                        read_f16(blk, dofs + 2 * r),
                                         if q4_0 {
                                             0.0
                                         } else {
-                                            read_f16(blk, 288 + 2 * r)
+                                            read_f16(blk, dofs + 32 + 2 * r)
                                         },
                                     )
                                 }
@@ -97,15 +105,19 @@ pub(crate) unsafe fn run(
                                 let row = row0 + i;
                                 let dx = a.d[row * nb + b];
                                 acc[i][r] += dot[i] as f32 * (dw * dx);
-                                if dtype == WeightType::Q4_1 {
+                                if matches!(dtype, WeightType::Q4_1 | WeightType::Q5_1) {
                                     accm[i][r] += mw * a.ds[row * nb + b];
                                 }
                             }
                         }
-                        WeightType::Q4K => {
-                            let u = unpack_q4k(blk, r);
-                            let d = read_f16(blk, Q4K_D + 2 * r);
-                            let dmin = read_f16(blk, Q4K_D + 32 + 2 * r);
+                        WeightType::Q4K | WeightType::Q5K => {
+                            let (u, sc_at, min_at, d_at) = if dtype == WeightType::Q4K {
+                                (unpack_q4k(blk, r), Q4K_SC, Q4K_MIN, Q4K_D)
+                            } else {
+                                (unpack_q5k(blk, r), Q5K_SC, Q5K_MIN, Q5K_D)
+                            };
+                            let d = read_f16(blk, d_at + 2 * r);
+                            let dmin = read_f16(blk, d_at + 32 + 2 * r);
                             for i in 0..rt {
                                 let row = row0 + i;
                                 let x = &a.qs[row * in_dim + b * QK_K..][..QK_K];
@@ -117,8 +129,8 @@ pub(crate) unsafe fn run(
                                         .zip(&x[s * 32..][..32])
                                         .map(|(&u, &x)| i32::from(u) * i32::from(x))
                                         .sum();
-                                    itot += i32::from(blk[Q4K_SC + s * 16 + r]) * dot;
-                                    let m = i32::from(blk[Q4K_MIN + (s / 2) * 32 + r * 2 + s % 2]);
+                                    itot += i32::from(blk[sc_at + s * 16 + r]) * dot;
+                                    let m = i32::from(blk[min_at + (s / 2) * 32 + r * 2 + s % 2]);
                                     mtot += m * (sums[2 * s] + sums[2 * s + 1]);
                                 }
                                 let dx = a.d[row * nb + b];
@@ -154,8 +166,8 @@ pub(crate) unsafe fn run(
                 let mut vals = [0f32; TILE];
                 for r in 0..TILE {
                     vals[r] = match dtype {
-                        WeightType::Q4_1 => acc[i][r] + accm[i][r],
-                        WeightType::Q4K => acc[i][r] - accm[i][r],
+                        WeightType::Q4_1 | WeightType::Q5_1 => acc[i][r] + accm[i][r],
+                        WeightType::Q4K | WeightType::Q5K => acc[i][r] - accm[i][r],
                         _ => acc[i][r],
                     };
                 }

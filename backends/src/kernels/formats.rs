@@ -32,6 +32,15 @@ pub(crate) const QK_K: usize = 256;
 pub(crate) const Q4_0_TB: usize = 4 * 64 + 32;
 /// Tile-block bytes for Q4_1: 4 nibble vectors + 16 f16 scales + 16 f16 mins.
 pub(crate) const Q4_1_TB: usize = 4 * 64 + 64;
+/// Tile-block bytes for Q5_1: 4 vectors of low nibbles (as Q4_1), one
+/// vector of fifth bits, 16 f16 scales + 16 f16 mins: as large as the 16
+/// ggml blocks.
+pub(crate) const Q5_1_TB: usize = 4 * 64 + 64 + 64;
+/// Offset of the fifth-bit vector in a Q5_1 tile block: bit `q` of byte
+/// `4r + i` is the high bit of row `r`'s code `4q + i`.
+pub(crate) const Q5_1_H: usize = 256;
+/// Offset of the 16 f16 scales in a Q5_1 tile block (the mins follow).
+pub(crate) const Q5_1_D: usize = 320;
 /// Tile-block bytes for Q8_0: 8 byte vectors (value + 128) + 16 f16 scales.
 pub(crate) const Q8_0_TB: usize = 8 * 64 + 32;
 /// Tile-block bytes for Q4_K: 32 nibble vectors, 8x16 scales, 4x16 min
@@ -43,6 +52,18 @@ pub(crate) const Q4K_SC: usize = 2048;
 pub(crate) const Q4K_MIN: usize = 2176;
 /// Offset of the 16 f16 `d` values in a Q4_K tile block (`dmin` follows).
 pub(crate) const Q4K_D: usize = 2304;
+/// Tile-block bytes for Q5_K: the Q4_K layout of low nibbles, 8 fifth-bit
+/// vectors (one per 32-value sub-block), scales, min pairs, `d` and `dmin`.
+pub(crate) const Q5K_TB: usize = 32 * 64 + 8 * 64 + 128 + 128 + 64;
+/// Offset of the fifth-bit vectors in a Q5_K tile block: in vector `s`,
+/// bit `q` of byte `4r + i` is the high bit of row `r`'s code `32s + 4q + i`.
+pub(crate) const Q5K_H: usize = 2048;
+/// Offset of the per-sub-block scales in a Q5_K tile block.
+pub(crate) const Q5K_SC: usize = 2560;
+/// Offset of the min pairs in a Q5_K tile block.
+pub(crate) const Q5K_MIN: usize = 2688;
+/// Offset of the 16 f16 `d` values in a Q5_K tile block (`dmin` follows).
+pub(crate) const Q5K_D: usize = 2816;
 /// Tile-block bytes for Q6_K: 32 low-nibble vectors, 16 high-bit vectors,
 /// 16x16 i8 scales and 16 f16 `d`.
 pub(crate) const Q6K_TB: usize = 48 * 64 + 256 + 32;
@@ -60,10 +81,14 @@ pub enum WeightType {
     Q4_0,
     /// 32-weight blocks of 4-bit codes with an f16 scale and min (`w = d * q + m`).
     Q4_1,
+    /// 32-weight blocks of 5-bit codes with an f16 scale and min (`w = d * q + m`).
+    Q5_1,
     /// 32-weight blocks of signed bytes with one f16 scale.
     Q8_0,
     /// 256-weight super-blocks of 4-bit codes with 6-bit sub-block scales and mins.
     Q4K,
+    /// 256-weight super-blocks of 5-bit codes with 6-bit sub-block scales and mins.
+    Q5K,
     /// 256-weight super-blocks of 6-bit codes with 8-bit sub-block scales.
     Q6K,
     /// Plain `f32` weights.
@@ -74,8 +99,8 @@ impl WeightType {
     /// Weights per ggml block.
     pub fn block_elems(self) -> usize {
         match self {
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => QK,
-            Self::Q4K | Self::Q6K => QK_K,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_1 | Self::Q8_0 => QK,
+            Self::Q4K | Self::Q5K | Self::Q6K => QK_K,
             Self::F32 => 1,
         }
     }
@@ -85,8 +110,10 @@ impl WeightType {
         match self {
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_1 => 24,
             Self::Q8_0 => 34,
             Self::Q4K => 144,
+            Self::Q5K => 176,
             Self::Q6K => 210,
             Self::F32 => 4,
         }
@@ -97,8 +124,10 @@ impl WeightType {
         match self {
             Self::Q4_0 => "q4_0",
             Self::Q4_1 => "q4_1",
+            Self::Q5_1 => "q5_1",
             Self::Q8_0 => "q8_0",
             Self::Q4K => "q4_k",
+            Self::Q5K => "q5_k",
             Self::Q6K => "q6_k",
             Self::F32 => "f32",
         }
@@ -109,8 +138,10 @@ impl WeightType {
         match self {
             Self::Q4_0 => Q4_0_TB,
             Self::Q4_1 => Q4_1_TB,
+            Self::Q5_1 => Q5_1_TB,
             Self::Q8_0 => Q8_0_TB,
             Self::Q4K => Q4K_TB,
+            Self::Q5K => Q5K_TB,
             Self::Q6K => Q6K_TB,
             Self::F32 => TILE * 4,
         }
@@ -247,35 +278,53 @@ impl QuantMatrix {
         Ok(m)
     }
 
-    /// Repacks a candle `QTensor` of shape `(out_dim, in_dim)`.
-    ///
-    /// Q4_0, Q4_1, Q8_0, Q4_K, Q6_K and F32 are taken as they are; Q5_0 is
-    /// rewritten losslessly as Q8_0; F16 and BF16 are widened to F32. Other types are rejected.
-    pub fn from_qtensor(t: &candle_core::quantized::QTensor) -> Result<Self, KernelError> {
+    /// Repacks raw GGUF tensor data of ggml type `dtype`: Q4_0, Q4_1, Q5_1,
+    /// Q8_0, Q4_K, Q5_K, Q6_K and F32 are taken as they are, and Q5_0 is
+    /// rewritten losslessly as Q8_0. Other types are rejected with
+    /// [`KernelError::UnsupportedType`].
+    pub fn from_gguf(
+        dtype: candle_core::quantized::GgmlDType,
+        out_dim: usize,
+        in_dim: usize,
+        data: &[u8],
+    ) -> Result<Self, KernelError> {
         use candle_core::quantized::GgmlDType as G;
-        let (out_dim, in_dim) = t.shape().dims2()?;
-        let dtype = match t.dtype() {
+        let wt = match dtype {
             G::Q4_0 => WeightType::Q4_0,
             G::Q4_1 => WeightType::Q4_1,
+            G::Q5_1 => WeightType::Q5_1,
             G::Q8_0 => WeightType::Q8_0,
             G::Q5_0 => {
-                let bytes = q5_0_as_q8_0(&t.data()?)?;
+                let bytes = q5_0_as_q8_0(data)?;
                 return Self::from_ggml(WeightType::Q8_0, out_dim, in_dim, &bytes);
             }
             G::Q4K => WeightType::Q4K,
+            G::Q5K => WeightType::Q5K,
             G::Q6K => WeightType::Q6K,
             G::F32 => WeightType::F32,
-            G::F16 | G::BF16 => {
-                let v = t
-                    .dequantize(&candle_core::Device::Cpu)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                return Self::from_ggml(WeightType::F32, out_dim, in_dim, &bytes);
+            other => {
+                return Err(KernelError::UnsupportedType(format!(
+                    "{other:?} (supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F32)"
+                )))
             }
-            other => return Err(KernelError::UnsupportedType(format!("{other:?}"))),
         };
-        Self::from_ggml(dtype, out_dim, in_dim, &t.data()?)
+        Self::from_ggml(wt, out_dim, in_dim, data)
+    }
+
+    /// Repacks a candle `QTensor` of shape `(out_dim, in_dim)`: the types
+    /// of [`Self::from_gguf`], plus F16 and BF16 widened to F32.
+    pub fn from_qtensor(t: &candle_core::quantized::QTensor) -> Result<Self, KernelError> {
+        use candle_core::quantized::GgmlDType as G;
+        let (out_dim, in_dim) = t.shape().dims2()?;
+        if matches!(t.dtype(), G::F16 | G::BF16) {
+            let v = t
+                .dequantize(&candle_core::Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            return Self::from_ggml(WeightType::F32, out_dim, in_dim, &bytes);
+        }
+        Self::from_gguf(t.dtype(), out_dim, in_dim, &t.data()?)
     }
 
     /// Output dimension (rows of the stored matrix).
@@ -344,15 +393,35 @@ impl QuantMatrix {
                     }
                 }
             }
-            WeightType::Q4K => {
+            WeightType::Q5_1 => {
+                for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+                    let blk = &tile[b * tb..][..tb];
+                    let u = unpack_q5_1(blk, r);
+                    let d = read_f16(blk, Q5_1_D + 2 * r);
+                    let m = read_f16(blk, Q5_1_D + 32 + 2 * r);
+                    for (o, &u) in o.iter_mut().zip(&u) {
+                        *o = f32::from(u) * d + m;
+                    }
+                }
+            }
+            WeightType::Q4K | WeightType::Q5K => {
+                let (sc_at, min_at, d_at) = if self.dtype == WeightType::Q4K {
+                    (Q4K_SC, Q4K_MIN, Q4K_D)
+                } else {
+                    (Q5K_SC, Q5K_MIN, Q5K_D)
+                };
                 for (b, o) in out.chunks_exact_mut(QK_K).enumerate() {
                     let blk = &tile[b * tb..][..tb];
-                    let u = unpack_q4k(blk, r);
-                    let d = read_f16(blk, Q4K_D + 2 * r);
-                    let dmin = read_f16(blk, Q4K_D + 32 + 2 * r);
+                    let u = if self.dtype == WeightType::Q4K {
+                        unpack_q4k(blk, r)
+                    } else {
+                        unpack_q5k(blk, r)
+                    };
+                    let d = read_f16(blk, d_at + 2 * r);
+                    let dmin = read_f16(blk, d_at + 32 + 2 * r);
                     for (s, o) in o.chunks_exact_mut(32).enumerate() {
-                        let sc = f32::from(blk[Q4K_SC + s * 16 + r]);
-                        let m = f32::from(blk[Q4K_MIN + (s / 2) * 32 + r * 2 + s % 2]);
+                        let sc = f32::from(blk[sc_at + s * 16 + r]);
+                        let m = f32::from(blk[min_at + (s / 2) * 32 + r * 2 + s % 2]);
                         let (d1, m1) = (d * sc, dmin * m);
                         for (i, o) in o.iter_mut().enumerate() {
                             *o = d1 * f32::from(u[s * 32 + i]) - m1;
@@ -447,6 +516,21 @@ fn pack_block(dtype: WeightType, src: &[u8], dst: &mut [u8], r: usize) {
                 dst[288 + 2 * r..][..2].copy_from_slice(&src[2..4]);
             }
         }
+        WeightType::Q5_1 => {
+            let qh = u32::from_le_bytes([src[4], src[5], src[6], src[7]]);
+            let qs = &src[8..24];
+            for q in 0..4 {
+                dst[q * 64 + r * 4..][..4].copy_from_slice(&qs[4 * q..4 * q + 4]);
+            }
+            for i in 0..4 {
+                // Code 4q + i is quartet q's lane i; its fifth bit is qh bit 4q + i.
+                dst[Q5_1_H + r * 4 + i] = (0..8)
+                    .map(|q| (((qh >> (4 * q + i)) & 1) as u8) << q)
+                    .fold(0, |a, b| a | b);
+            }
+            dst[Q5_1_D + 2 * r..][..2].copy_from_slice(&src[0..2]);
+            dst[Q5_1_D + 32 + 2 * r..][..2].copy_from_slice(&src[2..4]);
+        }
         WeightType::Q8_0 => {
             let qs = &src[2..34];
             for q in 0..8 {
@@ -472,6 +556,31 @@ fn pack_block(dtype: WeightType, src: &[u8], dst: &mut [u8], r: usize) {
             }
             dst[Q4K_D + 2 * r..][..2].copy_from_slice(&src[0..2]);
             dst[Q4K_D + 32 + 2 * r..][..2].copy_from_slice(&src[2..4]);
+        }
+        WeightType::Q5K => {
+            let scales = &src[4..16];
+            let (qh, qs) = (&src[16..48], &src[48..176]);
+            for j in 0..4 {
+                for q in 0..8 {
+                    dst[(j * 8 + q) * 64 + r * 4..][..4]
+                        .copy_from_slice(&qs[32 * j + 4 * q..32 * j + 4 * q + 4]);
+                }
+            }
+            // Element l of sub-block s has its fifth bit in qh[l], bit s.
+            for s in 0..8 {
+                for i in 0..4 {
+                    dst[Q5K_H + s * 64 + r * 4 + i] = (0..8)
+                        .map(|q| ((qh[4 * q + i] >> s) & 1) << q)
+                        .fold(0, |a, b| a | b);
+                }
+            }
+            for s in 0..8 {
+                let (sc, m) = scale_min_k4(s, scales);
+                dst[Q5K_SC + s * 16 + r] = sc;
+                dst[Q5K_MIN + (s / 2) * 32 + r * 2 + s % 2] = m;
+            }
+            dst[Q5K_D + 2 * r..][..2].copy_from_slice(&src[0..2]);
+            dst[Q5K_D + 32 + 2 * r..][..2].copy_from_slice(&src[2..4]);
         }
         WeightType::Q6K => {
             let (ql, qh) = (&src[0..128], &src[128..192]);
@@ -527,6 +636,17 @@ pub(crate) fn unpack_q4(blk: &[u8], r: usize) -> [u8; QK] {
     u
 }
 
+/// Row `r`'s 32 unsigned 5-bit codes of a Q5_1 tile block, in k order.
+#[inline]
+pub(crate) fn unpack_q5_1(blk: &[u8], r: usize) -> [u8; QK] {
+    let mut u = unpack_q4(blk, r);
+    for (k, u) in u.iter_mut().enumerate() {
+        let (q, i) = (k / 4, k % 4);
+        *u |= ((blk[Q5_1_H + r * 4 + i] >> q) & 1) << 4;
+    }
+    u
+}
+
 /// Row `r`'s 32 signed weights of a Q8_0 tile block, in k order.
 #[inline]
 pub(crate) fn unpack_q8(blk: &[u8], r: usize) -> [i8; QK] {
@@ -551,6 +671,17 @@ pub(crate) fn unpack_q4k(blk: &[u8], r: usize) -> [u8; QK_K] {
                 u[64 * j + 32 + 4 * q + i] = v >> 4;
             }
         }
+    }
+    u
+}
+
+/// Row `r`'s 256 unsigned 5-bit codes of a Q5_K tile block, in k order.
+#[inline]
+pub(crate) fn unpack_q5k(blk: &[u8], r: usize) -> [u8; QK_K] {
+    let mut u = unpack_q4k(blk, r);
+    for (k, u) in u.iter_mut().enumerate() {
+        let (s, q, i) = (k / 32, (k % 32) / 4, k % 4);
+        *u |= ((blk[Q5K_H + s * 64 + r * 4 + i] >> q) & 1) << 4;
     }
     u
 }

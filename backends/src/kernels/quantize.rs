@@ -1,10 +1,10 @@
 //! Activation quantization: each row of `x` is quantized once per matmul to
 //! signed 8-bit values (-127..=127) with one f32 scale per block.
 //!
-//! * Q4_0 / Q4_1 / Q8_0 weights use 32-wide blocks (like ggml's Q8_0/Q8_1):
-//!   scale `d`, the integer sum of the 32 values, and `d * sum` (Q4_1's min
-//!   term).
-//! * Q4_K / Q6_K weights use 256-wide super-blocks (like ggml's Q8_K): scale
+//! * Q4_0 / Q4_1 / Q5_1 / Q8_0 weights use 32-wide blocks (like ggml's Q8_0/Q8_1):
+//!   scale `d`, the integer sum of the 32 values, and `d * sum` (the min term of
+//!   Q4_1 and Q5_1).
+//! * Q4_K / Q5_K / Q6_K weights use 256-wide super-blocks (like ggml's Q8_K): scale
 //!   `d`, the integer sums of each 16 values, and the sums of each 32 values
 //!   packed as i16 pairs for `vpmaddwd`.
 //! * F32 weights keep the activations as they are.
@@ -19,9 +19,9 @@ use super::Isa;
 /// How a [`QuantizedActivations`] is laid out; which weight types it serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Family {
-    /// 32-wide Q8 blocks (Q4_0, Q4_1, Q8_0 weights).
+    /// 32-wide Q8 blocks (Q4_0, Q4_1, Q5_1, Q8_0 weights).
     Block32,
-    /// 256-wide Q8 super-blocks (Q4_K, Q6_K weights).
+    /// 256-wide Q8 super-blocks (Q4_K, Q5_K, Q6_K weights).
     Super256,
     /// Unquantized f32 (F32 weights).
     Float,
@@ -31,8 +31,10 @@ impl Family {
     /// The activation family a weight type multiplies against.
     pub(crate) fn of(t: WeightType) -> Self {
         match t {
-            WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0 => Self::Block32,
-            WeightType::Q4K | WeightType::Q6K => Self::Super256,
+            WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q5_1 | WeightType::Q8_0 => {
+                Self::Block32
+            }
+            WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => Self::Super256,
             WeightType::F32 => Self::Float,
         }
     }

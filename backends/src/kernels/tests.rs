@@ -11,11 +11,13 @@ use super::matmul::{matmul_isa, matmul_q_isa, run_tiles, OutPtr};
 use super::quantize::{quantize_with, QuantizedActivations};
 use super::*;
 
-const ALL_TYPES: [WeightType; 6] = [
+const ALL_TYPES: [WeightType; 8] = [
     WeightType::Q4_0,
     WeightType::Q4_1,
+    WeightType::Q5_1,
     WeightType::Q8_0,
     WeightType::Q4K,
+    WeightType::Q5K,
     WeightType::Q6K,
     WeightType::F32,
 ];
@@ -40,8 +42,10 @@ fn ggml(t: WeightType) -> GgmlDType {
     match t {
         WeightType::Q4_0 => GgmlDType::Q4_0,
         WeightType::Q4_1 => GgmlDType::Q4_1,
+        WeightType::Q5_1 => GgmlDType::Q5_1,
         WeightType::Q8_0 => GgmlDType::Q8_0,
         WeightType::Q4K => GgmlDType::Q4K,
+        WeightType::Q5K => GgmlDType::Q5K,
         WeightType::Q6K => GgmlDType::Q6K,
         WeightType::F32 => GgmlDType::F32,
     }
@@ -143,7 +147,7 @@ fn rel_l2(y: &[f32], reference: &[f64], out: usize) -> f64 {
 fn l2_bound(t: WeightType) -> f64 {
     match t {
         WeightType::F32 => 1e-5,
-        WeightType::Q4K | WeightType::Q6K => 3e-2,
+        WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => 3e-2,
         _ => 2e-2,
     }
 }
@@ -175,7 +179,7 @@ fn every_type_and_isa_matches_reference() {
     let out = 40; // 2.5 tiles: exercises the padded last tile
     for t in ALL_TYPES {
         let ks: &[usize] = match t {
-            WeightType::Q4K | WeightType::Q6K => &[256, 512, 1536],
+            WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => &[256, 512, 1536],
             _ => &[576, 1536],
         };
         for &k in ks {

@@ -13,8 +13,6 @@ mod ops;
 
 use std::path::Path;
 
-use candle_core::quantized::GgmlDType;
-
 pub use config::{
     supported_architectures, Activation, Architecture, ModelConfig, RopeLayout, SlidingWindow,
     ARCHITECTURES,
@@ -23,8 +21,8 @@ pub use kv::KvPool;
 
 use crate::gguf::{GgufError, GgufFile};
 use crate::kernels::{
-    matmul, matmul_q, q5_0_as_q8_0, quantize_activations, ComputePool, KernelError, QuantMatrix,
-    QuantizedActivations, WeightType,
+    matmul, matmul_q, quantize_activations, ComputePool, KernelError, QuantMatrix,
+    QuantizedActivations,
 };
 use crate::scheduler::BlockId;
 use attention::{attend, AttendLayer, TokenSlot};
@@ -49,20 +47,6 @@ pub enum ModelError {
     InvalidBatch(String),
 }
 
-/// The kernel type a ggml type is multiplied as (Q5_0 is rewritten as Q8_0).
-fn weight_type(t: GgmlDType) -> Option<WeightType> {
-    Some(match t {
-        GgmlDType::Q4_0 => WeightType::Q4_0,
-        GgmlDType::Q5_0 => WeightType::Q8_0,
-        GgmlDType::Q4_1 => WeightType::Q4_1,
-        GgmlDType::Q8_0 => WeightType::Q8_0,
-        GgmlDType::Q4K => WeightType::Q4K,
-        GgmlDType::Q6K => WeightType::Q6K,
-        GgmlDType::F32 => WeightType::F32,
-        _ => return None,
-    })
-}
-
 /// Reads a `rows x cols` weight matrix into the kernels' layout.
 fn matrix(
     file: &GgufFile,
@@ -71,24 +55,11 @@ fn matrix(
     cols: usize,
 ) -> Result<QuantMatrix, ModelError> {
     let (dtype, bytes) = file.tensor_data(name, &[rows, cols])?;
-    let wt = weight_type(dtype).ok_or_else(|| GgufError::Tensor {
-        path: file.path().to_path_buf(),
-        name: name.to_string(),
-        reason: format!(
-            "weight type {dtype:?} is not supported yet (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K, F32 are)"
-        ),
-    })?;
-    let weight_err = |source| ModelError::Weight {
-        name: name.to_string(),
-        source,
-    };
-    let m = if dtype == GgmlDType::Q5_0 {
-        let widened = q5_0_as_q8_0(bytes).map_err(weight_err)?;
-        QuantMatrix::from_ggml(wt, rows, cols, &widened)
-    } else {
-        QuantMatrix::from_ggml(wt, rows, cols, bytes)
-    }
-    .map_err(weight_err)?;
+    let m =
+        QuantMatrix::from_gguf(dtype, rows, cols, bytes).map_err(|source| ModelError::Weight {
+            name: name.to_string(),
+            source,
+        })?;
     file.release(name);
     Ok(m)
 }
