@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::prefix::MAX_REPORTED_SPANS;
-use protocol::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, Usage};
+use protocol::{
+    FinishReason, GenerateError, GenerateEvent, GenerateRequest, Usage, KEEPALIVE_AFTER,
+};
 use tokio::sync::mpsc;
 
 use crate::frontend::ModelFrontend;
@@ -49,6 +51,10 @@ pub struct EngineConfig {
     pub kv_budget_bytes: usize,
     /// Threads the model's matmuls and attention run on.
     pub threads: usize,
+    /// Longest sequence served, prompt plus generated tokens (llama.cpp's
+    /// `--ctx-size`, vLLM's `max_model_len`); `None` or more than the
+    /// model's context length means the model's.
+    pub ctx_size: Option<usize>,
 }
 
 /// Text spans each replica remembers for its routing summary.
@@ -56,6 +62,9 @@ const PREFIX_INDEX_SPANS: usize = 8192;
 
 /// How often the routing summary of cached prefixes is rebuilt while busy.
 const SUMMARY_EVERY: Duration = Duration::from_millis(200);
+
+/// How often silent streams are checked for a keep-alive while busy.
+const KEEPALIVE_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -65,6 +74,7 @@ impl Default for EngineConfig {
             max_step_tokens: 256,
             kv_budget_bytes: 512 << 20,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ctx_size: None,
         }
     }
 }
@@ -150,13 +160,38 @@ struct Submission {
 struct EventSink {
     tx: mpsc::Sender<GenerateEvent>,
     done: bool,
+    /// When the last event was sent (or the request submitted).
+    last_sent: Instant,
 }
 
 impl EventSink {
+    fn new(tx: mpsc::Sender<GenerateEvent>) -> Self {
+        Self {
+            tx,
+            done: false,
+            last_sent: Instant::now(),
+        }
+    }
+
     fn send(&mut self, ev: GenerateEvent) {
-        // Capacity covers max_tokens events plus the final one, so this only
-        // fails when the receiver is gone; the next step then cancels the sequence.
+        // Capacity covers max_tokens events, the final one and one
+        // keep-alive, so this only fails when the receiver is gone; the
+        // next step then cancels the sequence.
         let _ = self.tx.try_send(ev);
+        self.last_sent = Instant::now();
+    }
+
+    /// Sends a keep-alive if the stream has been silent for
+    /// [`KEEPALIVE_AFTER`] and its reader has caught up: a reader with
+    /// events still queued needs none, and so at most one keep-alive is
+    /// ever buffered.
+    fn keep_alive(&mut self, now: Instant) {
+        if now.duration_since(self.last_sent) >= KEEPALIVE_AFTER
+            && self.tx.capacity() == self.tx.max_capacity()
+        {
+            let _ = self.tx.try_send(GenerateEvent::KeepAlive);
+            self.last_sent = now;
+        }
     }
 
     fn finish(&mut self, ev: GenerateEvent) {
@@ -229,15 +264,15 @@ impl EngineHandle {
         if reserved.is_err() {
             return Err(admit_error(AdmitError::QueueFull(max_waiting)));
         }
-        // Room for every token event plus the final one: the engine never
-        // blocks on a slow client.
+        // Room for every token event, the final one and a keep-alive: the
+        // engine never blocks on a slow client.
         let max_new = max_new_tokens(&self.sched_cfg, &request);
         let (tx, rx) = mpsc::channel(max_new + 2);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let msg = EngineMsg::Submit(Box::new(Submission {
             id,
             request,
-            sink: EventSink { tx, done: false },
+            sink: EventSink::new(tx),
         }));
         match self.inbox.try_send(msg) {
             Ok(()) => Ok(rx),
@@ -287,6 +322,12 @@ fn admit_error(e: AdmitError) -> GenerateError {
     }
 }
 
+/// The context length served: the model's, or `ctx_size` when smaller
+/// (at least one KV block).
+fn served_context(model: usize, ctx_size: Option<usize>, block: usize) -> usize {
+    ctx_size.map_or(model, |c| c.clamp(block.min(model), model))
+}
+
 /// Tokens a request may generate: its `max_tokens`, or up to the end of
 /// the context when it has none.
 fn max_new_tokens(cfg: &SchedulerConfig, request: &GenerateRequest) -> usize {
@@ -329,6 +370,7 @@ pub struct Engine {
     seqs: HashMap<SeqId, Sequence>,
     prefixes: PrefixIndex,
     summary_at: Instant,
+    keepalive_at: Instant,
     inbox: Receiver<EngineMsg>,
     stats: Arc<EngineStats>,
     scratch: Scratch,
@@ -355,7 +397,11 @@ impl Engine {
             block_size: kv.block_size(),
             num_blocks: kv.num_blocks(),
             watermark_blocks: SchedulerConfig::default_watermark(kv.num_blocks()),
-            context_length: model.config().context_length,
+            context_length: served_context(
+                model.config().context_length,
+                cfg.ctx_size,
+                kv.block_size(),
+            ),
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_waiting + 8);
         let stats = Arc::new(EngineStats::default());
@@ -377,6 +423,7 @@ impl Engine {
             seqs: HashMap::new(),
             prefixes: PrefixIndex::new(PREFIX_INDEX_SPANS),
             summary_at: Instant::now(),
+            keepalive_at: Instant::now(),
             inbox: rx,
             stats,
             scratch: Scratch::default(),
@@ -417,6 +464,9 @@ impl Engine {
             self.step();
             if self.summary_at.elapsed() >= SUMMARY_EVERY {
                 self.publish_prefixes();
+            }
+            if self.keepalive_at.elapsed() >= KEEPALIVE_CHECK_EVERY {
+                self.keep_alive();
             }
         }
     }
@@ -571,6 +621,16 @@ impl Engine {
             }
         }
         self.publish_load();
+    }
+
+    /// Tells the readers of silent streams (queued, preempted or in a long
+    /// prefill) that their requests are still held.
+    fn keep_alive(&mut self) {
+        let now = Instant::now();
+        self.keepalive_at = now;
+        for seq in self.seqs.values_mut() {
+            seq.sink.keep_alive(now);
+        }
     }
 
     fn drop_cancelled(&mut self) {

@@ -1,13 +1,15 @@
 //! The batched engine on the real default model: batch invariance, seeded
 //! sampling, stop strings, admission limits and cancellation.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use backends::engine::{spawn_engine, EngineConfig, EngineHandle};
+use common::{collect, Outcome};
 use protocol::{
     ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingParams,
 };
-use tokio::sync::mpsc::Receiver;
 
 fn engine(cfg: EngineConfig) -> EngineHandle {
     spawn_engine(&inferno_cluster_tests::test_model(), &cfg)
@@ -32,37 +34,6 @@ fn open_request(prompt_tokens: Vec<u32>) -> GenerateRequest {
         sampling: SamplingParams::greedy(),
         ..GenerateRequest::default()
     }
-}
-
-#[derive(Debug, Default)]
-struct Outcome {
-    text: String,
-    tokens: Vec<u32>,
-    finish: Option<FinishReason>,
-    error: Option<GenerateError>,
-}
-
-fn collect(mut rx: Receiver<GenerateEvent>) -> Outcome {
-    let mut out = Outcome::default();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        match rx.blocking_recv() {
-            Some(GenerateEvent::Token { text, token_ids }) => {
-                out.text.push_str(&text);
-                out.tokens.extend(token_ids);
-            }
-            Some(GenerateEvent::Finished { reason, .. }) => {
-                out.finish = Some(reason);
-                return out;
-            }
-            Some(GenerateEvent::Failed(e)) => {
-                out.error = Some(e);
-                return out;
-            }
-            None => panic!("stream closed without a final event"),
-        }
-    }
-    panic!("generation did not finish in time");
 }
 
 fn chat(h: &EngineHandle, text: &str) -> Vec<u32> {
@@ -242,6 +213,29 @@ fn full_queue_is_refused_at_once() {
     assert!(t.elapsed() < Duration::from_millis(100));
 }
 
+/// `ctx_size` caps the sequence length served below the model's: an
+/// open-ended request stops there with `length`, and one whose prompt plus
+/// `max_tokens` exceeds it is refused, naming the served length.
+#[test]
+fn ctx_size_caps_every_sequence() {
+    let h = engine(EngineConfig {
+        ctx_size: Some(64),
+        ..EngineConfig::default()
+    });
+    let prompt = vec![100, 200, 300, 400, 500, 600, 700, 800, 900, 1000];
+    let mut open = open_request(prompt.clone());
+    open.ignore_eos = true;
+    let out = collect(h.submit(open).unwrap());
+    assert_eq!(out.finish, Some(FinishReason::Length), "{:?}", out.error);
+    assert_eq!(out.tokens.len(), 64 - prompt.len());
+    match h.submit(request(prompt, 60, SamplingParams::greedy())) {
+        Err(GenerateError::InvalidRequest(msg)) => {
+            assert!(msg.contains("context length of 64"), "{msg}")
+        }
+        other => panic!("expected invalid request, got {:?}", other.map(|_| ())),
+    }
+}
+
 #[test]
 fn too_long_request_gets_a_clear_error() {
     let h = engine(EngineConfig::default());
@@ -267,6 +261,46 @@ fn too_long_request_gets_a_clear_error() {
         Err(GenerateError::InvalidRequest(msg)) => assert!(msg.contains("KV"), "{msg}"),
         other => panic!("expected invalid request, got {:?}", other.map(|_| ())),
     }
+}
+
+/// A request waiting for a slot hears a keep-alive once its stream has
+/// been silent for `KEEPALIVE_AFTER`, so that timeouts downstream can tell
+/// it from a dead node; a running one, streaming tokens, never does.
+#[test]
+fn waiting_request_gets_keepalives_running_one_does_not() {
+    let h = engine(EngineConfig {
+        max_running: 1,
+        ..EngineConfig::default()
+    });
+    let mut r = request(vec![100, 200, 300], 6000, SamplingParams::greedy());
+    r.ignore_eos = true;
+    let mut running = h.submit(r).unwrap();
+    assert!(matches!(
+        running.blocking_recv(),
+        Some(GenerateEvent::Token { .. })
+    ));
+    let t = Instant::now();
+    let prompt = h.frontend().encode("Monday, Tuesday,").unwrap();
+    let mut waiting = h
+        .submit(request(prompt, 4, SamplingParams::greedy()))
+        .unwrap();
+    assert_eq!(waiting.blocking_recv(), Some(GenerateEvent::KeepAlive));
+    let after = t.elapsed();
+    assert!(
+        after >= protocol::KEEPALIVE_AFTER - Duration::from_millis(100)
+            && after < protocol::KEEPALIVE_AFTER * 3,
+        "first keep-alive after {after:?}"
+    );
+    let mut streamed = 0;
+    while let Ok(ev) = running.try_recv() {
+        assert!(matches!(ev, GenerateEvent::Token { .. }), "{ev:?}");
+        streamed += 1;
+    }
+    assert!(streamed > 0, "the running request kept streaming");
+    drop(running);
+    let out = collect(waiting);
+    assert_eq!(out.finish, Some(FinishReason::Length), "{:?}", out.error);
+    assert!(!out.text.is_empty());
 }
 
 #[test]

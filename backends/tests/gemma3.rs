@@ -7,14 +7,15 @@
 //! llama-cpp-python 0.3.36: `python3 scripts/llamacpp-testdata.py <the gguf>
 //! gemma3` (llama-server's `/tokenize` with `parse_special`, no BOS).
 
+mod common;
+
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use backends::engine::{spawn_engine, EngineConfig};
 use backends::gguf::GgufFile;
 use backends::model::Transformer;
 use backends::tokenizer::GgufTokenizer;
-use protocol::{GenerateEvent, GenerateRequest, SamplingParams};
+use protocol::{GenerateRequest, SamplingParams};
 
 #[derive(serde::Deserialize)]
 struct Reference {
@@ -93,16 +94,8 @@ fn greedy_completion_makes_sense() {
         sampling: SamplingParams::greedy(),
         ..GenerateRequest::default()
     };
-    let mut rx = h.submit(req).unwrap();
-    let mut text = String::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        match rx.blocking_recv() {
-            Some(GenerateEvent::Token { text: t, .. }) => text.push_str(&t),
-            Some(GenerateEvent::Finished { .. }) => break,
-            Some(GenerateEvent::Failed(e)) => panic!("generation failed: {e:?}"),
-            None => panic!("stream closed"),
-        }
-    }
+    let out = common::collect(h.submit(req).unwrap());
+    assert!(out.finish.is_some(), "generation failed: {:?}", out.error);
+    let text = out.text;
     assert!(text.contains("Friday"), "{text:?}");
 }

@@ -8,15 +8,16 @@
 //! `python3 scripts/llamacpp-testdata.py <the gguf> qwen2.5-coder` (llama-server's
 //! `/tokenize` with `parse_special`, and `/apply-template` under `--jinja`).
 
+mod common;
+
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use backends::chat::ChatTemplate;
 use backends::engine::{spawn_engine, EngineConfig};
 use backends::gguf::GgufFile;
 use backends::model::Transformer;
 use backends::tokenizer::GgufTokenizer;
-use protocol::{ChatMessage, GenerateEvent, GenerateRequest, SamplingParams};
+use protocol::{ChatMessage, GenerateRequest, SamplingParams};
 
 #[derive(serde::Deserialize)]
 struct Reference {
@@ -117,17 +118,9 @@ fn greedy_fibonacci_completion_computes_fibonacci() {
         sampling: SamplingParams::greedy(),
         ..GenerateRequest::default()
     };
-    let mut rx = h.submit(req).unwrap();
-    let mut text = String::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        match rx.blocking_recv() {
-            Some(GenerateEvent::Token { text: t, .. }) => text.push_str(&t),
-            Some(GenerateEvent::Finished { .. }) => break,
-            Some(GenerateEvent::Failed(e)) => panic!("generation failed: {e:?}"),
-            None => panic!("stream closed"),
-        }
-    }
+    let out = common::collect(h.submit(req).unwrap());
+    assert!(out.finish.is_some(), "generation failed: {:?}", out.error);
+    let text = out.text;
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     assert!(
         compact.contains("fibonacci(n-1)+fibonacci(n-2)") || compact.contains("a,b=b,a+b"),

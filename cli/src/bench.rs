@@ -180,6 +180,7 @@ async fn run_level(
                     }
                     GenerateEvent::Finished { .. } => return Ok(trace),
                     GenerateEvent::Failed(e) => return Err(anyhow::anyhow!(e)),
+                    GenerateEvent::KeepAlive => {}
                 }
             }
             Err(anyhow::anyhow!("stream ended without finishing"))

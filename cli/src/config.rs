@@ -124,6 +124,9 @@ pub struct EngineSection {
     pub kv_budget_mib: usize,
     /// Compute threads per model (default: all cores).
     pub threads: Option<usize>,
+    /// Longest sequence served, prompt plus generated tokens (default: the
+    /// model's context length).
+    pub ctx_size: Option<usize>,
 }
 
 impl Default for EngineSection {
@@ -135,6 +138,7 @@ impl Default for EngineSection {
             max_step_tokens: d.max_step_tokens,
             kv_budget_mib: d.kv_budget_bytes >> 20,
             threads: None,
+            ctx_size: None,
         }
     }
 }
@@ -151,6 +155,7 @@ impl EngineSection {
                 .threads
                 .unwrap_or_else(|| EngineConfig::default().threads)
                 .max(1),
+            ctx_size: self.ctx_size,
         }
     }
 }

@@ -111,6 +111,7 @@ async fn generate(node: &Node, name: &str, a: &GenerateArgs) -> anyhow::Result<(
                 out.write_all(text.as_bytes())?;
                 out.flush()?;
             }
+            GenerateEvent::KeepAlive => {}
             GenerateEvent::Finished { reason, usage } => {
                 writeln!(out)?;
                 let total = started.elapsed().as_secs_f64();

@@ -45,6 +45,10 @@ pub struct UpArgs {
     /// KV-cache budget per replica, in MiB.
     #[arg(long, default_value_t = 512)]
     pub kv_budget_mib: u64,
+    /// Longest sequence served, prompt plus generated tokens (default: the
+    /// model's context length).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(16..))]
+    pub ctx_size: Option<u64>,
     /// Route requests by power of two choices only, ignoring which node
     /// already holds a prompt's prefix in its KV cache (for comparison).
     #[arg(long)]
@@ -185,10 +189,14 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
             .context("cannot save a node certificate")?;
         let quic = free_udp()?;
         let mut text = format!(
-            "[engine]\nthreads = {threads}\nkv_budget_mib = {kv}\n\n[node]\nname = \"{node_name}\"\n\
+            "[engine]\nthreads = {threads}\nkv_budget_mib = {kv}\n{ctx}\n[node]\nname = \"{node_name}\"\n\
              certs_dir = {certs:?}\nlisten = \"{quic}\"\n",
             threads = args.threads_per_node.max(1),
             kv = args.kv_budget_mib,
+            ctx = args
+                .ctx_size
+                .map(|c| format!("ctx_size = {c}\n"))
+                .unwrap_or_default(),
             certs = coordinators.certs_dir(),
         );
         if let Some(dir) = &args.fl_data_dir {

@@ -29,6 +29,9 @@ enum Script {
     Events(Vec<GenerateEvent>),
     /// Sends these events and keeps the sender (the stream stays open).
     Hold(Vec<GenerateEvent>),
+    /// Sends each event after its pause, from a task of its own (the
+    /// stream ends after the last).
+    Paced(Vec<(Duration, GenerateEvent)>),
     /// Refuses to route.
     Reject(RouteError),
 }
@@ -85,6 +88,17 @@ impl InferenceBackend for Fake {
             Script::Hold(events) => {
                 send_all(events);
                 self.held.lock().unwrap().push(tx.clone());
+            }
+            Script::Paced(events) => {
+                let (tx, events) = (tx.clone(), events.clone());
+                tokio::spawn(async move {
+                    for (pause, e) in events {
+                        tokio::time::sleep(pause).await;
+                        if tx.send(e).await.is_err() {
+                            return;
+                        }
+                    }
+                });
             }
         }
         Ok(Routed {
@@ -650,6 +664,46 @@ async fn openai_timeouts() {
     a.assert_error(StatusCode::GATEWAY_TIMEOUT, None);
     // Both receivers were dropped when the requests gave up.
     assert!(fake.held.lock().unwrap().iter().all(|s| s.is_closed()));
+}
+
+/// A request that waits on its replica (queued or preempted) for longer
+/// than the idle timeout, with keep-alives more often than that, is
+/// answered in full, streamed or not, with nothing of the keep-alives in it.
+#[tokio::test]
+async fn openai_keepalives_hold_waiting_requests_open() {
+    let config = ApiConfig {
+        idle_timeout: Duration::from_millis(200),
+        total_timeout: Duration::from_secs(5),
+        ..ApiConfig::default()
+    };
+    let pause = Duration::from_millis(60);
+    let mut events = vec![(pause, GenerateEvent::KeepAlive); 8];
+    events.push((pause, token("Hello")));
+    events.extend(vec![(pause, GenerateEvent::KeepAlive); 8]);
+    events.push((pause, token(" world")));
+    events.push((Duration::ZERO, finished()));
+    let fake = Fake::new(Script::Paced(events));
+    let app = router_with_config(fake, Arc::new(Metrics::new()), config);
+    let a = post(
+        app.clone(),
+        "/v1/chat/completions",
+        chat_body(json!({"stream": true})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let chunks = a.chunks();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Hello world", "{}", a.body);
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+    let a = post(app, "/v1/chat/completions", chat_body(json!({}))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.json()["choices"][0]["message"]["content"], "Hello world");
 }
 
 #[tokio::test]

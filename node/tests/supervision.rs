@@ -31,7 +31,7 @@ async fn finish(mut rx: Receiver<GenerateEvent>) -> Result<FinishReason, Generat
     let wait = async {
         loop {
             match rx.recv().await {
-                Some(GenerateEvent::Token { .. }) => {}
+                Some(GenerateEvent::Token { .. } | GenerateEvent::KeepAlive) => {}
                 Some(GenerateEvent::Finished { reason, .. }) => return Ok(reason),
                 Some(GenerateEvent::Failed(e)) => return Err(e),
                 None => panic!("stream closed without a final event"),

@@ -175,4 +175,23 @@ pub enum GenerateEvent {
     },
     /// Generation failed; no further events follow.
     Failed(GenerateError),
+    /// No news: the request is still held (queued, preempted, or in a long
+    /// prefill). Sent once a stream has been silent for [`KEEPALIVE_AFTER`],
+    /// so that a peer's silence timeout catches dead nodes, not busy ones.
+    /// Carries no text; consumers skip it.
+    KeepAlive,
+}
+
+/// Silence after which a node sends [`GenerateEvent::KeepAlive`] on a
+/// stream. Timeouts on event streams must be several times longer.
+pub const KEEPALIVE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl GenerateEvent {
+    /// Whether this event ends its stream (`Finished` or `Failed`).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            GenerateEvent::Finished { .. } | GenerateEvent::Failed(_)
+        )
+    }
 }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::frame::{self, FrameError};
 
 /// The wire protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest [`Hello`] frame accepted.
 pub const MAX_HELLO_BYTES: usize = 4096;

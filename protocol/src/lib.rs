@@ -33,5 +33,5 @@ pub use tls::{ClusterCa, MemberIdentity, TlsError};
 
 pub use generate::{
     ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, PrefixSpan,
-    SamplingParams, Usage,
+    SamplingParams, Usage, KEEPALIVE_AFTER,
 };

@@ -41,6 +41,7 @@ pub(crate) async fn respond(
                 return Ok((StatusCode::OK, Json(body)).into_response());
             }
             GenerateEvent::Failed(e) => return Err(e.into()),
+            GenerateEvent::KeepAlive => {}
         }
         event = match timeout_at(deadline, events.recv()).await {
             Ok(Some(event)) => event,

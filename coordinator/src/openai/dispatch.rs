@@ -1,6 +1,8 @@
 //! Routes a validated request to a replica and waits for its first event,
 //! so that failures before the first token become HTTP error statuses.
 
+use std::time::Duration;
+
 use protocol::{GenerateEvent, InferenceRequest};
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
@@ -15,34 +17,50 @@ pub(crate) struct Started {
     pub node: String,
     /// The events after `first`.
     pub events: mpsc::Receiver<GenerateEvent>,
-    /// The first event: a `Token` or `Finished`, never `Failed`.
+    /// The first event: a `Token` or `Finished`, never `Failed` or `KeepAlive`.
     pub first: GenerateEvent,
 }
 
+/// How long [`start`] waits for the first token once a replica has the
+/// request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FirstWait {
+    /// Longest silence: each keep-alive from the replica (sent while the
+    /// request is queued or preempted) starts the wait again.
+    pub idle: Duration,
+    /// When to give up regardless, if ever.
+    pub deadline: Option<Instant>,
+}
+
 /// Routes `req` (giving up at `route_deadline`) and waits for its first
-/// event (giving up at `first_deadline`).
+/// token or final event, as `first` allows.
 pub(crate) async fn start<B: InferenceBackend>(
     backend: &B,
     req: InferenceRequest,
     route_deadline: Instant,
-    first_deadline: Instant,
+    first: FirstWait,
 ) -> Result<Started, ApiError> {
     let Routed { node, mut events } = timeout_at(route_deadline, backend.generate(req))
         .await
         .map_err(|_| ApiError::timeout("No replica accepted the request in time."))??;
-    match timeout_at(first_deadline, events.recv()).await {
-        Err(_) => Err(ApiError::timeout(
-            "The replica did not start generating in time.",
-        )),
-        Ok(None) => Err(ApiError::unavailable(
-            "The replica ended the request without an answer.",
-        )),
-        Ok(Some(GenerateEvent::Failed(e))) => Err(e.into()),
-        Ok(Some(first)) => Ok(Started {
-            node,
-            events,
-            first,
-        }),
+    loop {
+        let idle_end = Instant::now() + first.idle;
+        let wait_end = first.deadline.map_or(idle_end, |d| d.min(idle_end));
+        return match timeout_at(wait_end, events.recv()).await {
+            Err(_) => Err(ApiError::timeout(
+                "The replica did not start generating in time.",
+            )),
+            Ok(None) => Err(ApiError::unavailable(
+                "The replica ended the request without an answer.",
+            )),
+            Ok(Some(GenerateEvent::KeepAlive)) => continue,
+            Ok(Some(GenerateEvent::Failed(e))) => Err(e.into()),
+            Ok(Some(first)) => Ok(Started {
+                node,
+                events,
+                first,
+            }),
+        };
     }
 }
 

@@ -30,7 +30,8 @@ const UNKNOWN_MODEL_LABEL: &str = "unknown";
 pub struct ApiConfig {
     /// Longest a non-streaming request may take, routing included.
     pub total_timeout: Duration,
-    /// Streaming: longest wait for the next event (the first one included).
+    /// Longest wait for the next event from a replica (the first one
+    /// included); replicas send keep-alives while a request waits.
     pub idle_timeout: Duration,
     /// Longest wait for a replica to accept a request (and for `/ready`).
     pub route_timeout: Duration,
@@ -187,13 +188,14 @@ async fn serve<B: InferenceBackend>(
     let shape = Shape::new(endpoint, v.request.model.clone(), v.include_usage);
     let total_deadline = arrived + s.config.total_timeout;
     let route_deadline = total_deadline.min(arrived + s.config.route_timeout);
-    let first_deadline = if v.stream {
-        route_deadline.max(arrived + s.config.idle_timeout)
-    } else {
-        total_deadline
+    // Streams wait for their first token as long as the replica keeps
+    // saying it holds the request; whole answers are bounded in total too.
+    let first_wait = dispatch::FirstWait {
+        idle: s.config.idle_timeout,
+        deadline: (!v.stream).then_some(total_deadline),
     };
     if v.stream {
-        return match dispatch::start(&*s.backend, v.request, route_deadline, first_deadline).await {
+        return match dispatch::start(&*s.backend, v.request, route_deadline, first_wait).await {
             Ok(started) => stream::respond(started, shape, tracker, s.config.idle_timeout),
             Err(e) => {
                 tracker.failed(&e);
@@ -211,13 +213,8 @@ async fn serve<B: InferenceBackend>(
         } else {
             total_deadline.min(Instant::now() + s.config.route_timeout)
         };
-        result = match dispatch::start(
-            &*s.backend,
-            v.request.clone(),
-            route_deadline,
-            first_deadline,
-        )
-        .await
+        result = match dispatch::start(&*s.backend, v.request.clone(), route_deadline, first_wait)
+            .await
         {
             Ok(started) => {
                 collect::respond(started, shape.clone(), &mut tracker, total_deadline).await

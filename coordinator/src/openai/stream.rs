@@ -31,8 +31,10 @@ struct State {
     done: bool,
 }
 
-/// The SSE response of a started request. Every wait for the next event is
-/// bounded by `idle_timeout`; when it passes, the stream ends with an error event.
+/// The SSE response of a started request. Every wait for the next event
+/// (keep-alives included, which a replica sends while the request waits or
+/// is preempted) is bounded by `idle_timeout`; when it passes, the stream
+/// ends with an error event.
 pub(crate) fn respond(
     started: Started,
     shape: Shape,
@@ -106,6 +108,9 @@ impl State {
                 self.done = true;
             }
             GenerateEvent::Failed(e) => self.fail(e.into()),
+            // The replica still holds the request; the wait for the next
+            // event starts again.
+            GenerateEvent::KeepAlive => {}
         }
     }
 

@@ -174,7 +174,7 @@ impl Router {
                 Some(GenerateEvent::Failed(e)) => {
                     return Err(RouteError::Unavailable(e.to_string()))
                 }
-                Some(GenerateEvent::Token { .. }) => {}
+                Some(GenerateEvent::Token { .. } | GenerateEvent::KeepAlive) => {}
                 None => return Err(RouteError::Unavailable("the replica went away".into())),
             }
         }
@@ -282,10 +282,7 @@ impl Router {
                     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
                     let router = self.clone();
                     let node_id = node.clone();
-                    let terminal = matches!(
-                        first,
-                        GenerateEvent::Finished { .. } | GenerateEvent::Failed(_)
-                    );
+                    let terminal = first.is_terminal();
                     let _ = tx.try_send(first);
                     if !terminal {
                         tokio::spawn(async move {
@@ -434,10 +431,7 @@ impl Router {
                     )))
                 }
             };
-            let terminal = matches!(
-                event,
-                GenerateEvent::Finished { .. } | GenerateEvent::Failed(_)
-            );
+            let terminal = event.is_terminal();
             if tx.send(event).await.is_err() {
                 let _ = send.reset(STREAM_ERROR_BAD_FRAME);
                 let _ = recv.stop(STREAM_ERROR_BAD_FRAME);

@@ -155,7 +155,7 @@ pub(crate) async fn serve_stream(
                         "no progress in {}s", EVENT_IDLE_TIMEOUT.as_secs()
                     ))),
                 };
-                let last = matches!(ev, GenerateEvent::Finished { .. } | GenerateEvent::Failed(_));
+                let last = ev.is_terminal();
                 if let Err(e) = write_event(&mut send, &ev).await {
                     tracing::debug!(%model, "cannot write event, cancelling: {e}");
                     drop(events);
