@@ -14,7 +14,9 @@
 #      running at once on the cluster is sampled from /metrics.
 # Prints one JSON line per run and summary tables.
 #   INFERNO_BIN (default target/release/inferno), ANCHORS (../shared/anchors),
-#   THREADS (1), CLUSTER_KV_MIB (64), PARTS (ABC)
+#   THREADS (1), CLUSTER_KV_MIB (64), PARTS (ABC), C_UP_ARGS (extra
+#   `inferno up` arguments for part C, e.g. "--ctx-size 2048" to serve the
+#   per-sequence context of llama-server's slots: 16384 / 8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${INFERNO_BIN:-target/release/inferno}
@@ -81,7 +83,8 @@ if [[ $PARTS == *B* ]]; then
 fi
 if [[ $PARTS == *C* ]]; then
   OPEN="python3 $ANCHORS/llamacpp/load.py --concurrency 8 --requests 16 --temperature 0.7 --extra {\"max_tokens\":null} --json"
-  p=$(free_port); up open-ended "$p" --nodes 2
+  # shellcheck disable=SC2086 # C_UP_ARGS is a list of arguments
+  p=$(free_port); up open-ended "$p" --nodes 2 ${C_UP_ARGS:-}
   ( peak=0; while sleep 0.5; do
       r=$(curl -sf "http://127.0.0.1:$p/metrics" | awk '/^inferno_running_sequences\{/ {s+=$2} END {print s+0}') || break
       (( r > peak )) && peak=$r && echo "$peak" > "$work/peak_running"
@@ -97,7 +100,7 @@ if [[ $PARTS == *C* ]]; then
 fi
 
 python3 - "$work/results.jsonl" <<'PY'
-import json, sys
+import json, os, sys
 rows = {}
 for line in open(sys.argv[1]):
     r = json.loads(line); rows[r["run"]] = r["result"]
@@ -114,7 +117,7 @@ prefix_table("A. shared prefixes, one node", ["A inferno 1 node", "A llama-serve
 prefix_table("B. shared prefixes, 2 nodes", ["B cache-aware on", "B cache-aware off"])
 if "C inferno" in rows and "C llama-server" in rows:
     a, b = rows["C inferno"], rows["C llama-server"]
-    print("\nC. 8 clients without max_tokens")
+    print(f"\nC. 8 clients without max_tokens (inferno up {os.environ.get('C_UP_ARGS', '')})")
     print("| server | tok/s | req/s | TTFT p50 s | failed |")
     print("|---|---|---|---|---|")
     for n, v in (("inferno", a), ("llama-server", b)):

@@ -184,31 +184,30 @@ impl std::fmt::Debug for QuantMatrix {
 /// Bytes of a ggml Q5_0 block: f16 scale, 32 high bits, 16 bytes of low nibbles.
 const Q5_0_BLOCK: usize = 22;
 
-/// Rewrites ggml Q5_0 blocks (`w = d * (q - 16)`, `q` of 5 bits) as Q8_0
-/// blocks with the same scale and `q - 16` as the signed byte: exactly the
-/// same weights, multiplied by the Q8_0 kernels on every path.
-pub fn q5_0_as_q8_0(data: &[u8]) -> Result<Vec<u8>, KernelError> {
+/// Rewrites ggml Q5_0 blocks (`w = d * (q - 16)`, `q` of 5 bits) as Q5_1
+/// blocks (`w = d * q + m`) with the same scale, codes and `m = -16 d`:
+/// exactly the same weight values (`-16 d` is exact in f16, and so are both
+/// products in f32; only a zero's sign may differ), two bytes more per 32
+/// weights, multiplied by the Q5_1 kernels on every path.
+pub fn q5_0_as_q5_1(data: &[u8]) -> Result<Vec<u8>, KernelError> {
     if !data.len().is_multiple_of(Q5_0_BLOCK) {
         return Err(KernelError::UnsupportedType(format!(
             "q5_0 data of {} bytes is not a whole number of blocks",
             data.len()
         )));
     }
-    let mut out = Vec::with_capacity(data.len() / Q5_0_BLOCK * 34);
+    let mut out = Vec::with_capacity(data.len() / Q5_0_BLOCK * 24);
     for b in data.chunks_exact(Q5_0_BLOCK) {
+        let d = f16::from_le_bytes([b[0], b[1]]);
+        let m = -(d * f16::from_f32(16.0));
+        if m.is_infinite() && d.is_finite() {
+            return Err(KernelError::UnsupportedType(format!(
+                "q5_0 scale {d} is too large to rewrite exactly"
+            )));
+        }
         out.extend_from_slice(&b[..2]);
-        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        let qs = &b[6..22];
-        let code = |j: usize| -> u8 {
-            let low = if j < 16 {
-                qs[j] & 0x0f
-            } else {
-                qs[j - 16] >> 4
-            };
-            let high = (((qh >> j) & 1) as u8) << 4;
-            (low | high).wrapping_sub(16)
-        };
-        out.extend((0..QK).map(code));
+        out.extend_from_slice(&m.to_le_bytes());
+        out.extend_from_slice(&b[2..22]);
     }
     Ok(out)
 }
@@ -280,7 +279,7 @@ impl QuantMatrix {
 
     /// Repacks raw GGUF tensor data of ggml type `dtype`: Q4_0, Q4_1, Q5_1,
     /// Q8_0, Q4_K, Q5_K, Q6_K and F32 are taken as they are, and Q5_0 is
-    /// rewritten losslessly as Q8_0. Other types are rejected with
+    /// rewritten losslessly as Q5_1. Other types are rejected with
     /// [`KernelError::UnsupportedType`].
     pub fn from_gguf(
         dtype: candle_core::quantized::GgmlDType,
@@ -295,8 +294,8 @@ impl QuantMatrix {
             G::Q5_1 => WeightType::Q5_1,
             G::Q8_0 => WeightType::Q8_0,
             G::Q5_0 => {
-                let bytes = q5_0_as_q8_0(data)?;
-                return Self::from_ggml(WeightType::Q8_0, out_dim, in_dim, &bytes);
+                let bytes = q5_0_as_q5_1(data)?;
+                return Self::from_ggml(WeightType::Q5_1, out_dim, in_dim, &bytes);
             }
             G::Q4K => WeightType::Q4K,
             G::Q5K => WeightType::Q5K,

@@ -61,7 +61,7 @@ mod dot_avx512;
 use std::sync::OnceLock;
 
 pub use bench::{bench_cases, bench_kernels, bench_kernels_on, KernelReport};
-pub use formats::{q5_0_as_q8_0, QuantMatrix, WeightType};
+pub use formats::{q5_0_as_q5_1, QuantMatrix, WeightType};
 pub use matmul::{matmul, matmul_on, matmul_q, matmul_q_on};
 pub use pool::ComputePool;
 pub use quantize::{quantize_activations, QuantizedActivations};

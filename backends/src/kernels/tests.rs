@@ -174,6 +174,42 @@ fn dequantize_row_matches_candle_exactly() {
     }
 }
 
+/// Q5_0 is rewritten as Q5_1 (`m = -16 d`): the same weight values (a zero
+/// weight may change sign), so the same products.
+#[test]
+fn q5_0_is_rewritten_exactly() {
+    let (out, k) = (37, 576);
+    let mut r = Lcg(21);
+    let v: Vec<f32> = (0..out * k).map(|_| r.next()).collect();
+    let src = Tensor::from_vec(v, (out, k), &Device::Cpu).unwrap();
+    let qt = QTensor::quantize(&src, GgmlDType::Q5_0).unwrap();
+    let deq = qt
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let m = QuantMatrix::from_qtensor(&qt).unwrap();
+    assert_eq!(m.dtype(), WeightType::Q5_1);
+    assert_eq!(
+        m.bytes(),
+        QuantMatrix::from_gguf(GgmlDType::Q5_0, out, k, &qt.data().unwrap())
+            .unwrap()
+            .bytes()
+    );
+    let mut row = vec![0.0; k];
+    for i in 0..out {
+        m.dequantize_row(i, &mut row);
+        // Equal values; only the sign of a zero weight may differ.
+        assert_eq!(row, deq[i * k..(i + 1) * k], "row {i}");
+    }
+    // A scale whose -16 d overflows f16 cannot be rewritten: refused.
+    let mut huge = qt.data().unwrap().into_owned();
+    huge[..2].copy_from_slice(&half::f16::from_f32(8192.0).to_le_bytes());
+    assert!(QuantMatrix::from_gguf(GgmlDType::Q5_0, out, k, &huge).is_err());
+}
+
 #[test]
 fn every_type_and_isa_matches_reference() {
     let out = 40; // 2.5 tiles: exercises the padded last tile
