@@ -84,17 +84,21 @@ fn case(t: WeightType, out: usize, k: usize, seed: u64, raw: bool) -> (QuantMatr
     let storage =
         QStorage::from_data(std::borrow::Cow::Borrowed(&bytes), &Device::Cpu, ggml(t)).unwrap();
     let qt = QTensor::new(storage, (out, k)).unwrap();
-    let deq = qt
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let deq = dequantized(&qt);
     let m = QuantMatrix::from_ggml(t, out, k, &bytes).unwrap();
     let m2 = QuantMatrix::from_qtensor(&qt).unwrap();
     assert_eq!(m.bytes(), m2.bytes());
     (m, deq)
+}
+
+/// candle's dequantization of `qt`, row-major.
+fn dequantized(qt: &QTensor) -> Vec<f32> {
+    qt.dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
 
 fn activations(rows: usize, k: usize, seed: u64) -> Vec<f32> {
@@ -183,13 +187,7 @@ fn q5_0_is_rewritten_exactly() {
     let v: Vec<f32> = (0..out * k).map(|_| r.next()).collect();
     let src = Tensor::from_vec(v, (out, k), &Device::Cpu).unwrap();
     let qt = QTensor::quantize(&src, GgmlDType::Q5_0).unwrap();
-    let deq = qt
-        .dequantize(&Device::Cpu)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let deq = dequantized(&qt);
     let m = QuantMatrix::from_qtensor(&qt).unwrap();
     assert_eq!(m.dtype(), WeightType::Q5_1);
     assert_eq!(
