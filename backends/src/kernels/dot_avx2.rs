@@ -339,9 +339,11 @@ unsafe fn tile_q4k<const RT: usize, const FIVE: bool>(
     unsafe {
         for sb in 0..nsb {
             let p = tile.add(sb * tb);
-            prefetch_ahead(p, tb);
             let mut itot = [zero; RT];
             for s in 0..8 {
+                // Spread over the sub-blocks: a burst of ~40 prefetches
+                // per super-block overflows the miss buffers.
+                prefetch_ahead(p.add(s * tb / 8), tb / 8);
                 let j = s / 2;
                 let mut wv = [zero; 8];
                 for (q, w) in wv.iter_mut().enumerate() {
@@ -414,10 +416,11 @@ unsafe fn tile_q6k<const RT: usize>(
     unsafe {
         for sb in 0..nsb {
             let p = tile.add(sb * Q6K_TB);
-            prefetch_ahead(p, Q6K_TB);
             let mut itot = [zero; RT];
             for sp in 0..4 {
                 for ph in 0..2 {
+                    // Spread over the 8 phases, as in `tile_q4k`.
+                    prefetch_ahead(p.add((2 * sp + ph) * Q6K_TB / 8), Q6K_TB / 8);
                     let mut wa = [zero; 4];
                     let mut wb = [zero; 4];
                     for qq in 0..4 {

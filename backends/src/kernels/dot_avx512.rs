@@ -450,9 +450,11 @@ unsafe fn tile_q4k<const RT: usize, const VNNI: bool, const FIVE: bool>(
     unsafe {
         for sb in 0..nsb {
             let p = tile.add(sb * tb);
-            prefetch_ahead(p, tb);
             let mut itot = [zero; RT];
             for s in 0..8 {
+                // Spread over the sub-blocks: a burst of ~40 prefetches
+                // per super-block overflows the miss buffers.
+                prefetch_ahead(p.add(s * tb / 8), tb / 8);
                 let j = s / 2;
                 let mut wv = [zero; 8];
                 for (q, w) in wv.iter_mut().enumerate() {
@@ -528,10 +530,11 @@ unsafe fn tile_q6k<const RT: usize, const VNNI: bool>(
     unsafe {
         for sb in 0..nsb {
             let p = tile.add(sb * Q6K_TB);
-            prefetch_ahead(p, Q6K_TB);
             let mut itot = [zero; RT];
             for sp in 0..4 {
                 for ph in 0..2 {
+                    // Spread over the 8 phases, as in `tile_q4k`.
+                    prefetch_ahead(p.add((2 * sp + ph) * Q6K_TB / 8), Q6K_TB / 8);
                     // Phase 0: low nibbles of L_Q (sub-block sp) and high
                     // nibbles (sp + 8); phase 1: L_{Q+16} (sp + 4, sp + 12).
                     let mut wa = [zero; 4];
