@@ -26,7 +26,7 @@ use crate::kernels::{
 };
 use crate::scheduler::BlockId;
 use attention::{attend, AttendLayer, TokenSlot};
-use ops::{add_in_place, add_row_bias, geglu, rms_norm, rms_norm_in_place, rope, swiglu};
+use ops::{add_in_place, add_row_bias, gated_activation, rms_norm, rms_norm_in_place, rope};
 
 /// Why the model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -422,10 +422,12 @@ impl Transformer {
                 &mut s.gate,
             );
             project(pool, &b.w_up, &s.xn, t, &mut s.xq, &mut fresh, &mut s.up);
-            match cfg.arch.activation {
-                Activation::SwiGlu => swiglu(&mut s.gate[..t * ff], &s.up[..t * ff]),
-                Activation::GeGlu => geglu(&mut s.gate[..t * ff], &s.up[..t * ff]),
-            }
+            gated_activation(
+                pool,
+                cfg.arch.activation,
+                &mut s.gate[..t * ff],
+                &s.up[..t * ff],
+            );
             matmul(pool, &b.w_down, &s.gate, t, &mut s.tmp);
             if let Some(post) = &b.post {
                 rms_norm_in_place(&mut s.tmp[..t * d], &post.ffn, cfg.rms_eps);

@@ -1,6 +1,9 @@
 //! Small element-wise kernels of the transformer block.
 
-use super::config::RopeLayout;
+use std::sync::Mutex;
+
+use super::config::{Activation, RopeLayout};
+use crate::kernels::ComputePool;
 
 /// Root-mean-square normalisation of each `w.len()`-wide row of `x`, scaled by `w`.
 pub(super) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -31,6 +34,35 @@ pub(super) fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
+}
+
+/// Elements below which a gated activation is not worth splitting.
+const ACTIVATION_CHUNK: usize = 16 * 1024;
+
+/// `gate = act(gate) * up` over the compute pool: the transcendental
+/// functions cost as much as a small matmul, so a serial loop here kept
+/// prefill from scaling with threads. Element-wise, so the result does not
+/// depend on the split.
+pub(super) fn gated_activation(pool: &ComputePool, act: Activation, gate: &mut [f32], up: &[f32]) {
+    let run = |g: &mut [f32], u: &[f32]| match act {
+        Activation::SwiGlu => swiglu(g, u),
+        Activation::GeGlu => geglu(g, u),
+    };
+    let parts = pool.threads().min(gate.len() / ACTIVATION_CHUNK).max(1);
+    if parts == 1 {
+        return run(gate, up);
+    }
+    let per = gate.len().div_ceil(parts);
+    let chunks: Vec<Mutex<(&mut [f32], &[f32])>> = gate
+        .chunks_mut(per)
+        .zip(up.chunks(per))
+        .map(Mutex::new)
+        .collect();
+    pool.run(chunks.len(), &|part| {
+        let mut c = chunks[part].lock().unwrap_or_else(|p| p.into_inner());
+        let (g, u) = &mut *c;
+        run(g, u);
+    });
 }
 
 /// `gate = silu(gate) * up`, the SwiGLU activation.
