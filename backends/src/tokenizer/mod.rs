@@ -398,17 +398,81 @@ fn eog_ids(tokens: &[&str], named: impl Iterator<Item = u32>) -> Vec<u32> {
     eog
 }
 
+/// What both tokenizer models read from the metadata: the vocabulary, its
+/// token types and the special ids.
+struct VocabMeta<'a> {
+    tokens: Vec<&'a str>,
+    types: Vec<i64>,
+    special: Vec<bool>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    eot: Option<u32>,
+    eom: Option<u32>,
+}
+
+impl<'a> VocabMeta<'a> {
+    fn read(content: &'a Content) -> Result<Self, TokenizerError> {
+        let tokens = get_string_array(content, KEY_TOKENS)?
+            .ok_or_else(|| TokenizerError::MissingKey(KEY_TOKENS.to_string()))?;
+        if tokens.is_empty() {
+            return Err(TokenizerError::InvalidMetadata(format!(
+                "`{KEY_TOKENS}` is empty"
+            )));
+        }
+        let n = tokens.len();
+        if u32::try_from(n).is_err() {
+            return Err(TokenizerError::InvalidMetadata(format!(
+                "vocabulary of {n} tokens does not fit u32 ids"
+            )));
+        }
+        let types = token_types(content, n)?;
+        let special = special_flags(&types);
+        Ok(Self {
+            bos: get_token_id(content, KEY_BOS, n)?,
+            eos: get_token_id(content, KEY_EOS, n)?,
+            unk: get_token_id(content, KEY_UNK, n)?,
+            eot: get_token_id(content, KEY_EOT, n)?,
+            eom: get_token_id(content, KEY_EOM, n)?,
+            tokens,
+            types,
+            special,
+        })
+    }
+
+    /// `tokenizer.ggml.add_bos_token`, `default` when absent; refused when
+    /// true without a BOS id.
+    fn add_bos(&self, content: &Content, default: bool) -> Result<bool, TokenizerError> {
+        let add_bos = get_bool(content, KEY_ADD_BOS)?.unwrap_or(default);
+        if add_bos && self.bos.is_none() {
+            return Err(TokenizerError::InvalidMetadata(format!(
+                "`{KEY_ADD_BOS}` is true but `{KEY_BOS}` is missing"
+            )));
+        }
+        Ok(add_bos)
+    }
+
+    /// The tokenizer around `inner`, with each token's raw bytes.
+    fn into_tokenizer(self, inner: Inner, bytes: Vec<Vec<u8>>, add_bos: bool) -> GgufTokenizer {
+        let named = self.eos.into_iter().chain(self.eot).chain(self.eom);
+        GgufTokenizer {
+            inner,
+            eog: eog_ids(&self.tokens, named),
+            tokens: self.tokens.iter().map(|t| (*t).to_string()).collect(),
+            bytes,
+            special: self.special,
+            bos: self.bos,
+            eos: self.eos,
+            add_bos,
+        }
+    }
+}
+
 impl GgufTokenizer {
     /// The SentencePiece tokenizer (`tokenizer.ggml.model = "llama"`).
     fn spm_from_gguf(content: &Content) -> Result<Self, TokenizerError> {
-        let tokens = get_string_array(content, KEY_TOKENS)?
-            .ok_or_else(|| TokenizerError::MissingKey(KEY_TOKENS.to_string()))?;
-        let n = tokens.len();
-        if n == 0 || u32::try_from(n).is_err() {
-            return Err(TokenizerError::InvalidMetadata(format!(
-                "`{KEY_TOKENS}` has {n} entries"
-            )));
-        }
+        let meta = VocabMeta::read(content)?;
+        let n = meta.tokens.len();
         let scores: Vec<f32> = match get_array(content, KEY_SCORES)? {
             Some(arr) if arr.len() == n => arr
                 .iter()
@@ -429,26 +493,22 @@ impl GgufTokenizer {
             }
             None => return Err(TokenizerError::MissingKey(KEY_SCORES.to_string())),
         };
-        let types = token_types(content, n)?;
-        let special = special_flags(&types);
-        let is_byte: Vec<bool> = types.iter().map(|t| *t == TOKEN_TYPE_BYTE).collect();
-        let bos = get_token_id(content, KEY_BOS, n)?;
-        let eos = get_token_id(content, KEY_EOS, n)?;
-        let unk = get_token_id(content, KEY_UNK, n)?;
-        let eot = get_token_id(content, KEY_EOT, n)?;
-        let eom = get_token_id(content, KEY_EOM, n)?;
+        let is_byte: Vec<bool> = meta.types.iter().map(|t| *t == TOKEN_TYPE_BYTE).collect();
         // llama.cpp's defaults for SentencePiece vocabularies.
-        let add_bos = get_bool(content, KEY_ADD_BOS)?.unwrap_or(true);
+        let add_bos = meta.add_bos(content, true)?;
         let add_space_prefix = get_bool(content, KEY_ADD_SPACE_PREFIX)?.unwrap_or(true);
-        if add_bos && bos.is_none() {
-            return Err(TokenizerError::InvalidMetadata(format!(
-                "`{KEY_ADD_BOS}` is true but `{KEY_BOS}` is missing"
-            )));
-        }
-        let model = spm::SpmModel::new(&tokens, scores, &special, &is_byte, unk, add_space_prefix)?;
-        let bytes = tokens
+        let model = spm::SpmModel::new(
+            &meta.tokens,
+            scores,
+            &meta.special,
+            &is_byte,
+            meta.unk,
+            add_space_prefix,
+        )?;
+        let bytes = meta
+            .tokens
             .iter()
-            .zip(&special)
+            .zip(&meta.special)
             .zip(&is_byte)
             .map(|((t, s), b)| {
                 if *s {
@@ -458,17 +518,7 @@ impl GgufTokenizer {
                 }
             })
             .collect();
-        let eog = eog_ids(&tokens, eos.into_iter().chain(eot).chain(eom));
-        Ok(Self {
-            inner: Inner::Spm(Box::new(model)),
-            tokens: tokens.iter().map(|t| (*t).to_string()).collect(),
-            bytes,
-            special,
-            bos,
-            eos,
-            eog,
-            add_bos,
-        })
+        Ok(meta.into_tokenizer(Inner::Spm(Box::new(model)), bytes, add_bos))
     }
 
     /// Builds the tokenizer from a GGUF file's metadata.
@@ -487,23 +537,8 @@ impl GgufTokenizer {
         }
         let pre = PreKind::from_name(get_string(content, KEY_PRE)?)?;
 
-        let tokens = get_string_array(content, KEY_TOKENS)?
-            .ok_or_else(|| TokenizerError::MissingKey(KEY_TOKENS.to_string()))?;
-        if tokens.is_empty() {
-            return Err(TokenizerError::InvalidMetadata(format!(
-                "`{KEY_TOKENS}` is empty"
-            )));
-        }
-        let n = tokens.len();
-        if u32::try_from(n).is_err() {
-            return Err(TokenizerError::InvalidMetadata(format!(
-                "vocabulary of {n} tokens does not fit u32 ids"
-            )));
-        }
-
-        let types = token_types(content, n)?;
-        let special = special_flags(&types);
-
+        let meta = VocabMeta::read(content)?;
+        let (tokens, special) = (&meta.tokens, &meta.special);
         let merges_raw = get_string_array(content, KEY_MERGES)?
             .ok_or_else(|| TokenizerError::MissingKey(KEY_MERGES.to_string()))?;
         let merges = merges_raw
@@ -525,17 +560,7 @@ impl GgufTokenizer {
             })
             .collect::<Result<Vec<_>, TokenizerError>>()?;
 
-        let bos = get_token_id(content, KEY_BOS, n)?;
-        let eos = get_token_id(content, KEY_EOS, n)?;
-        let unk = get_token_id(content, KEY_UNK, n)?;
-        let eot = get_token_id(content, KEY_EOT, n)?;
-        let eom = get_token_id(content, KEY_EOM, n)?;
-        let add_bos = get_bool(content, KEY_ADD_BOS)?.unwrap_or(pre == PreKind::Llama3);
-        if add_bos && bos.is_none() {
-            return Err(TokenizerError::InvalidMetadata(format!(
-                "`{KEY_ADD_BOS}` is true but `{KEY_BOS}` is missing"
-            )));
-        }
+        let add_bos = meta.add_bos(content, pre == PreKind::Llama3)?;
 
         // Vocabulary: on duplicate strings the first id wins (as in llama.cpp's token_to_id).
         let mut vocab = Vocab::default();
@@ -545,7 +570,7 @@ impl GgufTokenizer {
         let mut builder = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .ignore_merges(pre == PreKind::Llama3);
-        if let Some(unk) = unk {
+        if let Some(unk) = meta.unk {
             builder = builder.unk_token(tokens[unk as usize].to_string());
         }
         let bpe = builder.build().map_err(tk_err)?;
@@ -556,7 +581,7 @@ impl GgufTokenizer {
         inner.with_post_processor(Some(ByteLevelProcessor::new(false, true, false)));
         let added: Vec<AddedToken> = tokens
             .iter()
-            .zip(&special)
+            .zip(special)
             .filter(|(t, s)| **s && !t.is_empty())
             .map(|(t, _)| AddedToken::from(t.to_string(), true))
             .collect();
@@ -565,7 +590,7 @@ impl GgufTokenizer {
         let map = gpt2_unicode_to_byte();
         let bytes = tokens
             .iter()
-            .zip(&special)
+            .zip(special)
             .map(|(t, s)| {
                 if *s {
                     t.as_bytes().to_vec()
@@ -574,19 +599,7 @@ impl GgufTokenizer {
                 }
             })
             .collect();
-
-        let eog = eog_ids(&tokens, eos.into_iter().chain(eot).chain(eom));
-
-        Ok(Self {
-            inner: Inner::Bpe(Box::new(inner)),
-            tokens: tokens.iter().map(|t| (*t).to_string()).collect(),
-            bytes,
-            special,
-            bos,
-            eos,
-            eog,
-            add_bos,
-        })
+        Ok(meta.into_tokenizer(Inner::Bpe(Box::new(inner)), bytes, add_bos))
     }
 
     /// Encodes `text` to token ids.
