@@ -9,6 +9,8 @@
 //! `/tokenize` with `parse_special`, and `/apply-template` under `--jinja`).
 
 mod common;
+#[path = "common/llamacpp.rs"]
+mod llamacpp;
 
 use std::path::PathBuf;
 
@@ -21,14 +23,8 @@ use protocol::{ChatMessage, GenerateRequest, SamplingParams};
 
 #[derive(serde::Deserialize)]
 struct Reference {
-    tokens: Vec<TokenCase>,
+    tokens: Vec<llamacpp::TokenCase>,
     templates: Vec<TemplateCase>,
-}
-
-#[derive(serde::Deserialize)]
-struct TokenCase {
-    text: String,
-    ids: Vec<u32>,
 }
 
 #[derive(serde::Deserialize)]
@@ -53,18 +49,7 @@ fn token_ids_equal_llamacpp() {
     let tok = tokenizer(&file);
     let cases = reference().tokens;
     assert!(cases.len() >= 20);
-    let mut failures = Vec::new();
-    for c in &cases {
-        let ours = tok.encode(&c.text).unwrap();
-        if ours != c.ids {
-            failures.push(format!(
-                "{:?}\n  llama.cpp {:?}\n  ours      {:?}",
-                c.text, c.ids, ours
-            ));
-        }
-        assert_eq!(tok.decode(&c.ids).unwrap(), c.text);
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    llamacpp::assert_ids_equal_llamacpp(&tok, &cases, None);
 }
 
 #[test]

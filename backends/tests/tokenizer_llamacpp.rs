@@ -27,11 +27,8 @@ use std::path::PathBuf;
 use backends::tokenizer::GgufTokenizer;
 use candle_core::quantized::gguf_file::Content;
 
-#[derive(serde::Deserialize)]
-struct Entry {
-    text: String,
-    ids: Vec<u32>,
-}
+#[path = "common/llamacpp.rs"]
+mod llamacpp;
 
 #[test]
 fn encode_matches_llamacpp() {
@@ -49,26 +46,7 @@ fn encode_matches_llamacpp() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp_tokens.json"),
     )
     .unwrap();
-    let entries: Vec<Entry> = serde_json::from_str(&data).unwrap();
+    let entries: Vec<llamacpp::TokenCase> = serde_json::from_str(&data).unwrap();
     assert!(entries.len() >= 10, "expected the full llama.cpp token set");
-
-    let mut failures = Vec::new();
-    for e in &entries {
-        let ours = tok.encode(&e.text).unwrap();
-        if ours != e.ids {
-            failures.push(format!(
-                "text {:?}\n  llama.cpp {:?}\n  ours      {:?}",
-                e.text, e.ids, ours
-            ));
-        }
-        // llama.cpp's ids must also decode back to the text.
-        assert_eq!(tok.decode(&e.ids).unwrap(), e.text);
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} texts differ from llama.cpp:\n{}",
-        failures.len(),
-        entries.len(),
-        failures.join("\n")
-    );
+    llamacpp::assert_ids_equal_llamacpp(&tok, &entries, None);
 }

@@ -1,0 +1,42 @@
+//! Token ids against llama.cpp's reference data (`tests/data/llamacpp_*.json`),
+//! for the per-model tokenizer tests.
+
+use backends::tokenizer::GgufTokenizer;
+
+/// One reference text and the ids llama.cpp gives it.
+#[derive(serde::Deserialize)]
+pub struct TokenCase {
+    /// The text.
+    pub text: String,
+    /// llama.cpp's ids for it.
+    pub ids: Vec<u32>,
+}
+
+/// Asserts that `tok` encodes every case to llama.cpp's ids (after removing
+/// a leading `strip` id: references taken without BOS) and decodes
+/// llama.cpp's ids back to the text; lists every differing text at once.
+pub fn assert_ids_equal_llamacpp(tok: &GgufTokenizer, cases: &[TokenCase], strip: Option<u32>) {
+    let mut failures = Vec::new();
+    for c in cases {
+        let ours = tok.encode(&c.text).unwrap();
+        let ours = match strip {
+            Some(id) => ours.strip_prefix(&[id]).unwrap_or(&ours),
+            None => &ours[..],
+        };
+        if ours != c.ids.as_slice() {
+            failures.push(format!(
+                "text {:?}\n  llama.cpp {:?}\n  ours      {:?}",
+                c.text, c.ids, ours
+            ));
+        }
+        // llama.cpp's ids must also decode back to the text.
+        assert_eq!(tok.decode(&c.ids).unwrap(), c.text);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} texts differ from llama.cpp:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
