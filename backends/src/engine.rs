@@ -52,8 +52,9 @@ pub struct EngineConfig {
     /// Threads the model's matmuls and attention run on.
     pub threads: usize,
     /// Longest sequence served, prompt plus generated tokens (llama.cpp's
-    /// `--ctx-size`, vLLM's `max_model_len`); `None` or more than the
-    /// model's context length means the model's.
+    /// `--ctx-size`, vLLM's `max_model_len`); more than the model's context
+    /// length means the model's; `None` means the pool's share per running
+    /// sequence within bounds (see `served_context`).
     pub ctx_size: Option<usize>,
 }
 
@@ -290,6 +291,12 @@ impl EngineHandle {
         }
     }
 
+    /// The longest sequence this engine serves, prompt plus generated
+    /// tokens.
+    pub fn context_length(&self) -> usize {
+        self.sched_cfg.context_length
+    }
+
     /// Tokenizer, chat template and configuration of the model.
     pub fn frontend(&self) -> &Arc<ModelFrontend> {
         &self.frontend
@@ -322,10 +329,31 @@ fn admit_error(e: AdmitError) -> GenerateError {
     }
 }
 
-/// The context length served: the model's, or `ctx_size` when smaller
-/// (at least one KV block).
-fn served_context(model: usize, ctx_size: Option<usize>, block: usize) -> usize {
-    ctx_size.map_or(model, |c| c.clamp(block.min(model), model))
+/// Context served by default, whatever the pool, when the model has it:
+/// Ollama's long-standing default `num_ctx`, and what each slot of
+/// llama-server gets at `-c 16384 --parallel 8`.
+pub const DEFAULT_MIN_CONTEXT: usize = 2048;
+
+/// The context length served: `ctx_size` when set (at least one KV block,
+/// at most the model's). Unset, it is what the KV pool holds for each of
+/// `max_running` sequences at once, at least [`DEFAULT_MIN_CONTEXT`] and at
+/// most the model's: as llama-server splits `--ctx-size` over its slots, so
+/// that a full batch of requests without `max_tokens` does not overcommit
+/// the pool into preemptions (a longer context is one `ctx_size` away).
+fn served_context(
+    model: usize,
+    ctx_size: Option<usize>,
+    block: usize,
+    pool_positions: usize,
+    max_running: usize,
+) -> usize {
+    match ctx_size {
+        Some(c) => c.clamp(block.min(model), model),
+        None => {
+            let share = pool_positions / max_running.max(1) / block.max(1) * block.max(1);
+            share.max(DEFAULT_MIN_CONTEXT).min(model)
+        }
+    }
 }
 
 /// Tokens a request may generate: its `max_tokens`, or up to the end of
@@ -401,6 +429,8 @@ impl Engine {
                 model.config().context_length,
                 cfg.ctx_size,
                 kv.block_size(),
+                kv.num_blocks() * kv.block_size(),
+                cfg.max_running,
             ),
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.max_waiting + 8);
@@ -736,4 +766,28 @@ pub fn spawn_engine(
         .spawn(move || engine.run())
         .map_err(EngineError::Thread)?;
     Ok((handle, join))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_context_defaults_to_a_share_of_the_pool_within_bounds() {
+        // SmolLM2 on 512 MiB: 23,296 positions over 16 sequences is below
+        // the floor, so 2,048 of the model's 8,192.
+        assert_eq!(served_context(8192, None, 16, 23_296, 16), 2048);
+        // Qwen2.5 0.5B on 512 MiB: 43,690 positions, 2,730 each, in blocks.
+        assert_eq!(served_context(32_768, None, 16, 43_690, 16), 2720);
+        // A large pool serves up to the model's context.
+        assert_eq!(served_context(32_768, None, 16, 1 << 20, 16), 32_768);
+        // In between: the pool's share, whole blocks.
+        assert_eq!(served_context(32_768, None, 16, 16 * 6008 + 5, 16), 6000);
+        // A model shorter than the floor serves its own.
+        assert_eq!(served_context(1024, None, 16, 100, 16), 1024);
+        // ctx_size wins, within [one block, the model's].
+        assert_eq!(served_context(8192, Some(64), 16, 100, 16), 64);
+        assert_eq!(served_context(8192, Some(1 << 20), 16, 100, 16), 8192);
+        assert_eq!(served_context(8192, Some(3), 16, 100, 16), 16);
+    }
 }

@@ -239,7 +239,8 @@ fn ctx_size_caps_every_sequence() {
 #[test]
 fn too_long_request_gets_a_clear_error() {
     let h = engine(EngineConfig::default());
-    let ctx = h.frontend().config.context_length;
+    let ctx = h.context_length();
+    assert!(ctx <= h.frontend().config.context_length);
     match h.submit(request(vec![100; 10], ctx as u32, SamplingParams::greedy())) {
         Err(GenerateError::InvalidRequest(msg)) => assert!(msg.contains("context length"), "{msg}"),
         other => panic!("expected invalid request, got {:?}", other.map(|_| ())),

@@ -125,6 +125,7 @@ pub struct EngineSection {
     /// Compute threads per model (default: all cores).
     pub threads: Option<usize>,
     /// Longest sequence served, prompt plus generated tokens (default: the
+    /// KV pool's share per running sequence, at least 2048, at most the
     /// model's context length).
     pub ctx_size: Option<usize>,
 }
