@@ -35,9 +35,13 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() { # url
+wait_ready() { # url [API key file: waited for, then sent]
   for _ in $(seq 1 600); do
-    curl -sf "$1" >/dev/null 2>&1 && return 0
+    if [[ -z ${2:-} ]]; then
+      curl -sf "$1" >/dev/null 2>&1 && return 0
+    elif [[ -s $2 ]]; then
+      curl -sf -H "Authorization: Bearer $(cat "$2")" "$1" >/dev/null 2>&1 && return 0
+    fi
     sleep 0.5
   done
   echo "not ready: $1" >&2; return 1
@@ -48,9 +52,10 @@ port=$(free_port)
 "$BIN" up --data-dir "$work/cluster" --http "127.0.0.1:$port" --nodes "$NODES" \
   --threads-per-node "$TPN" --model "$MODEL" >"$work/up.log" 2>&1 &
 pids+=($!)
-wait_ready "http://127.0.0.1:$port/ready"
+wait_ready "http://127.0.0.1:$port/ready" "$work/cluster/api.key"
+KEY=$(cat "$work/cluster/api.key") # the inference key `inferno up` made
 for c in 1 4 8; do
-  r=$($LOAD --url "http://127.0.0.1:$port" --concurrency "$c" --requests "$REQUESTS" \
+  r=$($LOAD --url "http://127.0.0.1:$port" --api-key "$KEY" --concurrency "$c" --requests "$REQUESTS" \
     --max-tokens "$MAX_TOKENS" --ignore-eos --prompt "$PROMPT" --json)
   echo "{\"server\":\"inferno\",\"concurrency\":$c,\"result\":$r}"
 done | tee "$work/inferno.jsonl"

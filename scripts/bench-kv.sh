@@ -39,9 +39,13 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() { # url
+wait_ready() { # url [API key file: waited for, then sent]
   for _ in $(seq 1 600); do
-    curl -sf "$1" >/dev/null 2>&1 && return 0
+    if [[ -z ${2:-} ]]; then
+      curl -sf "$1" >/dev/null 2>&1 && return 0
+    elif [[ -s $2 ]]; then
+      curl -sf -H "Authorization: Bearer $(cat "$2")" "$1" >/dev/null 2>&1 && return 0
+    fi
     sleep 0.5
   done
   echo "not ready: $1" >&2; return 1
@@ -51,7 +55,8 @@ up() { # name, port, extra args...
   "$BIN" up --data-dir "$work/$name" --http "127.0.0.1:$port" --model "$MODEL" \
     --threads-per-node "$THREADS" "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
-  wait_ready "http://127.0.0.1:$port/ready"
+  KEY_FILE=$work/$name/api.key # the inference key `inferno up` made
+  wait_ready "http://127.0.0.1:$port/ready" "$KEY_FILE"
 }
 stop_last() { kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; }
 llama() { # port, threads
@@ -67,7 +72,7 @@ echo "load $(cut -d' ' -f1 /proc/loadavg); model $MODEL; $THREADS thread(s) per 
 
 if [[ $PARTS == *A* ]]; then
   p=$(free_port); up prefix-1node "$p" --nodes 1 --replicas 1
-  emit "A inferno 1 node" "$("$BIN" bench prefix --url "http://127.0.0.1:$p" $PREFIX_ARGS)"
+  emit "A inferno 1 node" "$("$BIN" bench prefix --url "http://127.0.0.1:$p" --api-key-file "$KEY_FILE" $PREFIX_ARGS)"
   stop_last
   p=$(free_port); llama "$p" "$THREADS"
   emit "A llama-server" "$("$BIN" bench prefix --url "http://127.0.0.1:$p" $PREFIX_ARGS)"
@@ -77,7 +82,7 @@ if [[ $PARTS == *B* ]]; then
   for mode in on off; do
     extra=(); [[ $mode == off ]] && extra=(--no-cache-aware-routing)
     p=$(free_port); up "prefix-2nodes-$mode" "$p" --nodes 2 --replicas 2 --kv-budget-mib "$CLUSTER_KV_MIB" "${extra[@]}"
-    emit "B cache-aware $mode" "$("$BIN" bench prefix --url "http://127.0.0.1:$p" $PREFIX_ARGS)"
+    emit "B cache-aware $mode" "$("$BIN" bench prefix --url "http://127.0.0.1:$p" --api-key-file "$KEY_FILE" $PREFIX_ARGS)"
     stop_last
   done
 fi
@@ -86,11 +91,11 @@ if [[ $PARTS == *C* ]]; then
   # shellcheck disable=SC2086 # C_UP_ARGS is a list of arguments
   p=$(free_port); up open-ended "$p" --nodes 2 ${C_UP_ARGS:-}
   ( peak=0; while sleep 0.5; do
-      r=$(curl -sf "http://127.0.0.1:$p/metrics" | awk '/^inferno_running_sequences\{/ {s+=$2} END {print s+0}') || break
+      r=$(curl -sf -H "Authorization: Bearer $(cat "$KEY_FILE")" "http://127.0.0.1:$p/metrics" | awk '/^inferno_running_sequences\{/ {s+=$2} END {print s+0}') || break
       (( r > peak )) && peak=$r && echo "$peak" > "$work/peak_running"
     done ) &
   poller=$!
-  emit "C inferno" "$($OPEN --url "http://127.0.0.1:$p")"
+  emit "C inferno" "$($OPEN --url "http://127.0.0.1:$p" --api-key "$(cat "$KEY_FILE")")"
   kill "$poller" 2>/dev/null || true
   echo "{\"run\":\"C inferno peak running\",\"result\":$(cat "$work/peak_running" 2>/dev/null || echo 0)}" | tee -a "$work/results.jsonl"
   stop_last

@@ -6,7 +6,8 @@
 #
 # Steps: builds the inferno:local image (scripts/docker-image.sh), creates
 # the CA and the member certificates under $INFERNO_COMPOSE_DIR/certs when
-# missing, renders configs/compose for the network prefix, runs
+# missing, an admin key under $INFERNO_COMPOSE_DIR/secrets when missing,
+# renders configs/compose for the network prefix, runs
 # `docker-compose up -d`, deploys the model (POST /admin/v1/models on
 # coordinator 1, retried until 200) and waits for GET /ready = 200.
 #
@@ -64,6 +65,15 @@ for member in coordinator-1 coordinator-2 coordinator-3 node-1 node-2 node-3; do
     fi
 done
 
+# The admin key every coordinator bootstraps the cluster with (tenant
+# `default`), mounted read-only at /secrets; only its SHA-256 is replicated.
+secrets=$state/secrets
+if [[ ! -f "$secrets/admin.key" ]]; then
+    mkdir -p "$secrets"
+    (umask 077 && printf 'inf-%s\n' "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >"$secrets/admin.key")
+fi
+admin_key=$(tr -d '[:space:]' <"$secrets/admin.key")
+
 # The member configs with this network's addresses.
 configs=$state/configs
 mkdir -p "$configs"
@@ -72,7 +82,7 @@ for f in "$root"/configs/compose/*.toml; do
 done
 
 export INFERNO_CERTS_DIR=$certs INFERNO_MODEL=$model INFERNO_COMPOSE_CONFIGS=$configs \
-    INFERNO_COMPOSE_NET=$net
+    INFERNO_COMPOSE_NET=$net INFERNO_SECRETS_DIR=$secrets
 export INFERNO_HTTP_PORT_1=${INFERNO_HTTP_PORT_1:-18101} \
     INFERNO_HTTP_PORT_2=${INFERNO_HTTP_PORT_2:-18102} \
     INFERNO_HTTP_PORT_3=${INFERNO_HTTP_PORT_3:-18103}
@@ -85,6 +95,7 @@ if [[ "${INFERNO_COMPOSE_DEPLOY:-1}" == 1 ]]; then
         "$model_name" "/models/model.gguf" "$size" "$replicas")
     deadline=$((SECONDS + timeout))
     until curl -fsS -o /dev/null -m 10 -XPOST "http://$api/admin/v1/models" \
+        -H "Authorization: Bearer $admin_key" \
         -H 'Content-Type: application/json' -d "$body" 2>/dev/null; do
         if ((SECONDS >= deadline)); then
             echo "compose-up.sh: POST /admin/v1/models on $api failed for ${timeout}s; see \`docker-compose -p $project logs\`" >&2
@@ -93,7 +104,7 @@ if [[ "${INFERNO_COMPOSE_DEPLOY:-1}" == 1 ]]; then
         sleep 1
     done
     echo "deployed $model_name with $replicas replicas; waiting for a ready replica..." >&2
-    until curl -fsS -o /dev/null -m 10 "http://$api/ready" 2>/dev/null; do
+    until curl -fsS -o /dev/null -m 10 -H "Authorization: Bearer $admin_key" "http://$api/ready" 2>/dev/null; do
         if ((SECONDS >= deadline)); then
             echo "compose-up.sh: GET /ready on $api not 200 after ${timeout}s; see \`docker-compose -p $project logs\`" >&2
             exit 1
@@ -104,5 +115,6 @@ fi
 
 echo "Inferno compose cluster \"$project\" up: OpenAI API at http://127.0.0.1:$INFERNO_HTTP_PORT_1/v1," \
     "http://127.0.0.1:$INFERNO_HTTP_PORT_2/v1, http://127.0.0.1:$INFERNO_HTTP_PORT_3/v1 (model \"$model_name\")"
-echo "  try: curl http://$api/v1/chat/completions -H 'Content-Type: application/json' -d '{\"model\":\"$model_name\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'"
+echo "  admin key: $secrets/admin.key (make inference keys with: inferno keys create --url http://$api --api-key-file $secrets/admin.key)"
+echo "  try: curl http://$api/v1/chat/completions -H \"Authorization: Bearer \$(cat $secrets/admin.key)\" -H 'Content-Type: application/json' -d '{\"model\":\"$model_name\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'"
 echo "  stop: INFERNO_COMPOSE_PROJECT=$project scripts/compose-down.sh"

@@ -119,9 +119,10 @@ enum Outcome {
     Unknown,
 }
 
-fn write(addr: SocketAddr, name: &str, source: &str, timeout: Duration) -> Outcome {
+fn write(addr: SocketAddr, key: &str, name: &str, source: &str, timeout: Duration) -> Outcome {
     match http_client::request(
         addr,
+        Some(key),
         "POST",
         "/admin/v1/models",
         Some(&model(name, source)),
@@ -136,8 +137,15 @@ fn write(addr: SocketAddr, name: &str, source: &str, timeout: Duration) -> Outco
 }
 
 /// Reads the models of one coordinator as a map name -> source.
-fn read_models(addr: SocketAddr) -> Result<Option<BTreeMap<String, String>>, HttpError> {
-    let (status, v) = http_client::request(addr, "GET", "/admin/v1/models", None, REQUEST_TIMEOUT)?;
+fn read_models(addr: SocketAddr, key: &str) -> Result<Option<BTreeMap<String, String>>, HttpError> {
+    let (status, v) = http_client::request(
+        addr,
+        Some(key),
+        "GET",
+        "/admin/v1/models",
+        None,
+        REQUEST_TIMEOUT,
+    )?;
     if status != 200 {
         return Ok(None);
     }
@@ -151,11 +159,12 @@ fn read_models(addr: SocketAddr) -> Result<Option<BTreeMap<String, String>>, Htt
 
 fn wait_for_models(
     addr: SocketAddr,
+    key: &str,
     timeout: Duration,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(Some(m)) = read_models(addr) {
+        if let Ok(Some(m)) = read_models(addr, key) {
             return Ok(m);
         }
         anyhow::ensure!(
@@ -183,6 +192,7 @@ fn round(x: f64, digits: i32) -> f64 {
 
 /// Shared state of the failover phase's client threads.
 struct Recorder {
+    key: String,
     start: Instant,
     history: Mutex<Vec<Operation>>,
     acknowledged: Mutex<Vec<String>>,
@@ -204,7 +214,7 @@ impl Recorder {
         timeout: Duration,
     ) -> bool {
         let call = self.now();
-        let outcome = write(addr, name, source, timeout);
+        let outcome = write(addr, &self.key, name, source, timeout);
         let ret = self.now();
         let ret = match outcome {
             Outcome::Ok => Some(ret),
@@ -233,7 +243,7 @@ impl Recorder {
     /// Reads through `addr`, keeping only the failover phase's keys.
     fn read(&self, client: u64, addr: SocketAddr) {
         let call = self.now();
-        let Ok(Some(map)) = read_models(addr) else {
+        let Ok(Some(map)) = read_models(addr, &self.key) else {
             return;
         };
         let ret = self.now();
@@ -279,11 +289,12 @@ fn bench(a: &ControlPlaneBenchArgs, dir: &std::path::Path) -> anyhow::Result<Rep
             .context("leader id not in the group")?,
     );
     let mut acknowledged: Vec<String> = Vec::new();
+    let key = cluster.admin_key().to_string();
 
     // Warm-up, then sequential commit latency through the leader.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !matches!(
-        write(leader_addr, "warm", "up", REQUEST_TIMEOUT),
+        write(leader_addr, &key, "warm", "up", REQUEST_TIMEOUT),
         Outcome::Ok
     ) {
         anyhow::ensure!(
@@ -297,7 +308,7 @@ fn bench(a: &ControlPlaneBenchArgs, dir: &std::path::Path) -> anyhow::Result<Rep
     for i in 0..a.writes {
         let name = format!("c-{i}");
         let t = Instant::now();
-        match write(leader_addr, &name, &"v".repeat(64), REQUEST_TIMEOUT) {
+        match write(leader_addr, &key, &name, &"v".repeat(64), REQUEST_TIMEOUT) {
             Outcome::Ok => acknowledged.push(name),
             _ => anyhow::bail!(
                 "sequential write {i} to the leader failed; {}",
@@ -313,13 +324,14 @@ fn bench(a: &ControlPlaneBenchArgs, dir: &std::path::Path) -> anyhow::Result<Rep
     let handles: Vec<_> = (0..16)
         .map(|j| {
             let addr = addrs[j % 3];
+            let key = key.clone();
             std::thread::spawn(move || {
                 let mut names = Vec::new();
                 let mut n = 0;
                 while Instant::now() < stop_at {
                     let name = format!("t-{j}-{n}");
                     n += 1;
-                    if let Outcome::Ok = write(addr, &name, "v", REQUEST_TIMEOUT) {
+                    if let Outcome::Ok = write(addr, &key, &name, "v", REQUEST_TIMEOUT) {
                         names.push(name);
                     }
                 }
@@ -339,6 +351,7 @@ fn bench(a: &ControlPlaneBenchArgs, dir: &std::path::Path) -> anyhow::Result<Rep
 
     // Failover under load, recording a history.
     let rec = Arc::new(Recorder {
+        key: key.clone(),
         start: Instant::now(),
         history: Mutex::new(Vec::new()),
         acknowledged: Mutex::new(Vec::new()),
@@ -409,7 +422,7 @@ fn bench(a: &ControlPlaneBenchArgs, dir: &std::path::Path) -> anyhow::Result<Rep
         let probe = format!("fo-probe-{k}-{}", n - 1);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(Some(m)) = read_models(addrs[li]) {
+            if let Ok(Some(m)) = read_models(addrs[li], &key) {
                 if m.contains_key(&probe) {
                     break;
                 }
@@ -435,7 +448,7 @@ fn bench(a: &ControlPlaneBenchArgs, dir: &std::path::Path) -> anyhow::Result<Rep
     acknowledged.extend(lock(&rec.acknowledged).iter().cloned());
     let mut lost: HashSet<&str> = HashSet::new();
     for addr in &addrs {
-        let models = wait_for_models(*addr, Duration::from_secs(30))?;
+        let models = wait_for_models(*addr, &key, Duration::from_secs(30))?;
         lost.extend(
             acknowledged
                 .iter()

@@ -89,8 +89,11 @@ impl Drop for Cluster {
 }
 
 /// The job the flags describe: the anchor's MLP and client training, FedAvg,
-/// every client in every round.
-pub fn job_spec(a: &FlBenchArgs, id: &str) -> anyhow::Result<JobSpec> {
+/// every client in every round. Files the flags name are copied into
+/// `data_dir` (the FL data directory of every process of the cluster),
+/// since a job may name files only there.
+pub fn job_spec(a: &FlBenchArgs, id: &str, data_dir: &Path) -> anyhow::Result<JobSpec> {
+    let staged = |p: &Path| stage_file(p, data_dir, id);
     let spec = JobSpec {
         id: id.to_string(),
         dataset: a.dataset,
@@ -99,7 +102,7 @@ pub fn job_spec(a: &FlBenchArgs, id: &str) -> anyhow::Result<JobSpec> {
         },
         init: InitSpec {
             seed: a.seed,
-            file: a.init.as_deref().map(absolute_file).transpose()?,
+            file: a.init.as_deref().map(staged).transpose()?,
         },
         rounds: a.rounds,
         strategy: Strategy::FedAvg,
@@ -116,7 +119,7 @@ pub fn job_spec(a: &FlBenchArgs, id: &str) -> anyhow::Result<JobSpec> {
         partition: PartitionSpec {
             split: SplitKind::from(a.split),
             clients: a.clients,
-            file: a.partitions.as_deref().map(absolute_file).transpose()?,
+            file: a.partitions.as_deref().map(staged).transpose()?,
             alpha: a.alpha,
             seed: a.seed,
             max_rows_per_client: None,
@@ -128,9 +131,21 @@ pub fn job_spec(a: &FlBenchArgs, id: &str) -> anyhow::Result<JobSpec> {
     Ok(spec)
 }
 
-fn absolute_file(p: &Path) -> anyhow::Result<PathBuf> {
-    p.canonicalize()
-        .with_context(|| format!("cannot find {}", p.display()))
+/// Copies `p` to `data_dir/job-files/JOB/NAME` and returns that path
+/// relative to `data_dir`.
+fn stage_file(p: &Path, data_dir: &Path, job: &str) -> anyhow::Result<PathBuf> {
+    let name = p
+        .file_name()
+        .with_context(|| format!("{} names no file", p.display()))?;
+    let rel = Path::new("job-files").join(job).join(name);
+    let dest = data_dir.join(&rel);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::copy(p, &dest)
+        .with_context(|| format!("cannot copy {} to {}", p.display(), dest.display()))?;
+    Ok(rel)
 }
 
 /// The JSON line printed for a finished round.
@@ -173,7 +188,7 @@ pub fn run(a: FlBenchArgs) -> anyhow::Result<()> {
         crate::fl::absolute(&a.data_dir.clone().unwrap_or_else(crate::default_data_dir))?;
     data::ensure_dataset(a.dataset, &data_dir, !a.json)?;
     let id = format!("bench-fl-{}", std::process::id());
-    let spec = job_spec(&a, &id)?;
+    let spec = job_spec(&a, &id, &data_dir)?;
 
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -253,13 +268,15 @@ fn bench(
     }
     cluster.coordinators.wait_for_leader(READY_TIMEOUT)?;
     let http = cluster.coordinators.http_addr(0);
-    wait_for_nodes(http, a.clients, READY_TIMEOUT)?;
+    let key = cluster.coordinators.admin_key().to_string();
+    wait_for_nodes(http, &key, a.clients, READY_TIMEOUT)?;
 
     let body = serde_json::to_value(spec).context("cannot encode the job")?;
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         match crate::http_client::request(
             http,
+            Some(&key),
             "POST",
             "/admin/v1/fl/jobs",
             Some(&body),
@@ -282,7 +299,7 @@ fn bench(
     if !a.json {
         eprintln!("submitted job {}; {} rounds", spec.id, spec.rounds);
     }
-    let api = api::FlApi::new(&format!("http://{http}"));
+    let api = api::FlApi::new(&format!("http://{http}"), Some(key.clone()));
     let timeout = Duration::from_secs(spec.rounds.saturating_mul(spec.round_timeout_s) + 300);
     let mut done = Vec::new();
     let status = crate::fl::follow(&api, &spec.id, timeout, |r| {
@@ -331,12 +348,22 @@ fn node_config(
 }
 
 /// Waits until the coordinator lists at least `n` nodes.
-fn wait_for_nodes(http: std::net::SocketAddr, n: usize, timeout: Duration) -> anyhow::Result<()> {
+fn wait_for_nodes(
+    http: std::net::SocketAddr,
+    key: &str,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok((200, v)) =
-            crate::http_client::request(http, "GET", "/admin/v1/cluster", None, HTTP_TIMEOUT)
-        {
+        if let Ok((200, v)) = crate::http_client::request(
+            http,
+            Some(key),
+            "GET",
+            "/admin/v1/cluster",
+            None,
+            HTTP_TIMEOUT,
+        ) {
             let up = v["nodes"].as_object().map_or(0, |m| m.len());
             if up >= n {
                 return Ok(());
@@ -374,13 +401,21 @@ mod tests {
             "--clients",
             "4",
         ]);
-        let spec = job_spec(&cli.a, "j").unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let spec = job_spec(&cli.a, "j", data.path()).unwrap();
         assert_eq!(spec.dataset, DatasetKind::FashionMnist);
         assert_eq!(spec.partition.split, SplitKind::Dirichlet);
         assert_eq!((spec.partition.clients, spec.sampling.min_clients), (4, 4));
         assert_eq!(JobSpec::from_json(&spec.to_json().unwrap()).unwrap(), spec);
         let cli = Cli::parse_from(["x", "--init", "/definitely/missing.bin"]);
-        assert!(job_spec(&cli.a, "j").is_err());
+        assert!(job_spec(&cli.a, "j", data.path()).is_err());
+        let init = data.path().join("init.bin");
+        std::fs::write(&init, [0u8; 8]).unwrap();
+        let cli = Cli::parse_from(["x", "--init", init.to_str().unwrap()]);
+        let spec = job_spec(&cli.a, "j", data.path()).unwrap();
+        let staged = spec.init.file.unwrap();
+        assert!(staged.is_relative());
+        assert_eq!(std::fs::read(data.path().join(staged)).unwrap(), [0u8; 8]);
 
         let rounds: Vec<Value> = (1..=2)
             .map(|i| json!({"round": i, "metrics": {"accuracy": 0.9, "loss": 0.3, "seconds": f64::from(i)}}))

@@ -44,9 +44,8 @@ pub struct PrefixBenchArgs {
     /// Tokens generated per request (end-of-sequence is ignored).
     #[arg(long, default_value_t = 32)]
     pub max_tokens: u32,
-    /// API key sent as `Authorization: Bearer`.
-    #[arg(long, env = "INFERNO_API_KEY")]
-    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub key: crate::api_key::ApiKeyArgs,
     /// Seed of the prompt text.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -339,7 +338,8 @@ pub fn run(a: PrefixBenchArgs) -> anyhow::Result<()> {
             "stream_options": {"include_usage": true},
         })
     };
-    let key = a.api_key.as_deref();
+    let key = a.key.resolve()?;
+    let key = key.as_deref();
     let before = cache_counters(&agent, &base, key);
     let mut cold = Vec::new();
     let mut errors = 0;

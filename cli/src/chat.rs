@@ -14,6 +14,8 @@ pub struct ChatArgs {
     /// Base URL of a coordinator, e.g. http://127.0.0.1:8080.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    #[command(flatten)]
+    pub key: crate::api_key::ApiKeyArgs,
     /// Model name (default: the first one the server lists).
     #[arg(long)]
     pub model: Option<String>,
@@ -28,11 +30,14 @@ pub struct ChatArgs {
     pub max_tokens: u32,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout_read(Duration::from_secs(120))
-        .build()
+fn agent(key: Option<String>) -> ureq::Agent {
+    crate::api_key::with_key(
+        ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(Duration::from_secs(120)),
+        key,
+    )
+    .build()
 }
 
 /// The first model listed at `GET {base}/v1/models`.
@@ -55,7 +60,7 @@ pub(crate) fn first_model(agent: &ureq::Agent, base: &str) -> anyhow::Result<Str
 /// Runs the chat loop until end of input (Ctrl-D) or `/exit`.
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let base = args.url.trim_end_matches('/').to_string();
-    let agent = agent();
+    let agent = agent(args.key.resolve()?);
     let model = match args.model {
         Some(m) => m,
         None => first_model(&agent, &base)?,

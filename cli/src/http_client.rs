@@ -44,11 +44,13 @@ impl HttpError {
     }
 }
 
-/// Sends one request (`Connection: close`) and returns the status code and
-/// the JSON body (`Value::Null` when the body is empty). `timeout` bounds
-/// connecting and each read or write.
+/// Sends one request (`Connection: close`), with `key` as a bearer token
+/// when given, and returns the status code and the JSON body
+/// (`Value::Null` when the body is empty). `timeout` bounds connecting and
+/// each read or write.
 pub fn request(
     addr: SocketAddr,
+    key: Option<&str>,
     method: &str,
     path: &str,
     body: Option<&Value>,
@@ -61,9 +63,10 @@ pub fn request(
     s.set_write_timeout(Some(timeout)).map_err(transport)?;
     let _ = s.set_nodelay(true);
     let body = body.map(Value::to_string).unwrap_or_default();
+    let auth = key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n"));
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).map_err(transport)?;

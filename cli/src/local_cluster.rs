@@ -75,6 +75,7 @@ pub struct LocalCoordinators {
     binary: PathBuf,
     log_filter: String,
     members: Vec<Member>,
+    admin_key: String,
 }
 
 /// A free loopback UDP port (released before use: a small race that is
@@ -115,6 +116,10 @@ impl LocalCoordinators {
         let http = (0..spec.n)
             .map(|i| spec.http_addrs.get(i).copied().map_or_else(free_tcp, Ok))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        // The cluster's first admin key, registered by the coordinators.
+        let admin_key_file = dir.join("admin.key");
+        let admin_key = coordinator::server::bootstrap::load_or_create(&admin_key_file)
+            .context("cannot make the admin key")?;
         let mut members = Vec::with_capacity(spec.n);
         for i in 0..spec.n {
             let id = i + 1;
@@ -130,6 +135,12 @@ impl LocalCoordinators {
                 et = spec.election_ticks,
                 ht = spec.heartbeat_ticks,
                 rt = spec.request_timeout_ms,
+            );
+            // Every member may bootstrap (the first proposal wins), so
+            // the key gets in even when one of them is slow or down.
+            let _ = writeln!(
+                text,
+                "bootstrap = true\nadmin_key_file = {admin_key_file:?}"
             );
             if let Some(extra) = spec.extra_toml.get(i) {
                 text.push_str(extra);
@@ -167,6 +178,7 @@ impl LocalCoordinators {
             binary,
             log_filter: spec.log_filter.clone(),
             members,
+            admin_key,
         })
     }
 
@@ -232,6 +244,11 @@ impl LocalCoordinators {
         }
     }
 
+    /// The cluster's admin key (in `DIR/admin.key`).
+    pub fn admin_key(&self) -> &str {
+        &self.admin_key
+    }
+
     /// The admin API address of coordinator `i`.
     pub fn http_addr(&self, i: usize) -> SocketAddr {
         self.members[i].http
@@ -290,6 +307,7 @@ impl LocalCoordinators {
             .find_map(|m| {
                 let (status, v) = http_client::request(
                     m.http,
+                    Some(&self.admin_key),
                     "GET",
                     "/admin/v1/cluster",
                     None,

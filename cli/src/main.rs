@@ -1,5 +1,6 @@
 //! `inferno`: run and use an Inferno cluster from the command line.
 
+mod api_key;
 mod bench;
 mod bench_control_plane;
 mod bench_fl;
@@ -12,6 +13,7 @@ mod coordinator;
 mod fl;
 mod generate;
 mod http_client;
+mod keys;
 mod local_cluster;
 mod models;
 mod node_cmd;
@@ -61,6 +63,9 @@ enum Command {
     /// Federated learning: datasets, partitions, jobs (start, status, stop).
     #[command(subcommand)]
     Fl(fl::FlCommand),
+    /// API keys of a cluster: create, list, revoke (needs an admin key).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 #[derive(Subcommand)]
@@ -163,6 +168,7 @@ fn run() -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || bench_kernels::run(a)).await?
             }
             Command::Fl(c) => tokio::task::spawn_blocking(move || fl::run(c)).await?,
+            Command::Keys(c) => tokio::task::spawn_blocking(move || keys::run(c)).await?,
             Command::Bench(BenchCommand::Fl(a)) => {
                 tokio::task::spawn_blocking(move || bench_fl::run(a)).await?
             }

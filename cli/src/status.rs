@@ -15,6 +15,8 @@ pub struct StatusArgs {
     /// Base URL of a coordinator, e.g. http://127.0.0.1:8080.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    #[command(flatten)]
+    pub key: crate::api_key::ApiKeyArgs,
     /// Print the raw JSON of `GET /admin/v1/cluster`.
     #[arg(long)]
     pub json: bool,
@@ -23,9 +25,11 @@ pub struct StatusArgs {
 /// Prints the cluster table (or JSON).
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let url = format!("{}/admin/v1/cluster", args.url.trim_end_matches('/'));
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build();
+    let agent = crate::api_key::with_key(
+        ureq::AgentBuilder::new().timeout(Duration::from_secs(10)),
+        args.key.resolve()?,
+    )
+    .build();
     let v: Value = match agent.get(&url).call() {
         Ok(r) => r.into_json().with_context(|| format!("{url}: not JSON"))?,
         Err(ureq::Error::Status(code, r)) => {

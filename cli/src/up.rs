@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
+use std::io::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,6 +47,7 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 512)]
     pub kv_budget_mib: u64,
     /// Longest sequence served, prompt plus generated tokens (default: the
+    /// KV pool's share per running sequence, at least 2048, at most the
     /// model's context length).
     #[arg(long, value_parser = clap::value_parser!(u64).range(16..))]
     pub ctx_size: Option<u64>,
@@ -278,14 +280,19 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
         "desired_replicas": replicas,
     });
     let api = cluster.coordinators.http_addr(0);
+    let admin_key = cluster.coordinators.admin_key().to_string();
+    let admin = Some(admin_key.as_str());
     retry_until("deploying the model", timeout, || {
         let (status, v) =
-            http_client::request(api, "POST", "/admin/v1/models", Some(&body), TIMEOUT).ok()?;
+            http_client::request(api, admin, "POST", "/admin/v1/models", Some(&body), TIMEOUT)
+                .ok()?;
         (status == 200).then_some(v)
     })?;
+    let api_key = inference_key(&dir, api, &admin_key, timeout)?;
     eprintln!("deployed {name} with {replicas} replica(s); waiting for a replica to load...");
     retry_until("the first ready replica", timeout, || {
-        let (status, _) = http_client::request(api, "GET", "/ready", None, TIMEOUT).ok()?;
+        let (status, _) =
+            http_client::request(api, Some(&api_key), "GET", "/ready", None, TIMEOUT).ok()?;
         (status == 200).then_some(())
     })?;
     let urls: Vec<String> = (0..args.coordinators)
@@ -293,11 +300,26 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
         .collect();
     println!("Inferno cluster ready: OpenAI API at http://{api}/v1 (model \"{name}\")");
     println!("  every coordinator serves it: {}", urls.join(" "));
+    let key_file = dir.join(API_KEY_FILE);
     println!(
-        "  try: curl http://{api}/v1/chat/completions -H 'Content-Type: application/json' \
-         -d '{{\"model\":\"{name}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
+        "  API key (tenant default, inference scope): {}; admin key: {}",
+        key_file.display(),
+        dir.join("admin.key").display()
     );
-    println!("  or:  inferno chat --url http://{api}");
+    println!(
+        "  try: curl http://{api}/v1/chat/completions -H \"Authorization: Bearer $(cat {kf})\" \
+         -H 'Content-Type: application/json' \
+         -d '{{\"model\":\"{name}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'",
+        kf = key_file.display()
+    );
+    println!(
+        "  or:  inferno chat --url http://{api} --api-key-file {}",
+        key_file.display()
+    );
+    println!(
+        "  or, with the OpenAI client: OpenAI(base_url=\"http://{api}/v1\", api_key=open(\"{}\").read().strip())",
+        key_file.display()
+    );
     println!(
         "  processes: {}; Ctrl-C stops everything",
         dir.join("cluster.json").display()
@@ -306,6 +328,52 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where `inferno up` writes the inference key it makes.
+pub const API_KEY_FILE: &str = "api.key";
+
+/// The inference key of tenant `default` in `DIR/api.key`: read back when
+/// the file is there and the cluster still knows the key, else made through
+/// the admin API and written (mode 0600).
+fn inference_key(
+    dir: &Path,
+    api: std::net::SocketAddr,
+    admin_key: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let path = dir.join(API_KEY_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let key = text.trim().to_string();
+        let known = http_client::request(api, Some(&key), "GET", "/v1/models", None, TIMEOUT)
+            .is_ok_and(|(status, _)| status == 200);
+        if known {
+            return Ok(key);
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot replace the stale {}", path.display()))?;
+    }
+    let body = json!({"tenant": "default", "scope": "inference"});
+    let v = retry_until("an inference API key", timeout, || {
+        let (status, v) = http_client::request(
+            api,
+            Some(admin_key),
+            "POST",
+            "/admin/v1/keys",
+            Some(&body),
+            TIMEOUT,
+        )
+        .ok()?;
+        (status == 200).then_some(v)
+    })?;
+    let key = v["key"]
+        .as_str()
+        .context("the key answer holds no key")?
+        .to_string();
+    let mut f = coordinator::server::bootstrap::open_private(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(f, "{key}").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(key)
+}
 
 fn retry_until<T>(
     what: &str,

@@ -74,13 +74,16 @@ fn free_tcp() -> SocketAddr {
 }
 
 /// One HTTP/1.1 request; `None` on any transport error.
+/// The admin key every coordinator bootstraps from (a throwaway group).
+const ADMIN_KEY: &str = "inf-three-coordinators-test-admin-key";
+
 fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).ok()?;
@@ -153,13 +156,15 @@ fn write_member_config(
     let mut text = format!(
         "id = {id}\ndata_dir = {data:?}\nraft_addr = \"{raft}\"\nhttp_addr = \"{http}\"\n\
          certs_dir = {certs:?}\nname = \"coordinator-{id}\"\ntick_ms = 50\nelection_ticks = 10\n\
-         heartbeat_ticks = 2\nrequest_timeout_ms = 3000\n",
+         heartbeat_ticks = 2\nrequest_timeout_ms = 3000\nbootstrap = true\nadmin_key_file = {key:?}\n",
         id = i + 1,
         data = dir.join(format!("data-{}", i + 1)),
         raft = raft[i],
         http = http[i],
         certs = dir.join("certs"),
+        key = dir.join("admin.key"),
     );
+    std::fs::write(dir.join("admin.key"), ADMIN_KEY).expect("write the admin key");
     if join {
         text.push_str("join = true\n");
     }

@@ -34,9 +34,11 @@ impl Response {
     }
 }
 
-/// Opens a connection and sends a request with `Connection: close`.
+/// Opens a connection and sends a request with `Connection: close`, with
+/// `key` as a bearer token when given.
 pub fn send(
     addr: SocketAddr,
+    key: Option<&str>,
     method: &str,
     path: &str,
     body: Option<&str>,
@@ -46,9 +48,10 @@ pub fn send(
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let body = body.unwrap_or_default();
+    let auth = key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n"));
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes())?;
@@ -58,12 +61,13 @@ pub fn send(
 /// One whole request and response.
 pub fn request(
     addr: SocketAddr,
+    key: Option<&str>,
     method: &str,
     path: &str,
     body: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<Response> {
-    let mut s = send(addr, method, path, body, timeout)?;
+    let mut s = send(addr, key, method, path, body, timeout)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse(&raw).ok_or_else(|| std::io::Error::other("malformed HTTP response"))

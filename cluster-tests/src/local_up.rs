@@ -36,6 +36,17 @@ pub struct LocalUp {
     pub api: SocketAddr,
     /// The processes it started.
     pub members: Vec<Member>,
+    /// The admin key it bootstrapped (`DATA_DIR/admin.key`).
+    pub admin_key: String,
+    /// The inference key it made (`DATA_DIR/api.key`).
+    pub api_key: String,
+}
+
+fn read_key(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .trim()
+        .to_string()
 }
 
 /// A free loopback TCP port.
@@ -94,6 +105,8 @@ impl LocalUp {
             dir,
             api,
             members: Vec::new(),
+            admin_key: String::new(),
+            api_key: String::new(),
         };
         let deadline = Instant::now() + timeout;
         loop {
@@ -105,7 +118,19 @@ impl LocalUp {
             }
         }
         up.members = up.read_members();
+        up.admin_key = read_key(&up.dir.path().join("admin.key"));
+        up.api_key = read_key(&up.dir.path().join("api.key"));
         up
+    }
+
+    /// The inference key, for `http::request`.
+    pub fn key(&self) -> Option<&str> {
+        Some(&self.api_key)
+    }
+
+    /// The admin key, for `http::request`.
+    pub fn admin(&self) -> Option<&str> {
+        Some(&self.admin_key)
     }
 
     fn read_members(&self) -> Vec<Member> {
@@ -144,8 +169,15 @@ impl LocalUp {
     /// `GET /admin/v1/cluster` from the first coordinator that answers.
     pub fn cluster(&self) -> Option<Value> {
         self.coordinator_apis().into_iter().find_map(|a| {
-            let r =
-                http::request(a, "GET", "/admin/v1/cluster", None, Duration::from_secs(5)).ok()?;
+            let r = http::request(
+                a,
+                self.admin(),
+                "GET",
+                "/admin/v1/cluster",
+                None,
+                Duration::from_secs(5),
+            )
+            .ok()?;
             (r.status == 200).then(|| r.json())
         })
     }
@@ -156,7 +188,8 @@ impl LocalUp {
     pub fn fl_job(&self, id: &str) -> Option<Value> {
         let path = format!("/admin/v1/fl/jobs/{id}");
         self.coordinator_apis().into_iter().find_map(|a| {
-            let r = http::request(a, "GET", &path, None, Duration::from_secs(10)).ok()?;
+            let r =
+                http::request(a, self.admin(), "GET", &path, None, Duration::from_secs(10)).ok()?;
             (r.status == 200).then(|| r.json())
         })
     }

@@ -211,16 +211,24 @@ impl Drop for Compose {
 }
 
 /// `GET /admin/v1/cluster` from the first coordinator that answers 200.
-fn cluster(apis: &[SocketAddr]) -> Option<Value> {
+fn cluster(apis: &[SocketAddr], key: Option<&str>) -> Option<Value> {
     apis.iter().find_map(|&a| {
-        let r = http::request(a, "GET", "/admin/v1/cluster", None, Duration::from_secs(5)).ok()?;
+        let r = http::request(
+            a,
+            key,
+            "GET",
+            "/admin/v1/cluster",
+            None,
+            Duration::from_secs(5),
+        )
+        .ok()?;
         (r.status == 200).then(|| r.json())
     })
 }
 
 /// The nodes holding a Ready replica of the model, and the node statuses.
-fn ready_holders(apis: &[SocketAddr]) -> Option<(Vec<String>, Value)> {
-    let v = cluster(apis)?;
+fn ready_holders(apis: &[SocketAddr], key: Option<&str>) -> Option<(Vec<String>, Value)> {
+    let v = cluster(apis, key)?;
     let holders = v["placements"][MODEL]
         .as_object()?
         .iter()
@@ -231,12 +239,13 @@ fn ready_holders(apis: &[SocketAddr]) -> Option<(Vec<String>, Value)> {
 }
 
 /// One chat request; `Err` describes a failure precisely.
-fn chat(api: SocketAddr, content: &str) -> Result<String, String> {
+fn chat(api: SocketAddr, key: Option<&str>, content: &str) -> Result<String, String> {
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": content}],
         "max_tokens": 8, "temperature": 0});
     let started = Instant::now();
     let r = http::request(
         api,
+        key,
         "POST",
         "/v1/chat/completions",
         Some(&body.to_string()),
@@ -287,6 +296,10 @@ fn compose_cluster_serves_through_every_coordinator_and_survives_a_node_stop() {
             state.path().display().to_string(),
         ),
         ("INFERNO_COMPOSE_NET".into(), net.clone()),
+        (
+            "INFERNO_SECRETS_DIR".into(),
+            state.path().join("secrets").display().to_string(),
+        ),
         ("INFERNO_MODEL".into(), model.display().to_string()),
         ("INFERNO_COMPOSE_DEPLOY".into(), "0".into()),
     ];
@@ -311,6 +324,10 @@ fn compose_cluster_serves_through_every_coordinator_and_survives_a_node_stop() {
     let c1 = std::fs::read_to_string(state.path().join("configs/coordinator-1.toml"))
         .expect("rendered config");
     assert!(c1.contains(&format!("\"{net}.11:7100\"")), "{c1}");
+    // compose-up.sh made the admin key every coordinator bootstraps from.
+    let admin_key = std::fs::read_to_string(state.path().join("secrets/admin.key"))
+        .expect("the admin key compose-up.sh made");
+    let key = Some(admin_key.trim());
     eprintln!("[{:?}] cluster up", started.elapsed());
 
     let apis: Vec<SocketAddr> = ports
@@ -330,8 +347,15 @@ fn compose_cluster_serves_through_every_coordinator_and_survives_a_node_stop() {
         Duration::from_secs(60),
         || {
             i += 1;
-            let r =
-                http::request(apis[i % 3], "POST", "/admin/v1/models", Some(&deploy), T).ok()?;
+            let r = http::request(
+                apis[i % 3],
+                key,
+                "POST",
+                "/admin/v1/models",
+                Some(&deploy),
+                T,
+            )
+            .ok()?;
             (r.status == 200).then_some(())
         },
     );
@@ -340,13 +364,13 @@ fn compose_cluster_serves_through_every_coordinator_and_survives_a_node_stop() {
             &format!("GET /ready = 200 on {api}"),
             Duration::from_secs(60),
             || {
-                let r = http::request(api, "GET", "/ready", None, T).ok()?;
+                let r = http::request(api, key, "GET", "/ready", None, T).ok()?;
                 (r.status == 200).then_some(())
             },
         );
     }
     let (holders, nodes) = wait_until("two ready replicas", Duration::from_secs(60), || {
-        ready_holders(&apis).filter(|(h, _)| h.len() == 2)
+        ready_holders(&apis, key).filter(|(h, _)| h.len() == 2)
     });
     // Every node registered with its own container address.
     for n in 1..=3 {
@@ -363,7 +387,7 @@ fn compose_cluster_serves_through_every_coordinator_and_survives_a_node_stop() {
 
     // Every coordinator serves the API.
     for &api in &apis {
-        let c = chat(api, "Say hello.").unwrap_or_else(|e| panic!("{e}"));
+        let c = chat(api, key, "Say hello.").unwrap_or_else(|e| panic!("{e}"));
         eprintln!("{api}: {c:?}");
     }
 
@@ -386,7 +410,7 @@ fn compose_cluster_serves_through_every_coordinator_and_survives_a_node_stop() {
     for round in 0..3 {
         for &api in &apis {
             let t = Instant::now();
-            if let Err(e) = chat(api, &format!("Name a color ({round}).")) {
+            if let Err(e) = chat(api, key, &format!("Name a color ({round}).")) {
                 failures.push(format!(
                     "{e} (at {:?} after the stop)",
                     stop_started.elapsed()
@@ -406,7 +430,7 @@ fn compose_cluster_serves_through_every_coordinator_and_survives_a_node_stop() {
         "the replica re-placed off the stopped node",
         Duration::from_secs(60),
         || {
-            ready_holders(&apis).filter(|(h, nodes)| {
+            ready_holders(&apis, key).filter(|(h, nodes)| {
                 h.len() == 2 && !h.contains(&victim) && nodes[&victim]["status"] == "Down"
             })
         },
@@ -418,7 +442,7 @@ fn compose_cluster_serves_through_every_coordinator_and_survives_a_node_stop() {
     );
     for round in 0..2 {
         for &api in &apis {
-            if let Err(e) = chat(api, &format!("Name a fruit ({round}).")) {
+            if let Err(e) = chat(api, key, &format!("Name a fruit ({round}).")) {
                 failures.push(format!("{e} (after the re-placement)"));
             }
         }

@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 
 const N: usize = 3;
 const REQUEST_TIMEOUT_MS: u64 = 3000;
+/// The admin key every coordinator bootstraps from (a throwaway cluster).
+const ADMIN_KEY: &str = "inf-coordinator-faults-test-admin-key";
 
 /// A coordinator process, SIGKILLed when dropped.
 struct Proc {
@@ -92,6 +94,7 @@ impl Cluster {
                 .save(&certs, false)
                 .expect("save member");
         }
+        std::fs::write(dir.path().join("admin.key"), ADMIN_KEY).expect("write the admin key");
         let raft: Vec<SocketAddr> = (0..N).map(|_| free_udp()).collect();
         let http: Vec<SocketAddr> = (0..N).map(|_| free_tcp()).collect();
         let procs = (0..N)
@@ -129,6 +132,15 @@ impl Cluster {
                     http(self.procs[i].http, "GET", "/admin/v1/cluster", None).ok()?;
                 let id = v["leader_id"].as_u64()?;
                 (status == 200 && id != 0).then_some(id)
+            })
+            // The leader itself answers with the admin key too: it has
+            // applied the bootstrap entry (a new leader applies it only once
+            // it commits in its own term).
+            .filter(|&id| {
+                let p = self.procs.iter().find(|p| p.id == id);
+                p.is_some_and(|p| {
+                    http(p.http, "GET", "/admin/v1/cluster", None).is_ok_and(|(s, _)| s == 200)
+                })
             })
     }
 
@@ -184,12 +196,14 @@ fn write_config(
     let mut text = format!(
         "id = {id}\ndata_dir = {data:?}\nraft_addr = \"{raft}\"\nhttp_addr = \"{http}\"\n\
          certs_dir = {certs:?}\nname = \"coordinator-{id}\"\ntick_ms = 50\nelection_ticks = 10\n\
-         heartbeat_ticks = 2\nrequest_timeout_ms = {REQUEST_TIMEOUT_MS}\n",
+         heartbeat_ticks = 2\nrequest_timeout_ms = {REQUEST_TIMEOUT_MS}\nbootstrap = true\n\
+         admin_key_file = {key:?}\n",
         id = i + 1,
         data = dir.join(format!("data-{}", i + 1)),
         raft = raft[i],
         http = http[i],
         certs = dir.join("certs"),
+        key = dir.join("admin.key"),
     );
     for j in (0..N).filter(|&j| j != i) {
         text.push_str(&format!(
@@ -236,7 +250,7 @@ fn http(
         .map_err(io)?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).map_err(io)?;

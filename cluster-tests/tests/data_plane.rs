@@ -17,8 +17,13 @@ use serde_json::{json, Value};
 const STARTUP: Duration = Duration::from_secs(240);
 const T: Duration = Duration::from_secs(60);
 
-fn post(addr: SocketAddr, path: &str, body: &Value) -> std::io::Result<http::Response> {
-    http::request(addr, "POST", path, Some(&body.to_string()), T)
+fn post(
+    addr: SocketAddr,
+    key: Option<&str>,
+    path: &str,
+    body: &Value,
+) -> std::io::Result<http::Response> {
+    http::request(addr, key, "POST", path, Some(&body.to_string()), T)
 }
 
 fn chat_body(model: &str, content: &str, max_tokens: u32) -> Value {
@@ -33,11 +38,12 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
 
     // Every coordinator serves the API and routes to the replicas.
     for api in up.coordinator_apis() {
-        let r = http::request(api, "GET", "/v1/models", None, T).expect("models");
+        let r = http::request(api, up.key(), "GET", "/v1/models", None, T).expect("models");
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json()["data"][0]["id"], model.as_str());
         let r = post(
             api,
+            up.key(),
             "/v1/chat/completions",
             &chat_body(&model, "Say hello.", 8),
         )
@@ -50,14 +56,14 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
         assert!(v["usage"]["completion_tokens"]
             .as_u64()
             .is_some_and(|n| (1..=8).contains(&n)));
-        let r = http::request(api, "GET", "/ready", None, T).expect("ready");
+        let r = http::request(api, up.key(), "GET", "/ready", None, T).expect("ready");
         assert_eq!(r.status, 200, "{}", r.body);
     }
 
     // Streaming: SSE chunks ending with [DONE].
     let mut body = chat_body(&model, "Count to three.", 6);
     body["stream"] = json!(true);
-    let r = post(up.api, "/v1/chat/completions", &body).expect("stream");
+    let r = post(up.api, up.key(), "/v1/chat/completions", &body).expect("stream");
     assert_eq!(r.status, 200);
     assert!(r
         .header("content-type")
@@ -71,12 +77,20 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
     assert!(events.len() >= 3, "{}", r.body);
 
     // Errors are OpenAI error objects with the right statuses.
-    let r = http::request(up.api, "POST", "/v1/chat/completions", Some("{not json"), T)
-        .expect("bad json");
+    let r = http::request(
+        up.api,
+        up.key(),
+        "POST",
+        "/v1/chat/completions",
+        Some("{not json"),
+        T,
+    )
+    .expect("bad json");
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.json()["error"]["message"].is_string(), "{}", r.body);
     let r = post(
         up.api,
+        up.key(),
         "/v1/chat/completions",
         &chat_body("no-such-model", "hi", 4),
     )
@@ -85,6 +99,7 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
     let long = "hello ".repeat(9000);
     let r = post(
         up.api,
+        up.key(),
         "/v1/completions",
         &json!({"model": model, "prompt": long, "max_tokens": 4}),
     )
@@ -96,12 +111,105 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
         r.body
     );
 
+    // Default deny: only /health is open, /admin needs an admin key; every
+    // refusal is an OpenAI error object.
+    let get = |key: Option<&str>, path: &str| {
+        http::request(up.api, key, "GET", path, None, T).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    assert_eq!(get(None, "/health").status, 200);
+    for path in [
+        "/v1/models",
+        "/ready",
+        "/metrics",
+        "/admin/v1/cluster",
+        "/admin/v1/keys",
+        "/no/such/route",
+    ] {
+        let r = get(None, path);
+        assert_eq!(r.status, 401, "{path}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "missing_api_key", "{path}");
+        let r = get(Some("inf-not-a-key"), path);
+        assert_eq!(r.status, 401, "{path}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "invalid_api_key", "{path}");
+    }
+    let r = post(
+        up.api,
+        None,
+        "/v1/chat/completions",
+        &chat_body(&model, "hi", 2),
+    )
+    .expect("chat");
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = get(up.key(), "/admin/v1/cluster");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(get(up.admin(), "/v1/models").status, 200);
+    assert_eq!(get(up.key(), "/metrics").status, 200);
+
+    // A key made through the CLI works on every coordinator; revoked, every
+    // coordinator refuses it within 2 s.
+    let admin_file = up.dir.path().join("admin.key");
+    let cli = |args: &[&str]| {
+        let out = inferno_cluster_tests::inferno()
+            .args(args)
+            .arg("--url")
+            .arg(format!("http://{}", up.api))
+            .arg("--api-key-file")
+            .arg(&admin_file)
+            .output()
+            .expect("run inferno keys");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let made = cli(&["keys", "create", "--tenant", "acme", "--expires", "1d"]);
+    let secret = made
+        .lines()
+        .last()
+        .expect("the key line")
+        .trim()
+        .to_string();
+    assert!(secret.starts_with("inf-"), "{made}");
+    let listed: Value = serde_json::from_str(&cli(&["keys", "list", "--json"])).expect("JSON");
+    let entry = listed
+        .as_array()
+        .and_then(|ks| ks.iter().find(|k| k["tenant"] == "acme"))
+        .unwrap_or_else(|| panic!("acme's key not listed: {listed}"))
+        .clone();
+    assert_eq!(entry["scope"], "inference");
+    assert!(!listed.to_string().contains(&secret), "a secret was listed");
+    for api in up.coordinator_apis() {
+        wait_until(
+            "the new key on every coordinator",
+            Duration::from_secs(2),
+            || {
+                let r = http::request(api, Some(&secret), "GET", "/v1/models", None, T).ok()?;
+                (r.status == 200).then_some(())
+            },
+        );
+    }
+    let id = entry["id"].as_str().expect("id").to_string();
+    cli(&["keys", "revoke", &id]);
+    for api in up.coordinator_apis() {
+        wait_until(
+            "the revoked key refused everywhere",
+            Duration::from_secs(2),
+            || {
+                let r = http::request(api, Some(&secret), "GET", "/v1/models", None, T).ok()?;
+                (r.status == 401).then_some(())
+            },
+        );
+    }
+
     // The official client.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/openai_client.py");
     let out = std::process::Command::new("python3")
         .arg(script)
         .arg(format!("http://{}/v1", up.coordinator_apis()[1]))
         .arg(&model)
+        .arg(&up.api_key)
         .output()
         .expect("run python3");
     assert!(
@@ -112,11 +220,12 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
     );
 
     // A client that goes away mid-stream frees its slot at the node.
-    let mut body = json!({"model": model, "prompt": "Once upon a time", "max_tokens": 4000,
+    let mut body = json!({"model": model, "prompt": "Once upon a time", "max_tokens": 1500,
         "ignore_eos": true, "stream": true});
     body["temperature"] = json!(0);
     let mut conn = http::send(
         up.api,
+        up.key(),
         "POST",
         "/v1/completions",
         Some(&body.to_string()),
@@ -130,7 +239,7 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
         "stream did not start"
     );
     let metrics = || {
-        http::request(up.api, "GET", "/metrics", None, T)
+        http::request(up.api, up.key(), "GET", "/metrics", None, T)
             .map(|r| r.body)
             .unwrap_or_default()
     };
@@ -161,7 +270,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(clients: usize, targets: Vec<SocketAddr>, model: &str) -> Load {
+    fn start(clients: usize, targets: Vec<SocketAddr>, key: &str, model: &str) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
@@ -171,6 +280,7 @@ impl Load {
                 let (stop, ok, failures, targets) =
                     (stop.clone(), ok.clone(), failures.clone(), targets.clone());
                 let body = chat_body(model, "Name a fruit.", 12);
+                let key = key.to_string();
                 std::thread::spawn(move || {
                     let mut i = c;
                     while !stop.load(Ordering::Relaxed) {
@@ -179,7 +289,7 @@ impl Load {
                             t[i % t.len()]
                         };
                         i += 1;
-                        match post(addr, "/v1/chat/completions", &body) {
+                        match post(addr, Some(&key), "/v1/chat/completions", &body) {
                             Ok(r) if r.status == 200 => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
@@ -238,7 +348,7 @@ fn requests_survive_a_node_kill_and_a_leader_kill() {
     let holders = wait_until("two ready replicas", T, || {
         ready_holders(&up, &model).filter(|h| h.len() == 2)
     });
-    let load = Load::start(3, up.coordinator_apis(), &model);
+    let load = Load::start(3, up.coordinator_apis(), &up.api_key, &model);
     wait_until("some answers", T, || (load.ok() >= 5).then_some(()));
 
     // SIGKILL a node holding a replica: no request fails (whole requests

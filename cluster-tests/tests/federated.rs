@@ -46,11 +46,26 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
     );
 
     // A bad spec is refused with the reason.
-    let r = http::request(up.api, "POST", "/admin/v1/fl/jobs", Some("rounds = 0"), T)
-        .expect("bad spec");
+    let r = http::request(
+        up.api,
+        up.admin(),
+        "POST",
+        "/admin/v1/fl/jobs",
+        Some("rounds = 0"),
+        T,
+    )
+    .expect("bad spec");
     assert_eq!(r.status, 400, "{}", r.body);
 
-    let r = http::request(up.api, "POST", "/admin/v1/fl/jobs", Some(JOB), T).expect("submit");
+    let r = http::request(
+        up.api,
+        up.admin(),
+        "POST",
+        "/admin/v1/fl/jobs",
+        Some(JOB),
+        T,
+    )
+    .expect("submit");
     assert_eq!(r.status, 200, "{}", r.body);
     up.wait_fl_job(
         "mnist-test",
@@ -135,12 +150,19 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
         .coordinator_apis()
         .into_iter()
         .find(|a| {
-            http::request(*a, "GET", "/health", None, Duration::from_secs(2))
+            http::request(*a, up.key(), "GET", "/health", None, Duration::from_secs(2))
                 .is_ok_and(|r| r.status == 200)
         })
         .expect("a live coordinator");
-    let r =
-        http::request(api, "GET", "/admin/v1/fl/jobs/mnist-test/model", None, T).expect("model");
+    let r = http::request(
+        api,
+        up.admin(),
+        "GET",
+        "/admin/v1/fl/jobs/mnist-test/model",
+        None,
+        T,
+    )
+    .expect("model");
     assert_eq!(r.status, 200);
     assert!(r.body.len() > 784 * 64, "{} bytes", r.body.len());
 }

@@ -37,6 +37,7 @@ fn krum_job_converges_with_a_node_sending_garbage() {
     );
     let r = http::request(
         up.api,
+        up.admin(),
         "POST",
         "/admin/v1/fl/jobs",
         Some(JOB),

@@ -112,6 +112,7 @@ fn fl_start_wait_status_plot_and_stop_against_inferno_up() {
     std::fs::write(&job, JOB).expect("write job");
     let out = run(
         inferno()
+            .env("INFERNO_API_KEY", &up.admin_key)
             .args(["fl", "start", "--url", &url, "--wait", "--timeout-s", "200"])
             .arg(&job),
         Duration::from_secs(240),
@@ -125,7 +126,12 @@ fn fl_start_wait_status_plot_and_stop_against_inferno_up() {
     );
     assert!(stdout.contains("job cli-job: Completed"), "{stdout}");
 
-    let out = run(inferno().args(["fl", "status", "--url", &url]), t);
+    let out = run(
+        inferno()
+            .env("INFERNO_API_KEY", &up.admin_key)
+            .args(["fl", "status", "--url", &url]),
+        t,
+    );
     let list = text(&out.stdout);
     assert!(
         out.status.success() && list.contains("cli-job") && list.contains("Completed"),
@@ -135,6 +141,7 @@ fn fl_start_wait_status_plot_and_stop_against_inferno_up() {
     let png = dir.path().join("plot.png");
     let out = run(
         inferno()
+            .env("INFERNO_API_KEY", &up.admin_key)
             .args(["fl", "status", "--url", &url, "cli-job", "--plot"])
             .arg(&png),
         t,
@@ -149,7 +156,9 @@ fn fl_start_wait_status_plot_and_stop_against_inferno_up() {
     assert_eq!(&std::fs::read(&png).expect("png")[..4], b"\x89PNG");
 
     let out = run(
-        inferno().args(["fl", "status", "--url", &url, "cli-job", "--json"]),
+        inferno()
+            .env("INFERNO_API_KEY", &up.admin_key)
+            .args(["fl", "status", "--url", &url, "cli-job", "--json"]),
         t,
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
@@ -163,14 +172,27 @@ fn fl_start_wait_status_plot_and_stop_against_inferno_up() {
             .replace("rounds = 2", "rounds = 500"),
     )
     .expect("write job");
-    let out = run(inferno().args(["fl", "start", "--url", &url]).arg(&long), t);
+    let out = run(
+        inferno()
+            .env("INFERNO_API_KEY", &up.admin_key)
+            .args(["fl", "start", "--url", &url])
+            .arg(&long),
+        t,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = run(inferno().args(["fl", "stop", "--url", &url, "cli-long"]), t);
+    let out = run(
+        inferno()
+            .env("INFERNO_API_KEY", &up.admin_key)
+            .args(["fl", "stop", "--url", &url, "cli-long"]),
+        t,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = run(
-            inferno().args(["fl", "status", "--url", &url, "cli-long", "--json"]),
+            inferno()
+                .env("INFERNO_API_KEY", &up.admin_key)
+                .args(["fl", "status", "--url", &url, "cli-long", "--json"]),
             t,
         );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -183,7 +205,13 @@ fn fl_start_wait_status_plot_and_stop_against_inferno_up() {
 
     // Errors are explained, not panics.
     let out = run(
-        inferno().args(["fl", "status", "--url", &url, "no-such-job"]),
+        inferno().env("INFERNO_API_KEY", &up.admin_key).args([
+            "fl",
+            "status",
+            "--url",
+            &url,
+            "no-such-job",
+        ]),
         t,
     );
     let stderr = text(&out.stderr);

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 const STARTUP: Duration = Duration::from_secs(240);
 const T: Duration = Duration::from_secs(120);
 
-fn metrics(api: SocketAddr) -> String {
-    http::request(api, "GET", "/metrics", None, T)
+fn metrics(api: SocketAddr, key: Option<&str>) -> String {
+    http::request(api, key, "GET", "/metrics", None, T)
         .map(|r| r.body)
         .unwrap_or_default()
 }
@@ -54,12 +54,13 @@ fn long_system_prompt() -> String {
 }
 
 /// Sends a one-token chat request and returns how long the answer took.
-fn ask(api: SocketAddr, model: &str, system: &str, user: &str) -> Duration {
+fn ask(api: SocketAddr, key: Option<&str>, model: &str, system: &str, user: &str) -> Duration {
     let body = json!({"model": model, "max_tokens": 1, "temperature": 0,
         "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]});
     let t = Instant::now();
     let r = http::request(
         api,
+        key,
         "POST",
         "/v1/chat/completions",
         Some(&body.to_string()),
@@ -76,11 +77,12 @@ fn ask(api: SocketAddr, model: &str, system: &str, user: &str) -> Duration {
 }
 
 /// Opens a streaming chat request without `max_tokens` and waits for its first bytes.
-fn open_stream(api: SocketAddr, model: &str, i: usize) -> TcpStream {
+fn open_stream(api: SocketAddr, key: Option<&str>, model: &str, i: usize) -> TcpStream {
     let body: Value = json!({"model": model, "stream": true, "ignore_eos": true,
         "messages": [{"role": "user", "content": format!("Tell story number {i} about a lighthouse.")}]});
     let mut conn = http::send(
         api,
+        key,
         "POST",
         "/v1/chat/completions",
         Some(&body.to_string()),
@@ -107,8 +109,17 @@ fn shared_prefixes_are_reused_across_coordinators_and_open_ended_streams_all_run
     // the second request goes where the prefix is and only prefills its
     // own question.
     let system = long_system_prompt();
-    let hits_before = metric_sum(&metrics(up.api), "inferno_prefix_cache_hit_tokens_total");
-    let cold = ask(apis[0], &model, &system, "Which pier is for parcels?");
+    let hits_before = metric_sum(
+        &metrics(up.api, up.key()),
+        "inferno_prefix_cache_hit_tokens_total",
+    );
+    let cold = ask(
+        apis[0],
+        up.key(),
+        &model,
+        &system,
+        "Which pier is for parcels?",
+    );
     // Let the node's heartbeat tell the coordinators what it now holds.
     std::thread::sleep(Duration::from_secs(2));
     eprintln!(
@@ -117,13 +128,21 @@ fn shared_prefixes_are_reused_across_coordinators_and_open_ended_streams_all_run
             .map(|c| c["heartbeats"].to_string())
             .unwrap_or_default()
     );
-    let warm = ask(apis[1], &model, &system, "When does the ship leave?");
+    let warm = ask(
+        apis[1],
+        up.key(),
+        &model,
+        &system,
+        "When does the ship leave?",
+    );
     let hits = wait_until(
         "the prefix-cache hits to show in the metrics",
         Duration::from_secs(10),
         || {
-            let h =
-                metric_sum(&metrics(up.api), "inferno_prefix_cache_hit_tokens_total") - hits_before;
+            let h = metric_sum(
+                &metrics(up.api, up.key()),
+                "inferno_prefix_cache_hit_tokens_total",
+            ) - hits_before;
             (h >= 900.0).then_some(h)
         },
     );
@@ -133,25 +152,28 @@ fn shared_prefixes_are_reused_across_coordinators_and_open_ended_streams_all_run
     // Twelve clients that set no max_tokens all run at once.
     let started = Instant::now();
     let streams: Vec<TcpStream> = (0..12)
-        .map(|i| open_stream(apis[i % 3], &model, i))
+        .map(|i| open_stream(apis[i % 3], up.key(), &model, i))
         .collect();
     wait_until(
         "12 sequences running",
         Duration::from_secs(10).saturating_sub(started.elapsed()),
-        || (metric_sum(&metrics(up.api), "inferno_running_sequences") == 12.0).then_some(()),
+        || {
+            (metric_sum(&metrics(up.api, up.key()), "inferno_running_sequences") == 12.0)
+                .then_some(())
+        },
     );
     eprintln!("12 running {:?} after the first request", started.elapsed());
-    let m = metrics(up.api);
+    let m = metrics(up.api, up.key());
     assert!(metric_sum(&m, "inferno_kv_cache_usage_ratio") > 0.0, "{m}");
     assert_eq!(metric_sum(&m, "inferno_preemptions_total"), 0.0, "{m}");
 
     // They leave: every block they held is given back; cached prefixes stay.
     drop(streams);
     wait_until("every block given back", Duration::from_secs(10), || {
-        let m = metrics(up.api);
+        let m = metrics(up.api, up.key());
         (metric_sum(&m, "inferno_running_sequences") == 0.0
             && metric_sum(&m, "inferno_kv_cache_usage_ratio") == 0.0)
             .then_some(())
     });
-    assert!(metric_sum(&metrics(up.api), "inferno_kv_cache_cached_blocks") > 0.0);
+    assert!(metric_sum(&metrics(up.api, up.key()), "inferno_kv_cache_cached_blocks") > 0.0);
 }

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod fl;
 pub mod openai;
 pub mod raft;

@@ -153,7 +153,7 @@ impl Actor for FlWorker {
                 "injected fault: federated training panics (test hook)"
             );
             let data = shared.dataset(spec.dataset)?;
-            train_round(&spec, &data, client, &req, shared.cfg.byzantine)
+            train_round(&spec, &data, client, &req, &shared.cfg)
         })
         .await;
         match work {
@@ -183,14 +183,15 @@ fn train_round(
     data: &Dataset,
     client: u32,
     req: &FlTrainRequest,
-    byzantine: bool,
+    fl: &FlConfig,
 ) -> Result<FlUpdate, String> {
+    let byzantine = fl.byzantine;
     let started = Instant::now();
     let err = |e: backends::fl::FlError| e.to_string();
     let global = Params::from_raw_le(&req.global, &spec.model.layout()).map_err(err)?;
     let rows = spec
         .partition
-        .rows(client as usize, data.labels())
+        .rows(client as usize, data.labels(), &fl.data_dir)
         .map_err(err)?;
     let (train_rows, hold_rows) = spec.holdout(rows);
     let train = data.subset(&train_rows).map_err(err)?;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::aggregate::Strategy;
 use super::data::{load_fashion_mnist_idx, load_mnist_pickle, Dataset};
 use super::error::{FlError, Result};
+use super::limits;
 use super::model::ModelSpec;
 use super::params::Params;
 use super::partition::{dirichlet_split, iid_split, PartitionFile, SplitKind};
@@ -18,6 +19,9 @@ use super::train::TrainConfig;
 /// Rows 0..TRAIN_ROWS of a loaded dataset are the training pool; the rest
 /// (10,000 rows) is the test set (the anchor's partitions use the same).
 pub const TRAIN_ROWS: usize = 60_000;
+
+/// Largest partition file read (the anchor's 10 clients of MNIST: ~400 KB).
+const MAX_PARTITION_FILE: u64 = 64 << 20;
 
 /// Which dataset the job trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -63,22 +67,47 @@ pub struct InitSpec {
     /// Seed of the model's own initialisation (used when `file` is absent).
     #[serde(default)]
     pub seed: u64,
-    /// A file on the coordinators: `.safetensors`, or raw little-endian
-    /// f32 in the model's layout order (the anchor's `init_params.bin`).
+    /// A file in the coordinators' FL data directory (a relative path):
+    /// `.safetensors`, or raw little-endian f32 in the model's layout order
+    /// (the anchor's `init_params.bin`).
     #[serde(default)]
     pub file: Option<PathBuf>,
 }
 
+/// Reads a file a spec names, relative to `base`: a regular file of at
+/// most `max` bytes (never a device, a FIFO or anything outside `base`).
+fn read_spec_file(base: Option<&Path>, file: &Path, max: u64) -> Result<Vec<u8>> {
+    limits::check_relative_file("file", file)?;
+    let base = base.ok_or_else(|| {
+        FlError::InvalidConfig(format!(
+            "{} is named by the job, but this process has no FL data directory",
+            file.display()
+        ))
+    })?;
+    let path = base.join(file);
+    let io = |e| FlError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let meta = std::fs::metadata(&path).map_err(io)?;
+    if !meta.is_file() || meta.len() > max {
+        return Err(FlError::InvalidConfig(format!(
+            "{} is not a regular file of at most {max} bytes",
+            path.display()
+        )));
+    }
+    std::fs::read(&path).map_err(io)
+}
+
 impl InitSpec {
-    /// The initial parameters of `model`.
-    pub fn params(&self, model: &ModelSpec) -> Result<Params> {
+    /// The initial parameters of `model`; `file` is looked up in
+    /// `base` (the FL data directory).
+    pub fn params(&self, model: &ModelSpec, base: Option<&Path>) -> Result<Params> {
         let Some(file) = &self.file else {
             return model.init(self.seed);
         };
-        let bytes = std::fs::read(file).map_err(|e| FlError::Io {
-            path: file.display().to_string(),
-            source: e,
-        })?;
+        let max = limits::check_model(model)? as u64 * 4 + (1 << 20);
+        let bytes = read_spec_file(base, file, max)?;
         let p = if file.extension().is_some_and(|e| e == "safetensors") {
             Params::from_safetensors(&bytes)?
         } else {
@@ -98,8 +127,9 @@ pub struct PartitionSpec {
     /// Number of clients (shards); a node with client index `i` trains on
     /// shard `i`.
     pub clients: usize,
-    /// A partition file on the nodes (the anchor's JSON format); when
-    /// absent the shards are computed from `seed` (and `alpha`).
+    /// A partition file in the nodes' FL data directory (a relative path;
+    /// the anchor's JSON format); when absent the shards are computed from
+    /// `seed` (and `alpha`).
     #[serde(default)]
     pub file: Option<PathBuf>,
     /// Dirichlet concentration.
@@ -120,8 +150,9 @@ fn default_alpha() -> f64 {
 
 impl PartitionSpec {
     /// The training rows of client `client`, as row indices of the loaded
-    /// dataset (`labels` is the whole dataset's labels, for Dirichlet).
-    pub fn rows(&self, client: usize, labels: &[u32]) -> Result<Vec<usize>> {
+    /// dataset (`labels` is the whole dataset's labels, for Dirichlet);
+    /// `file` is looked up in `base` (the FL data directory).
+    pub fn rows(&self, client: usize, labels: &[u32], base: &Path) -> Result<Vec<usize>> {
         if client >= self.clients {
             return Err(FlError::InvalidConfig(format!(
                 "client index {client} is outside the job's {} clients",
@@ -129,7 +160,12 @@ impl PartitionSpec {
             )));
         }
         let lists = match &self.file {
-            Some(path) => PartitionFile::read(path)?.clients(self.split)?,
+            Some(path) => {
+                let bytes = read_spec_file(Some(base), path, MAX_PARTITION_FILE)?;
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|e| FlError::Partitions(format!("not UTF-8: {e}")))?;
+                PartitionFile::from_json(text)?.clients(self.split)?
+            }
             None => {
                 let pool: Vec<usize> = (0..TRAIN_ROWS.min(labels.len())).collect();
                 match self.split {
@@ -266,12 +302,10 @@ impl JobSpec {
         serde_json::to_string(self).map_err(|e| FlError::InvalidConfig(e.to_string()))
     }
 
-    /// Checks ranges and consistency.
+    /// Checks ranges and consistency (see [`limits`] for the bounds).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(FlError::InvalidConfig(m));
-        if self.id.is_empty() || self.id.len() > 128 {
-            return bad("id must be 1 to 128 characters".into());
-        }
+        limits::check_spec(self)?;
         if self.rounds == 0 {
             return bad("rounds must be at least 1".into());
         }
@@ -337,14 +371,87 @@ holdout_fraction = 0.1
         assert!(e.to_string().contains("bogus"), "{e}");
     }
 
+    /// The specs that crashed, wedged or escaped the coordinator before
+    /// they were bounded: each is refused, naming the field.
+    #[test]
+    fn hostile_specs_are_refused_naming_the_field() {
+        let cases = [
+            (
+                "layers = [784, 200, 10]",
+                "layers = [100000, 100000]",
+                "parameters",
+            ),
+            ("id = \"mnist-mlp\"", "id = \"../../../x\"", "id"),
+            ("id = \"mnist-mlp\"", "id = \"/tmp/x\"", "id"),
+            ("rounds = 3", "rounds = 9223372036854775807", "rounds"),
+            ("clients = 3", "clients = 9223372036854775807", "clients"),
+            ("lr = 0.05", "lr = nan", "lr"),
+            ("lr = 0.05", "lr = inf", "lr"),
+            (
+                "holdout_fraction = 0.1",
+                "holdout_fraction = 0.1\nround_timeout_s = 9223372036854775807",
+                "round_timeout_s",
+            ),
+            (
+                "holdout_fraction = 0.1",
+                "holdout_fraction = 0.1\ninit = { file = \"/dev/zero\" }",
+                "init.file",
+            ),
+            (
+                "seed = 42 }\nholdout",
+                "seed = 42, file = \"../p.json\" }\nholdout",
+                "partition.file",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let text = EXAMPLE.replacen(from, to, 1);
+            assert_ne!(text, EXAMPLE, "{from}");
+            let e = JobSpec::from_toml(&text).expect_err(to);
+            assert!(e.to_string().contains(field), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn spec_files_are_read_only_inside_the_base_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = ModelSpec::LogisticRegression {
+            inputs: 2,
+            classes: 2,
+        };
+        let values: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        std::fs::write(dir.path().join("init.bin"), &values).unwrap();
+        let init = |f: &str| InitSpec {
+            seed: 0,
+            file: Some(PathBuf::from(f)),
+        };
+        assert_eq!(
+            init("init.bin")
+                .params(&model, Some(dir.path()))
+                .unwrap()
+                .num_values(),
+            6
+        );
+        assert!(init("init.bin").params(&model, None).is_err());
+        assert!(init("/dev/zero").params(&model, Some(dir.path())).is_err());
+        // A directory (or device) is not a regular file.
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert!(init("sub").params(&model, Some(dir.path())).is_err());
+        // Larger than the model could need.
+        std::fs::write(dir.path().join("big.bin"), vec![0u8; 2 << 20]).unwrap();
+        let e = init("big.bin")
+            .params(&model, Some(dir.path()))
+            .unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+    }
+
     #[test]
     fn computed_shards_are_disjoint_and_reject_unknown_clients() {
         let spec = JobSpec::from_toml(EXAMPLE).unwrap();
         let labels: Vec<u32> = (0..70_000).map(|i| (i % 10) as u32).collect();
-        let a = spec.partition.rows(0, &labels).unwrap();
-        let b = spec.partition.rows(1, &labels).unwrap();
+        let a = spec.partition.rows(0, &labels, Path::new(".")).unwrap();
+        let b = spec.partition.rows(1, &labels, Path::new(".")).unwrap();
         assert_eq!(a.len(), 20_000);
         assert!(a.iter().all(|r| !b.contains(r) && *r < TRAIN_ROWS));
-        assert!(spec.partition.rows(3, &labels).is_err());
+        assert!(spec.partition.rows(3, &labels, Path::new(".")).is_err());
     }
 }

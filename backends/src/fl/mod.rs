@@ -27,6 +27,7 @@ pub mod data;
 pub mod dp;
 pub mod error;
 pub mod job;
+pub mod limits;
 pub mod model;
 pub mod params;
 pub mod partition;

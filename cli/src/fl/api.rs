@@ -24,14 +24,18 @@ pub struct FlApi {
 }
 
 impl FlApi {
-    /// A client of the coordinator at `url` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(url: &str) -> Self {
+    /// A client of the coordinator at `url` (e.g. `http://127.0.0.1:8080`)
+    /// sending `key` (an admin key) with every request.
+    pub fn new(url: &str, key: Option<String>) -> Self {
         FlApi {
             base: url.trim_end_matches('/').to_string(),
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(5))
-                .timeout(Duration::from_secs(30))
-                .build(),
+            agent: crate::api_key::with_key(
+                ureq::AgentBuilder::new()
+                    .timeout_connect(Duration::from_secs(5))
+                    .timeout(Duration::from_secs(30)),
+                key,
+            )
+            .build(),
         }
     }
 

@@ -104,6 +104,8 @@ pub struct StartArgs {
     /// Base URL of any coordinator.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    #[command(flatten)]
+    pub key: crate::api_key::ApiKeyArgs,
     /// The job spec (TOML, see configs/fl-mnist.toml).
     pub job: PathBuf,
     /// Follow the job: print a line per finished round until it ends; exit
@@ -122,6 +124,8 @@ pub struct FlStatusArgs {
     /// Base URL of any coordinator.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    #[command(flatten)]
+    pub key: crate::api_key::ApiKeyArgs,
     /// A job id; without it, every job is listed.
     pub job: Option<String>,
     /// Print the raw JSON.
@@ -138,6 +142,8 @@ pub struct StopArgs {
     /// Base URL of any coordinator.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    #[command(flatten)]
+    pub key: crate::api_key::ApiKeyArgs,
     /// The job id.
     pub job: String,
 }
@@ -155,7 +161,7 @@ pub fn run(cmd: FlCommand) -> anyhow::Result<()> {
         FlCommand::Start(a) => start(&a),
         FlCommand::Status(a) => status(&a),
         FlCommand::Stop(a) => {
-            let v = FlApi::new(&a.url).stop(&a.job)?;
+            let v = FlApi::new(&a.url, a.key.resolve()?).stop(&a.job)?;
             if v.is_null() {
                 println!("stopping {}", a.job);
             } else {
@@ -231,7 +237,7 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read {}", a.job.display()))?;
     let spec = JobSpec::from_toml(&text)
         .with_context(|| format!("{} is not a valid job spec", a.job.display()))?;
-    let api = FlApi::new(&a.url);
+    let api = FlApi::new(&a.url, a.key.resolve()?);
     let id = api.submit_toml(&text)?;
     println!("submitted job {id}");
     if !a.wait {
@@ -285,7 +291,7 @@ pub fn follow(
 }
 
 fn status(a: &FlStatusArgs) -> anyhow::Result<()> {
-    let api = FlApi::new(&a.url);
+    let api = FlApi::new(&a.url, a.key.resolve()?);
     let Some(id) = &a.job else {
         anyhow::ensure!(a.plot.is_none(), "--plot needs a job id");
         let v = api.list()?;
@@ -358,7 +364,10 @@ mod tests {
                 max_rows_per_client: None,
             };
             for (c, l) in lists.iter().enumerate() {
-                assert_eq!(&spec.rows(c, &labels).unwrap(), l);
+                assert_eq!(
+                    &spec.rows(c, &labels, std::path::Path::new(".")).unwrap(),
+                    l
+                );
             }
         }
     }

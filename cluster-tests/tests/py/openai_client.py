@@ -1,6 +1,6 @@
 """Drives an Inferno cluster with the official `openai` package.
 
-Usage: python3 openai_client.py BASE_URL MODEL
+Usage: python3 openai_client.py BASE_URL MODEL API_KEY
 Exits non-zero (with an assertion message) if anything a user of the
 OpenAI client relies on does not work.
 """
@@ -8,8 +8,8 @@ import sys
 
 import openai
 
-base_url, model = sys.argv[1], sys.argv[2]
-client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+base_url, model, api_key = sys.argv[1], sys.argv[2], sys.argv[3]
+client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
 
 # Model list.
 ids = [m.id for m in client.models.list().data]

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::blobs::BlobStore;
+use super::screen::screen;
 use super::select::{select, Candidate};
 use crate::server::nodes::NodeRegistry;
 use crate::server::peers::{submit_write, Peers};
@@ -291,7 +292,7 @@ async fn drive(ctx: &FlContext, id: &str) -> Result<(), JobStop> {
     let mut global = match checkpoint {
         None => spec
             .init
-            .params(&spec.model)
+            .params(&spec.model, ctx.data_dir.as_deref())
             .map_err(|e| JobStop::Fatal(format!("initial model: {e}")))?,
         Some(hash) => {
             let bytes = ctx.fetch_blob(&hash).await.ok_or_else(|| {
@@ -307,9 +308,15 @@ async fn drive(ctx: &FlContext, id: &str) -> Result<(), JobStop> {
     for round in last_round + 1..=spec.rounds {
         let started = Instant::now();
         let mut attempt = 0;
+        let mut dropped_total = 0usize;
         let (updates, participants) = loop {
             attempt += 1;
-            match run_round(ctx, id, &spec, round, &global).await? {
+            let (got, dropped) = screen(
+                run_round(ctx, id, &spec, round, &global).await?,
+                global.num_values(),
+            );
+            dropped_total += dropped;
+            match got {
                 got if got.len() >= spec.sampling.min_clients => {
                     let n = got.len();
                     break (got, n);
@@ -360,11 +367,18 @@ async fn drive(ctx: &FlContext, id: &str) -> Result<(), JobStop> {
         global = aggregator
             .apply(&global, &client_updates)
             .map_err(|e| JobStop::Fatal(format!("aggregation: {e}")))?;
+        if !global.values().all(|v| v.is_finite()) {
+            return Err(JobStop::Fatal(format!(
+                "round {round}: the global model is no longer finite (training diverged; \
+                 try a lower learning rate)"
+            )));
+        }
         if let Some(m) = updates.iter().find_map(|u| u.dp_noise_multiplier) {
             metrics.insert("dp_noise_multiplier".into(), f64::from(m));
         }
         round_metrics(ctx, &spec, &global, &updates, &mut metrics).await;
         metrics.insert("participants".into(), participants as f64);
+        metrics.insert("dropped_updates".into(), dropped_total as f64);
         metrics.insert("seconds".into(), started.elapsed().as_secs_f64());
         let hash = ctx
             .replicate_blob(&global.to_raw_le())

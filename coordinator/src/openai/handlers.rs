@@ -9,6 +9,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::time::Instant;
@@ -21,6 +22,7 @@ use super::request::{ChatCompletionRequest, CompletionRequest};
 use super::tracker::RequestTracker;
 use super::validate::{self, Validated};
 use super::{collect, dispatch, stream};
+use crate::auth::{presented_key, Principal};
 
 /// Metrics label of requests for models that are not served.
 const UNKNOWN_MODEL_LABEL: &str = "unknown";
@@ -106,18 +108,22 @@ async fn models<B: InferenceBackend>(State(s): State<Arc<AppState<B>>>) -> Respo
 
 async fn chat_completions<B: InferenceBackend>(
     State(s): State<Arc<AppState<B>>>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let parsed = read_body(body, s.config.max_body_bytes)
         .and_then(|b| validate::parse_body::<ChatCompletionRequest>(&b));
     let model = parsed.as_ref().ok().and_then(|r| r.model.clone());
-    let validated = parsed.and_then(validate::chat).map(|v| keyed(v, &headers));
+    let validated = parsed
+        .and_then(validate::chat)
+        .map(|v| keyed(v, principal.as_ref().map(|p| &p.0), &headers));
     serve(&s, model, validated, Endpoint::Chat).await
 }
 
 async fn completions<B: InferenceBackend>(
     State(s): State<Arc<AppState<B>>>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -126,32 +132,20 @@ async fn completions<B: InferenceBackend>(
     let model = parsed.as_ref().ok().and_then(|r| r.model.clone());
     let validated = parsed
         .and_then(validate::completion)
-        .map(|v| keyed(v, &headers));
+        .map(|v| keyed(v, principal.as_ref().map(|p| &p.0), &headers));
     serve(&s, model, validated, Endpoint::Text).await
 }
 
-/// Salts the request's prefix cache with the API key it came with.
-fn keyed(mut v: Validated, headers: &HeaderMap) -> Validated {
-    v.request.cache_salt = validate::salt_with_key(api_key(headers), &v.request.cache_salt);
+/// Salts the request's prefix cache with its tenant (the key's, checked by
+/// the auth layer), or with the key it came with when auth is off, so that
+/// tenants never share cache blocks.
+fn keyed(mut v: Validated, principal: Option<&Principal>, headers: &HeaderMap) -> Validated {
+    let owner = match principal {
+        Some(p) => format!("tenant:{}", p.tenant),
+        None => presented_key(headers).map_or_else(String::new, |k| format!("key:{k}")),
+    };
+    v.request.cache_salt = validate::salt_with_owner(&owner, &v.request.cache_salt);
     v
-}
-
-/// The API key a request carries: `Authorization: Bearer KEY` or `x-api-key`.
-fn api_key(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    bearer.or_else(|| {
-        headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    })
 }
 
 fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {

@@ -314,20 +314,18 @@ fn in_range(
     }
 }
 
-/// The prefix-cache salt of a request: the hash of the API key it came
-/// with (so that different keys never share cached blocks), then the
-/// request's own `cache_salt`.
-pub fn salt_with_key(api_key: Option<&str>, requested: &str) -> String {
+/// The prefix-cache salt of a request: the hash of its owner (its tenant,
+/// or its API key when auth is off; so that different owners never share
+/// cached blocks), then the request's own `cache_salt`.
+pub fn salt_with_owner(owner: &str, requested: &str) -> String {
     use sha2::{Digest, Sha256};
-    match api_key.filter(|k| !k.is_empty()) {
-        None => requested.to_string(),
-        Some(key) => {
-            let digest = Sha256::new()
-                .chain_update(b"inferno-cache-salt\0")
-                .chain_update(key.as_bytes())
-                .finalize();
-            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-            format!("key:{hex}/{requested}")
-        }
+    if owner.is_empty() {
+        return requested.to_string();
     }
+    let digest = Sha256::new()
+        .chain_update(b"inferno-cache-salt\0")
+        .chain_update(owner.as_bytes())
+        .finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("owner:{hex}/{requested}")
 }

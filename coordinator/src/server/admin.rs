@@ -100,6 +100,14 @@ pub fn router(admin: Arc<Admin>) -> Router {
             "/admin/v1/members/{id}",
             axum::routing::delete(remove_member),
         )
+        .route(
+            "/admin/v1/keys",
+            get(super::keys::list_keys).post(super::keys::create_key),
+        )
+        .route(
+            "/admin/v1/keys/{id}",
+            axum::routing::delete(super::keys::revoke_key),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(admin)
 }
@@ -459,7 +467,7 @@ pub async fn write(admin: &Admin, op: Op) -> Result<Json<Value>, ApiError> {
 }
 
 /// The HTTP answer for a write's outcome.
-fn reply_json(reply: WriteReply) -> Result<Json<Value>, ApiError> {
+pub(crate) fn reply_json(reply: WriteReply) -> Result<Json<Value>, ApiError> {
     match reply {
         WriteReply::Applied(outcome) => Ok(Json(json!({"result": outcome}))),
         WriteReply::Rejected { status, message } => Err(ApiError::new(

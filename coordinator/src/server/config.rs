@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ServerError;
+use crate::auth::AuthMode;
 
 /// One other coordinator of the raft group.
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +80,22 @@ pub struct CoordinatorConfig {
     /// report only the nodes' own evaluation.
     #[serde(default)]
     pub fl_data_dir: Option<PathBuf>,
+    /// `on` (the default): every HTTP route but `/health` needs an API key;
+    /// `off`: none does (local experiments only; warned at every start).
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Serve `/metrics` without a key (for a scraper on a trusted network).
+    #[serde(default)]
+    pub metrics_public: bool,
+    /// Create the cluster's first admin key (tenant `default`) from
+    /// `admin_key_file`, making that file with a new key if it is missing.
+    /// Set on one coordinator of a new cluster; the key is created once in
+    /// the cluster's life (later attempts are refused by the state).
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// Where the bootstrap admin key is (default `DATA_DIR/admin.key`).
+    #[serde(default)]
+    pub admin_key_file: Option<PathBuf>,
 }
 
 fn default_node_down_after_ms() -> u64 {
@@ -108,6 +125,13 @@ fn default_request_timeout_ms() -> u64 {
 }
 
 impl CoordinatorConfig {
+    /// The bootstrap admin key file.
+    pub fn admin_key_path(&self) -> PathBuf {
+        self.admin_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.key"))
+    }
+
     /// Reads and validates a TOML configuration file.
     pub fn load(path: &Path) -> Result<Self, ServerError> {
         let text = std::fs::read_to_string(path).map_err(|e| ServerError::Config {

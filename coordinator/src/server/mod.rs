@@ -3,9 +3,11 @@
 //! API ([`admin`]), wired together by [`run`].
 
 pub mod admin;
+pub mod bootstrap;
 pub mod choice;
 pub mod config;
 pub mod controller;
+pub mod keys;
 pub mod nodes;
 pub mod peers;
 pub mod raft_loop;
@@ -178,6 +180,11 @@ pub async fn run(
             timeout,
         ),
     ))));
+    let auth = Arc::new(crate::auth::AuthLayerState {
+        mode: cfg.auth,
+        metrics_public: cfg.metrics_public,
+        view: view_rx.clone(),
+    });
     let admin = Arc::new(admin::Admin {
         id: cfg.id,
         requests: req_tx,
@@ -187,7 +194,22 @@ pub async fn run(
         view: view_rx,
         blobs,
     });
-    let app = admin::router(admin).merge(inference_routes(router));
+    if cfg.auth == crate::auth::AuthMode::Off {
+        tracing::warn!(
+            "auth = \"off\": every HTTP route of this coordinator is open to anyone who can \
+             reach {}; use it for local experiments only",
+            cfg.http_addr
+        );
+    }
+    if cfg.bootstrap {
+        let path = cfg.admin_key_path();
+        let secret = bootstrap::load_or_create(&path)?;
+        tracing::info!(file = %path.display(), "bootstrap admin key");
+        tasks.push(tokio::spawn(bootstrap::register(admin.clone(), secret)));
+    }
+    let app = admin::router(admin).merge(inference_routes(router)).layer(
+        axum::middleware::from_fn_with_state(auth, crate::auth::require_key),
+    );
     tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(http, app).await {
             tracing::error!("http server stopped: {e}");

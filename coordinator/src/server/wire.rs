@@ -111,6 +111,8 @@ pub fn apply_error_status(e: &ApplyError) -> u16 {
         | E::CoordinatorAddrInUse { .. }
         | E::DuplicatePlacement { .. }
         | E::TenantExists(_)
+        | E::ApiKeyExists
+        | E::AlreadyBootstrapped
         | E::FlJobExists(_)
         | E::FlJobFinished { .. }
         | E::InvalidPlacementTransition { .. }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The command format version this code writes and understands.
-pub const COMMAND_VERSION: u32 = 1;
+pub const COMMAND_VERSION: u32 = 2;
 
 /// Largest encoded command accepted by [`encode`] and [`decode`] (1 MiB).
 pub const MAX_COMMAND_BYTES: usize = 1 << 20;
@@ -53,6 +53,16 @@ pub enum NodeStatus {
     Up,
     /// The node is unreachable; its replicas must be re-placed elsewhere.
     Down,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScope {
+    /// The inference API (`/v1/*`, `/ready`, `/metrics`).
+    Inference,
+    /// Everything, the admin API (`/admin/*`) included.
+    Admin,
 }
 
 /// Lifecycle of one replica of a model on one node.
@@ -204,6 +214,25 @@ pub enum Op {
         /// Lower-case hex SHA-256 of the key (64 characters). The raw key
         /// is never replicated.
         key_hash: String,
+        /// The key's public id (shown in lists and the audit trail).
+        id: String,
+        /// What the key may do.
+        scope: KeyScope,
+        /// When the key was made, Unix seconds (set by the proposer).
+        created_at_unix: u64,
+        /// When the key stops working, Unix seconds; `None`: never.
+        expires_at_unix: Option<u64>,
+    },
+    /// Creates tenant `default` and its first admin key, once in the life
+    /// of a cluster (refused afterwards, so that a restarted bootstrap
+    /// coordinator cannot bring back a revoked key).
+    Bootstrap {
+        /// Lower-case hex SHA-256 of the admin key.
+        key_hash: String,
+        /// The key's public id.
+        id: String,
+        /// Unix seconds.
+        created_at_unix: u64,
     },
     /// Revokes an API key of a tenant.
     RevokeApiKey {
@@ -385,6 +414,15 @@ mod tests {
             Op::AddApiKey {
                 tenant: "t".into(),
                 key_hash: "ab".repeat(32),
+                id: "k1".into(),
+                scope: KeyScope::Inference,
+                created_at_unix: 1,
+                expires_at_unix: Some(2),
+            },
+            Op::Bootstrap {
+                key_hash: "cd".repeat(32),
+                id: "k0".into(),
+                created_at_unix: 1,
             },
             Op::RevokeApiKey {
                 tenant: "t".into(),
@@ -436,7 +474,7 @@ mod tests {
     fn garbage_and_trailing_bytes_refused() {
         assert!(matches!(decode(&[]), Err(DecodeError::Malformed(_))));
         assert!(matches!(
-            decode(&[1, 200, 200, 200]),
+            decode(&[COMMAND_VERSION as u8, 200, 200, 200]),
             Err(DecodeError::Malformed(_))
         ));
         let mut bytes = encode(&Command::new(Op::CreateTenant { name: "t".into() })).unwrap();

@@ -14,11 +14,15 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::commands::{
-    decode, Command, DecodeError, FlJobStatus, NodeStatus, Op, PlacementState, COMMAND_VERSION,
+    decode, Command, DecodeError, FlJobStatus, KeyScope, NodeStatus, Op, PlacementState,
+    COMMAND_VERSION,
 };
 
 /// Longest accepted name or id (models, nodes, tenants, jobs), in bytes.
 pub const MAX_NAME_LEN: usize = 256;
+
+/// The tenant [`Op::Bootstrap`] creates.
+pub const DEFAULT_TENANT: &str = "default";
 
 /// A coordinator (raft member).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +231,9 @@ pub enum ApplyError {
     /// The tenant has no such key.
     #[error("tenant {0} has no such API key")]
     ApiKeyNotFound(String),
+    /// The cluster's first admin key was created already.
+    #[error("the cluster was bootstrapped already")]
+    AlreadyBootstrapped,
     /// A job with this id already exists.
     #[error("federated-learning job {0} already exists")]
     FlJobExists(String),
@@ -271,6 +278,32 @@ pub enum ApplyError {
     },
 }
 
+/// Most API keys a cluster holds (keeps the state and its snapshot small).
+pub const MAX_API_KEYS: usize = 10_000;
+
+/// An API key as the cluster knows it: never the secret, only its hash
+/// (the key of [`ClusterState::api_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Public id.
+    pub id: String,
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// What it may do.
+    pub scope: KeyScope,
+    /// Unix seconds.
+    pub created_at_unix: u64,
+    /// Unix seconds after which it is refused; `None`: never.
+    pub expires_at_unix: Option<u64>,
+}
+
+impl ApiKey {
+    /// Whether the key is still valid at `now_unix`.
+    pub fn live_at(&self, now_unix: u64) -> bool {
+        self.expires_at_unix.is_none_or(|t| now_unix < t)
+    }
+}
+
 /// The state replicated by raft across coordinators.
 ///
 /// Serializes (serde) to JSON for the admin API and to bincode for
@@ -284,8 +317,10 @@ pub struct ClusterState {
     /// model -> node -> replica.
     placements: BTreeMap<String, BTreeMap<String, Placement>>,
     tenants: BTreeSet<String>,
-    /// key hash -> tenant.
-    api_keys: BTreeMap<String, String>,
+    /// key hash -> key.
+    api_keys: BTreeMap<String, ApiKey>,
+    /// Whether [`Op::Bootstrap`] has run.
+    bootstrapped: bool,
     fl_jobs: BTreeMap<String, FlJob>,
     applied_index: u64,
 }
@@ -387,22 +422,53 @@ impl ClusterState {
         &self.tenants
     }
 
-    /// API key hashes and the tenant each belongs to.
-    pub fn api_keys(&self) -> &BTreeMap<String, String> {
+    /// API keys by the hash of their secret.
+    pub fn api_keys(&self) -> &BTreeMap<String, ApiKey> {
         &self.api_keys
+    }
+
+    /// The key whose secret has this hash, if any.
+    pub fn api_key(&self, key_hash: &str) -> Option<&ApiKey> {
+        self.api_keys.get(key_hash)
     }
 
     /// The tenant owning the API key with this hash, if any.
     pub fn tenant_for_key(&self, key_hash: &str) -> Option<&str> {
-        self.api_keys.get(key_hash).map(String::as_str)
+        self.api_keys.get(key_hash).map(|k| k.tenant.as_str())
+    }
+
+    /// The hash and key with public id `id`, if any.
+    pub fn api_key_by_id(&self, id: &str) -> Option<(&String, &ApiKey)> {
+        self.api_keys.iter().find(|(_, k)| k.id == id)
+    }
+
+    /// Whether the cluster's first admin key has been created.
+    pub fn bootstrapped(&self) -> bool {
+        self.bootstrapped
     }
 
     /// Key hashes of one tenant, sorted.
     pub fn keys_of<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a String> + 'a {
         self.api_keys
             .iter()
-            .filter(move |(_, t)| t.as_str() == tenant)
-            .map(|(k, _)| k)
+            .filter(move |(_, k)| k.tenant == tenant)
+            .map(|(h, _)| h)
+    }
+
+    fn insert_key(&mut self, key_hash: &str, key: ApiKey) -> Result<(), ApplyError> {
+        check_sha256_hex("key_hash", key_hash)?;
+        check_name("key id", &key.id)?;
+        if self.api_keys.contains_key(key_hash) || self.api_key_by_id(&key.id).is_some() {
+            return Err(ApplyError::ApiKeyExists);
+        }
+        if self.api_keys.len() >= MAX_API_KEYS {
+            return Err(ApplyError::InvalidField {
+                field: "api keys",
+                reason: format!("the cluster holds the most keys allowed, {MAX_API_KEYS}"),
+            });
+        }
+        self.api_keys.insert(key_hash.to_string(), key);
+        Ok(())
     }
 
     /// Federated-learning jobs by id.
@@ -630,22 +696,52 @@ impl ClusterState {
                 }
                 Ok(ApplyOutcome::Applied)
             }
-            Op::AddApiKey { tenant, key_hash } => {
-                check_sha256_hex("key_hash", key_hash)?;
+            Op::AddApiKey {
+                tenant,
+                key_hash,
+                id,
+                scope,
+                created_at_unix,
+                expires_at_unix,
+            } => {
                 if !self.tenants.contains(tenant) {
                     return Err(ApplyError::UnknownTenant(tenant.clone()));
                 }
-                if self.api_keys.contains_key(key_hash) {
-                    return Err(ApplyError::ApiKeyExists);
+                let key = ApiKey {
+                    id: id.clone(),
+                    tenant: tenant.clone(),
+                    scope: *scope,
+                    created_at_unix: *created_at_unix,
+                    expires_at_unix: *expires_at_unix,
+                };
+                self.insert_key(key_hash, key)?;
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::Bootstrap {
+                key_hash,
+                id,
+                created_at_unix,
+            } => {
+                if self.bootstrapped {
+                    return Err(ApplyError::AlreadyBootstrapped);
                 }
-                self.api_keys.insert(key_hash.clone(), tenant.clone());
+                let key = ApiKey {
+                    id: id.clone(),
+                    tenant: DEFAULT_TENANT.into(),
+                    scope: KeyScope::Admin,
+                    created_at_unix: *created_at_unix,
+                    expires_at_unix: None,
+                };
+                self.insert_key(key_hash, key)?;
+                self.tenants.insert(DEFAULT_TENANT.into());
+                self.bootstrapped = true;
                 Ok(ApplyOutcome::Applied)
             }
             Op::RevokeApiKey { tenant, key_hash } => {
                 if !self.tenants.contains(tenant) {
                     return Err(ApplyError::UnknownTenant(tenant.clone()));
                 }
-                if self.api_keys.get(key_hash) != Some(tenant) {
+                if self.tenant_for_key(key_hash) != Some(tenant.as_str()) {
                     return Err(ApplyError::ApiKeyNotFound(tenant.clone()));
                 }
                 self.api_keys.remove(key_hash);

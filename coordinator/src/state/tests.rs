@@ -147,7 +147,7 @@ fn apply_entry_decodes_and_refuses_garbage() {
     assert_eq!(s.apply_entry(1, &bytes), Ok(ApplyOutcome::Applied));
     assert!(s.tenants().contains("t"));
     assert!(matches!(
-        s.apply_entry(2, &[1, 0xff, 0xff]),
+        s.apply_entry(2, &[COMMAND_VERSION as u8, 0xff, 0xff]),
         Err(ApplyError::Undecodable(_))
     ));
     assert_eq!(s.applied_index(), 2);
@@ -582,10 +582,18 @@ fn tenants_and_keys() {
             Op::AddApiKey {
                 tenant: "acme".into(),
                 key_hash: hash('a'),
+                id: "key-1".into(),
+                scope: KeyScope::Inference,
+                created_at_unix: 0,
+                expires_at_unix: None,
             },
             Op::AddApiKey {
                 tenant: "acme".into(),
                 key_hash: hash('b'),
+                id: "key-2".into(),
+                scope: KeyScope::Inference,
+                created_at_unix: 0,
+                expires_at_unix: None,
             },
         ],
     );
@@ -604,6 +612,75 @@ fn tenants_and_keys() {
     assert_eq!(s.tenant_for_key(&hash('b')), Some("acme"));
 }
 
+/// The first admin key is created once: a second bootstrap (a restarted
+/// bootstrap coordinator with a new key file) is refused, so a revoked
+/// bootstrap key cannot come back.
+#[test]
+fn bootstrap_creates_the_default_admin_key_once() {
+    let mut s = ClusterState::new();
+    assert!(!s.bootstrapped());
+    apply_ok(
+        &mut s,
+        [Op::Bootstrap {
+            key_hash: hash('a'),
+            id: "admin-0".into(),
+            created_at_unix: 5,
+        }],
+    );
+    assert!(s.bootstrapped() && s.tenants().contains(DEFAULT_TENANT));
+    let k = s.api_key(&hash('a')).unwrap();
+    assert_eq!(
+        (k.scope, k.tenant.as_str(), k.id.as_str()),
+        (KeyScope::Admin, "default", "admin-0")
+    );
+    apply_ok(
+        &mut s,
+        [Op::RevokeApiKey {
+            tenant: DEFAULT_TENANT.into(),
+            key_hash: hash('a'),
+        }],
+    );
+    assert_eq!(
+        apply_err(
+            &mut s,
+            Op::Bootstrap {
+                key_hash: hash('b'),
+                id: "admin-1".into(),
+                created_at_unix: 6,
+            }
+        ),
+        ApplyError::AlreadyBootstrapped
+    );
+    assert!(s.api_keys().is_empty());
+}
+
+#[test]
+fn key_ids_are_unique_and_expiry_is_kept() {
+    let mut s = ClusterState::new();
+    let add = |h: char, id: &str, exp: Option<u64>| Op::AddApiKey {
+        tenant: "t".into(),
+        key_hash: hash(h),
+        id: id.into(),
+        scope: KeyScope::Inference,
+        created_at_unix: 10,
+        expires_at_unix: exp,
+    };
+    apply_ok(
+        &mut s,
+        [
+            Op::CreateTenant { name: "t".into() },
+            add('a', "k1", Some(100)),
+        ],
+    );
+    assert_eq!(
+        apply_err(&mut s, add('b', "k1", None)),
+        ApplyError::ApiKeyExists
+    );
+    let (h, k) = s.api_key_by_id("k1").unwrap();
+    assert_eq!(h, &hash('a'));
+    assert!(k.live_at(99) && !k.live_at(100));
+}
+
 #[test]
 fn tenant_validation_errors() {
     let mut s = ClusterState::new();
@@ -619,6 +696,10 @@ fn tenant_validation_errors() {
             Op::AddApiKey {
                 tenant: "acme".into(),
                 key_hash: hash('a'),
+                id: "key-3".into(),
+                scope: KeyScope::Inference,
+                created_at_unix: 0,
+                expires_at_unix: None,
             },
         ],
     );
@@ -636,7 +717,11 @@ fn tenant_validation_errors() {
             &mut s,
             Op::AddApiKey {
                 tenant: "ghost".into(),
-                key_hash: hash('c')
+                key_hash: hash('c'),
+                id: "key-4".into(),
+                scope: KeyScope::Inference,
+                created_at_unix: 0,
+                expires_at_unix: None,
             }
         ),
         ApplyError::UnknownTenant("ghost".into())
@@ -647,7 +732,11 @@ fn tenant_validation_errors() {
             &mut s,
             Op::AddApiKey {
                 tenant: "beta".into(),
-                key_hash: hash('a')
+                key_hash: hash('a'),
+                id: "key-5".into(),
+                scope: KeyScope::Inference,
+                created_at_unix: 0,
+                expires_at_unix: None,
             }
         ),
         ApplyError::ApiKeyExists
@@ -664,7 +753,11 @@ fn tenant_validation_errors() {
                 &mut s,
                 Op::AddApiKey {
                     tenant: "beta".into(),
-                    key_hash: bad
+                    key_hash: bad,
+                    id: "key-6".into(),
+                    scope: KeyScope::Inference,
+                    created_at_unix: 0,
+                    expires_at_unix: None,
                 }
             ),
             ApplyError::InvalidField {
@@ -885,6 +978,10 @@ fn sample_log() -> Vec<Command> {
         Op::AddApiKey {
             tenant: "acme".into(),
             key_hash: hash('d'),
+            id: "key-7".into(),
+            scope: KeyScope::Inference,
+            created_at_unix: 0,
+            expires_at_unix: None,
         },
         Op::CreateFlJob {
             id: "job".into(),

@@ -1,0 +1,206 @@
+//! `inferno keys create|list|revoke --url URL`: the cluster's API keys
+//! through the admin API (an admin key is needed: `--api-key-file
+//! DATA_DIR/admin.key` for a cluster started by `inferno up`).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::api_key::{with_key, ApiKeyArgs};
+
+/// `inferno keys ...`.
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make a key; its secret is printed once, alone on the last line.
+    Create(CreateArgs),
+    /// List the keys (ids, tenants, scopes, expiry; never secrets).
+    List(ListArgs),
+    /// Revoke a key by id: every coordinator refuses it once applied.
+    Revoke(RevokeArgs),
+}
+
+/// Where the admin API is and how to authenticate.
+#[derive(Args, Debug)]
+pub struct Target {
+    /// Base URL of a coordinator.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[command(flatten)]
+    pub key: ApiKeyArgs,
+}
+
+/// What a key may do.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum ScopeArg {
+    /// The inference API.
+    Inference,
+    /// Everything, the admin API included.
+    Admin,
+}
+
+/// Arguments of `inferno keys create`.
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The tenant (created if new).
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// What the key may do.
+    #[arg(long, value_enum, default_value = "inference")]
+    pub scope: ScopeArg,
+    /// Lifetime, e.g. 3600s, 90m, 12h, 30d (default: no expiry).
+    #[arg(long, value_parser = parse_duration_s)]
+    pub expires: Option<u64>,
+}
+
+/// Arguments of `inferno keys list`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print JSON objects (`id`, `tenant`, `scope`, `created_at`, `expires_at`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `inferno keys revoke`.
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The key's id (from `inferno keys list`).
+    pub id: String,
+}
+
+/// Seconds in a lifetime such as `30d`, `12h`, `90m`, `3600s` or `3600`.
+pub fn parse_duration_s(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30d, 12h, 90m or 3600s"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    match n.checked_mul(mult) {
+        Some(s) if s > 0 => Ok(s),
+        _ => Err(format!("{text:?} must be a positive duration")),
+    }
+}
+
+fn call(t: &Target, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let agent = with_key(
+        ureq::AgentBuilder::new().timeout(Duration::from_secs(15)),
+        t.key.resolve()?,
+    )
+    .build();
+    let url = format!("{}{path}", t.url.trim_end_matches('/'));
+    let req = agent.request(method, &url);
+    let r = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match r {
+        Ok(r) => r.into_json().with_context(|| format!("{url}: not JSON")),
+        Err(ureq::Error::Status(code, r)) => {
+            let v: Value = r.into_json().unwrap_or(Value::Null);
+            let msg = v["error"]["message"].as_str().unwrap_or("no message");
+            anyhow::bail!("{url}: HTTP {code}: {msg}");
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot reach {url}")),
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs a `keys` subcommand.
+pub fn run(c: KeysCommand) -> anyhow::Result<()> {
+    match c {
+        KeysCommand::Create(a) => {
+            let scope = match a.scope {
+                ScopeArg::Inference => "inference",
+                ScopeArg::Admin => "admin",
+            };
+            let v = call(
+                &a.target,
+                "POST",
+                "/admin/v1/keys",
+                Some(json!({"tenant": a.tenant, "scope": scope, "expires_in_s": a.expires})),
+            )?;
+            let key = v["key"].as_str().context("the answer holds no key")?;
+            eprintln!(
+                "created {} key {} for tenant {} (expires: {}); it is shown only now:",
+                scope,
+                s(&v["id"]),
+                s(&v["tenant"]),
+                s(&v["expires_at"])
+            );
+            println!("{key}");
+        }
+        KeysCommand::List(a) => {
+            let v = call(&a.target, "GET", "/admin/v1/keys", None)?;
+            let keys = v["keys"].as_array().cloned().unwrap_or_default();
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                println!(
+                    "{:<20} {:<16} {:<10} {:>12} {:>12}",
+                    "ID", "TENANT", "SCOPE", "CREATED", "EXPIRES"
+                );
+                for k in &keys {
+                    println!(
+                        "{:<20} {:<16} {:<10} {:>12} {:>12}",
+                        s(&k["id"]),
+                        s(&k["tenant"]),
+                        s(&k["scope"]),
+                        s(&k["created_at"]),
+                        s(&k["expires_at"])
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke(a) => {
+            call(
+                &a.target,
+                "DELETE",
+                &format!("/admin/v1/keys/{}", a.id),
+                None,
+            )?;
+            eprintln!("revoked {}", a.id);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_parse_with_units() {
+        assert_eq!(parse_duration_s("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_duration_s("12h"), Ok(43_200));
+        assert_eq!(parse_duration_s("90m"), Ok(5400));
+        assert_eq!(parse_duration_s("3600"), Ok(3600));
+        assert!(parse_duration_s("0s").is_err());
+        assert!(parse_duration_s("5y").is_err());
+        assert!(parse_duration_s("d").is_err());
+        assert!(parse_duration_s("99999999999999999999d").is_err());
+    }
+}
