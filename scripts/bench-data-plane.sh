@@ -54,8 +54,11 @@ port=$(free_port)
 pids+=($!)
 wait_ready "http://127.0.0.1:$port/ready" "$work/cluster/api.key"
 KEY=$(cat "$work/cluster/api.key") # the inference key `inferno up` made
+# load.py asks /v1/models without the key, so it is given --model.
+ID=$(curl -sf -H "Authorization: Bearer $KEY" "http://127.0.0.1:$port/v1/models" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])')
 for c in 1 4 8; do
-  r=$($LOAD --url "http://127.0.0.1:$port" --api-key "$KEY" --concurrency "$c" --requests "$REQUESTS" \
+  r=$($LOAD --url "http://127.0.0.1:$port" --api-key "$KEY" --model "$ID" --concurrency "$c" --requests "$REQUESTS" \
     --max-tokens "$MAX_TOKENS" --ignore-eos --prompt "$PROMPT" --json)
   echo "{\"server\":\"inferno\",\"concurrency\":$c,\"result\":$r}"
 done | tee "$work/inferno.jsonl"

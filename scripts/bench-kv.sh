@@ -65,6 +65,11 @@ llama() { # port, threads
   pids+=($!)
   wait_ready "http://127.0.0.1:$1/health"
 }
+model_id() { # base URL, API key file: the first model the server lists
+  # (load.py asks /v1/models without the key, so it is given --model)
+  curl -sf -H "Authorization: Bearer $(cat "$2")" "$1/v1/models" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])'
+}
 emit() { # label, json
   echo "{\"run\":\"$1\",\"result\":$2}" | tee -a "$work/results.jsonl"
 }
@@ -95,7 +100,8 @@ if [[ $PARTS == *C* ]]; then
       (( r > peak )) && peak=$r && echo "$peak" > "$work/peak_running"
     done ) &
   poller=$!
-  emit "C inferno" "$($OPEN --url "http://127.0.0.1:$p" --api-key "$(cat "$KEY_FILE")")"
+  emit "C inferno" "$($OPEN --url "http://127.0.0.1:$p" --api-key "$(cat "$KEY_FILE")" \
+    --model "$(model_id "http://127.0.0.1:$p" "$KEY_FILE")")"
   kill "$poller" 2>/dev/null || true
   echo "{\"run\":\"C inferno peak running\",\"result\":$(cat "$work/peak_running" 2>/dev/null || echo 0)}" | tee -a "$work/results.jsonl"
   stop_last

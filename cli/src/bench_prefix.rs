@@ -300,11 +300,14 @@ fn system_prompt(k: usize, tokens: usize, seed: u64) -> String {
     text
 }
 
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout_read(Duration::from_secs(300))
-        .build()
+fn agent(key: Option<String>) -> ureq::Agent {
+    crate::api_key::with_key(
+        ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(Duration::from_secs(300)),
+        key,
+    )
+    .build()
 }
 
 /// Runs the benchmark.
@@ -316,7 +319,7 @@ pub fn run(a: PrefixBenchArgs) -> anyhow::Result<()> {
         .trim_end_matches('/')
         .trim_end_matches("/v1")
         .to_string();
-    let agent = agent();
+    let agent = agent(a.key.resolve()?);
     let model = match &a.model {
         Some(m) => m.clone(),
         None => crate::chat::first_model(&agent, &base)?,
@@ -338,13 +341,11 @@ pub fn run(a: PrefixBenchArgs) -> anyhow::Result<()> {
             "stream_options": {"include_usage": true},
         })
     };
-    let key = a.key.resolve()?;
-    let key = key.as_deref();
-    let before = cache_counters(&agent, &base, key);
+    let before = cache_counters(&agent, &base);
     let mut cold = Vec::new();
     let mut errors = 0;
     for k in 0..a.prefixes {
-        match stream_one(&agent, &base, key, &body(k, k)) {
+        match stream_one(&agent, &base, &body(k, k)) {
             Ok(s) => cold.push(s),
             Err(e) => {
                 errors += 1;
@@ -352,7 +353,7 @@ pub fn run(a: PrefixBenchArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let mid = after_metrics_refresh(&agent, &base, key, before.is_some());
+    let mid = after_metrics_refresh(&agent, &base, before.is_some());
     let next = AtomicUsize::new(0);
     let warm = Mutex::new(Vec::new());
     let warm_errors = AtomicUsize::new(0);
@@ -364,7 +365,7 @@ pub fn run(a: PrefixBenchArgs) -> anyhow::Result<()> {
                 if i >= a.requests {
                     return;
                 }
-                match stream_one(&agent, &base, key, &body(i % a.prefixes, a.prefixes + i)) {
+                match stream_one(&agent, &base, &body(i % a.prefixes, a.prefixes + i)) {
                     Ok(s) => warm.lock().unwrap_or_else(|p| p.into_inner()).push(s),
                     Err(e) => {
                         warm_errors.fetch_add(1, Ordering::Relaxed);
@@ -377,7 +378,7 @@ pub fn run(a: PrefixBenchArgs) -> anyhow::Result<()> {
     let warm_wall = start.elapsed();
     let warm = warm.into_inner().unwrap_or_else(|p| p.into_inner());
     errors += warm_errors.load(Ordering::Relaxed);
-    let end = after_metrics_refresh(&agent, &base, key, before.is_some());
+    let end = after_metrics_refresh(&agent, &base, before.is_some());
     anyhow::ensure!(
         !cold.is_empty() && !warm.is_empty(),
         "too many requests failed ({errors})"
@@ -468,17 +469,9 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 }
 
 /// Sends one streaming chat request and times its first token.
-fn stream_one(
-    agent: &ureq::Agent,
-    base: &str,
-    key: Option<&str>,
-    body: &Value,
-) -> anyhow::Result<Sample> {
+fn stream_one(agent: &ureq::Agent, base: &str, body: &Value) -> anyhow::Result<Sample> {
     let url = format!("{base}/v1/chat/completions");
-    let mut req = agent.post(&url);
-    if let Some(k) = key {
-        req = req.set("Authorization", &format!("Bearer {k}"));
-    }
+    let req = agent.post(&url);
     let sent = Instant::now();
     let resp = match req.send_json(body.clone()) {
         Ok(r) => r,
@@ -531,26 +524,18 @@ fn stream_one(
 
 /// Waits for the coordinators' metrics to catch up with the nodes'
 /// heartbeats, then reads the prefix-cache counters.
-fn after_metrics_refresh(
-    agent: &ureq::Agent,
-    base: &str,
-    key: Option<&str>,
-    has_metrics: bool,
-) -> Option<(u64, u64)> {
+fn after_metrics_refresh(agent: &ureq::Agent, base: &str, has_metrics: bool) -> Option<(u64, u64)> {
     if !has_metrics {
         return None;
     }
     std::thread::sleep(Duration::from_millis(2500));
-    cache_counters(agent, base, key)
+    cache_counters(agent, base)
 }
 
 /// Prompt tokens looked up and found in the prefix cache, summed over
 /// every replica, from Inferno's `/metrics`; `None` from other servers.
-fn cache_counters(agent: &ureq::Agent, base: &str, key: Option<&str>) -> Option<(u64, u64)> {
-    let mut req = agent.get(&format!("{base}/metrics"));
-    if let Some(k) = key {
-        req = req.set("Authorization", &format!("Bearer {k}"));
-    }
+fn cache_counters(agent: &ureq::Agent, base: &str) -> Option<(u64, u64)> {
+    let req = agent.get(&format!("{base}/metrics"));
     let text = req.call().ok()?.into_string().ok()?;
     let sum = |name: &str| -> Option<u64> {
         let values: Vec<f64> = text

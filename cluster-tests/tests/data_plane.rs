@@ -145,6 +145,38 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
     assert_eq!(get(up.admin(), "/v1/models").status, 200);
     assert_eq!(get(up.key(), "/metrics").status, 200);
 
+    // A body must be JSON by its Content-Type (a web page cannot send that
+    // cross-origin without a CORS preflight); a wrong method is a JSON 405;
+    // a client that never finishes its headers is cut off.
+    let raw = |text: String| -> String {
+        let mut c = std::net::TcpStream::connect(up.api).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        std::io::Write::write_all(&mut c, text.as_bytes()).expect("send");
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    };
+    let body = chat_body(&model, "hi", 2).to_string();
+    let answer = raw(format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        up.api_key,
+        body.len()
+    ));
+    assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    assert!(answer.contains("\"error\""), "{answer}");
+    let r = get(up.key(), "/v1/chat/completions");
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert!(r.json()["error"]["message"].is_string(), "{}", r.body);
+    let t0 = Instant::now();
+    let answer = raw("GET /health HTTP/1.1\r\nHost: x\r\n".into());
+    assert!(
+        t0.elapsed() < Duration::from_secs(19),
+        "a slow client held its connection for {:?}: {answer}",
+        t0.elapsed()
+    );
+
     // A key made through the CLI works on every coordinator; revoked, every
     // coordinator refuses it within 2 s.
     let admin_file = up.dir.path().join("admin.key");

@@ -89,6 +89,33 @@ impl ApiError {
         )
     }
 
+    /// 415: a body that is not of a media type the route takes.
+    pub fn unsupported_media_type(found: &str, expected: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            format!("The request body must be sent with Content-Type {expected} (got {found:?})."),
+        )
+    }
+
+    /// 405: the path exists but not with this method.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("{method} is not allowed on {path}."),
+        )
+    }
+
+    /// 408: the request body did not arrive in time.
+    pub fn body_timeout(seconds: u64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!("The request body did not arrive within {seconds} s."),
+        )
+    }
+
     /// 404 for a path this API does not serve.
     pub fn no_such_route(path: &str) -> Self {
         Self::new(

@@ -7,6 +7,8 @@ pub mod bootstrap;
 pub mod choice;
 pub mod config;
 pub mod controller;
+pub mod http_guard;
+pub mod http_serve;
 pub mod keys;
 pub mod nodes;
 pub mod peers;
@@ -62,6 +64,9 @@ pub enum ServerError {
     #[error("raft loop task failed: {0}")]
     Task(String),
 }
+
+/// Largest HTTP request body read (the routes cap theirs lower or equal).
+const MAX_HTTP_BODY_BYTES: usize = 4 << 20;
 
 /// Runs a coordinator until `shutdown` completes or the raft loop fails.
 ///
@@ -207,13 +212,21 @@ pub async fn run(
         tracing::info!(file = %path.display(), "bootstrap admin key");
         tasks.push(tokio::spawn(bootstrap::register(admin.clone(), secret)));
     }
-    let app = admin::router(admin).merge(inference_routes(router)).layer(
-        axum::middleware::from_fn_with_state(auth, crate::auth::require_key),
-    );
+    // Layers run outermost last-added first: the key is checked before a
+    // body is read.
+    let app = admin::router(admin)
+        .merge(inference_routes(router))
+        .method_not_allowed_fallback(http_guard::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            MAX_HTTP_BODY_BYTES,
+            http_guard::guard_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::require_key,
+        ));
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(http, app).await {
-            tracing::error!("http server stopped: {e}");
-        }
+        let _never = http_serve::serve(http, app).await;
     }));
 
     let raft = raft_loop::RaftLoop::new(
