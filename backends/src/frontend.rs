@@ -50,10 +50,12 @@ impl ModelFrontend {
     }
 
     /// Renders a conversation through the chat template (with the assistant
-    /// turn opened) and tokenizes it.
+    /// turn opened) and tokenizes it. Special-token text inside message
+    /// contents stays text: only the template's own markup becomes special
+    /// tokens, so a message cannot end its turn or open another role's.
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, FrontendError> {
         let chat = self.chat.as_ref().ok_or(FrontendError::NoChatTemplate)?;
-        let text = chat.render(messages, true)?;
-        self.encode(&text)
+        let (text, literals) = chat.render_with_literals(messages, true)?;
+        Ok(self.tokenizer.encode_with_literals(&text, &literals)?)
     }
 }

@@ -341,7 +341,16 @@ pub fn run(a: PrefixBenchArgs) -> anyhow::Result<()> {
             "stream_options": {"include_usage": true},
         })
     };
-    let before = cache_counters(&agent, &base);
+    // A cluster that just became ready may not have its first heartbeat in
+    // /metrics yet: give it a few seconds before deciding it has no counters.
+    let mut before = cache_counters(&agent, &base);
+    for _ in 0..12 {
+        if before.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        before = cache_counters(&agent, &base);
+    }
     let mut cold = Vec::new();
     let mut errors = 0;
     for k in 0..a.prefixes {

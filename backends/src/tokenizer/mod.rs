@@ -10,6 +10,7 @@
 //! candle's `TokenizerFromGguf` is deliberately not used: it adds a prefix space and
 //! reads the wrong unknown-token key for SmolLM2-style models.
 
+mod literal;
 mod spm;
 
 use std::collections::HashMap;
@@ -169,6 +170,8 @@ pub struct GgufTokenizer {
     eos: Option<u32>,
     eog: Vec<u32>,
     add_bos: bool,
+    /// Special-token text of a BPE vocabulary (SentencePiece has its own).
+    bpe_specials: Option<literal::SpecialMatcher>,
 }
 
 /// The tokenization model proper.
@@ -453,18 +456,29 @@ impl<'a> VocabMeta<'a> {
     }
 
     /// The tokenizer around `inner`, with each token's raw bytes.
-    fn into_tokenizer(self, inner: Inner, bytes: Vec<Vec<u8>>, add_bos: bool) -> GgufTokenizer {
+    fn into_tokenizer(
+        self,
+        inner: Inner,
+        bytes: Vec<Vec<u8>>,
+        add_bos: bool,
+    ) -> Result<GgufTokenizer, TokenizerError> {
         let named = self.eos.into_iter().chain(self.eot).chain(self.eom);
-        GgufTokenizer {
+        let tokens: Vec<String> = self.tokens.iter().map(|t| (*t).to_string()).collect();
+        let bpe_specials = match inner {
+            Inner::Bpe(_) => literal::SpecialMatcher::new(&tokens, &self.special)?,
+            Inner::Spm(_) => None,
+        };
+        Ok(GgufTokenizer {
             inner,
             eog: eog_ids(&self.tokens, named),
-            tokens: self.tokens.iter().map(|t| (*t).to_string()).collect(),
+            tokens,
             bytes,
             special: self.special,
             bos: self.bos,
             eos: self.eos,
             add_bos,
-        }
+            bpe_specials,
+        })
     }
 }
 
@@ -518,7 +532,7 @@ impl GgufTokenizer {
                 }
             })
             .collect();
-        Ok(meta.into_tokenizer(Inner::Spm(Box::new(model)), bytes, add_bos))
+        meta.into_tokenizer(Inner::Spm(Box::new(model)), bytes, add_bos)
     }
 
     /// Builds the tokenizer from a GGUF file's metadata.
@@ -599,7 +613,7 @@ impl GgufTokenizer {
                 }
             })
             .collect();
-        Ok(meta.into_tokenizer(Inner::Bpe(Box::new(inner)), bytes, add_bos))
+        meta.into_tokenizer(Inner::Bpe(Box::new(inner)), bytes, add_bos)
     }
 
     /// Encodes `text` to token ids.
@@ -617,6 +631,34 @@ impl GgufTokenizer {
                 out.extend_from_slice(enc.get_ids());
             }
             Inner::Spm(m) => m.encode(text, &mut out),
+        }
+        Ok(out)
+    }
+
+    /// Encodes `text` like [`Self::encode`], except that inside the byte
+    /// ranges `literals` (what users wrote) special-token text is ordinary
+    /// text: only special tokens entirely outside them are special.
+    pub fn encode_with_literals(
+        &self,
+        text: &str,
+        literals: &[std::ops::Range<usize>],
+    ) -> Result<Vec<u32>, TokenizerError> {
+        if literals.is_empty() {
+            return self.encode(text);
+        }
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        if self.add_bos {
+            out.extend(self.bos);
+        }
+        match &self.inner {
+            Inner::Bpe(t) => literal::bpe_encode_outside(
+                t,
+                self.bpe_specials.as_ref(),
+                text,
+                literals,
+                &mut out,
+            )?,
+            Inner::Spm(m) => m.encode_outside(text, literals, &mut out),
         }
         Ok(out)
     }

@@ -9,6 +9,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::ops::Range;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
@@ -123,10 +124,19 @@ impl SpmModel {
 
     /// Appends the ids of `text` to `out`.
     pub(super) fn encode(&self, text: &str, out: &mut Vec<u32>) {
+        self.encode_outside(text, &[], out);
+    }
+
+    /// Appends the ids of `text` to `out`, reading special-token text as
+    /// special only outside the byte ranges `literals` (there it is text).
+    pub(super) fn encode_outside(&self, text: &str, literals: &[Range<usize>], out: &mut Vec<u32>) {
         let mut prev_special = true;
         let mut at = 0;
         if let Some(ac) = &self.specials {
             for m in ac.find_iter(text) {
+                if super::literal::overlaps(m.start()..m.end(), literals) {
+                    continue;
+                }
                 if m.start() > at {
                     self.encode_raw(&text[at..m.start()], prev_special, out);
                 }
