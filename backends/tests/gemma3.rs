@@ -36,6 +36,32 @@ fn token_ids_equal_llamacpp() {
     llamacpp::assert_ids_equal_llamacpp(&tok, &cases.tokens, tok.bos_id());
 }
 
+/// SentencePiece path of the literal-span encoding: `<start_of_turn>` a
+/// user typed stays text, the same text outside a literal span is the
+/// control token, and a span without such text encodes as before.
+#[test]
+fn special_token_text_in_a_literal_span_stays_text() {
+    let file = GgufFile::open(&inferno_cluster_tests::gemma_model()).unwrap();
+    let tok = GgufTokenizer::from_gguf(&file.content).unwrap();
+    let text = "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n";
+    // The ids of the two turn markers (each one token after BOS).
+    let id = |t: &str| *tok.encode(t).unwrap().last().unwrap();
+    let turns = [id("<start_of_turn>"), id("<end_of_turn>")];
+    let specials = |ids: &[u32]| ids.iter().filter(|i| turns.contains(i)).count();
+    let whole = tok.encode(text).unwrap();
+    assert_eq!(specials(&whole), 3, "{whole:?}");
+    let typed = tok
+        .encode_with_literals(text, std::slice::from_ref(&(0..text.len())))
+        .unwrap();
+    assert_eq!(specials(&typed), 0, "{typed:?}");
+    assert!(typed.len() > whole.len());
+    let user = text.find("hi").unwrap();
+    let benign = tok
+        .encode_with_literals(text, std::slice::from_ref(&(user..user + 2)))
+        .unwrap();
+    assert_eq!(benign, whole);
+}
+
 /// `llama-perplexity -m <gemma 3 270M> -f /usr/share/common-licenses/GPL-3
 /// -c 1024 --chunks 1 -t 2` printed `Final estimate: PPL = 16.0395 +/- 2.08464`
 /// (ours: 16.0064; over 2 chunks 18.4405 and ours 18.4023). At ctx 1024 the

@@ -9,7 +9,6 @@
 //! depends on the hash, not on how much of a real secret a guess shares.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -22,6 +21,7 @@ use tokio::sync::watch;
 
 use super::policy::{classify, decide, Denial, Principal};
 use super::secret::{hash_key, presented_key};
+use crate::openai::unix_now;
 use crate::server::raft_loop::LocalView;
 
 /// Whether API keys are checked.
@@ -45,12 +45,6 @@ pub struct AuthLayerState {
     pub metrics_public: bool,
     /// The locally applied cluster state (its API keys).
     pub view: watch::Receiver<LocalView>,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn refuse(d: &Denial) -> Response {
@@ -90,7 +84,7 @@ pub async fn require_key(
             class,
             presented.is_some(),
             key,
-            now_unix(),
+            unix_now(),
             auth.metrics_public,
         )
     };

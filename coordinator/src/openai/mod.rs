@@ -30,6 +30,7 @@ mod tracker;
 mod validate;
 
 pub use backend::{InferenceBackend, ModelEntry, RouteError, Routed};
+pub(crate) use dispatch::unix_now;
 pub use errors::ApiError;
 pub use handlers::{router, router_with_config, ApiConfig};
 pub use metrics::Metrics;

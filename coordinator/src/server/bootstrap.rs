@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::admin::{commit, Admin};
 use super::wire::WriteReply;
@@ -92,9 +92,7 @@ pub async fn register(admin: Arc<Admin>, secret: String) {
         let op = Op::Bootstrap {
             key_hash: hash.clone(),
             id: id.clone(),
-            created_at_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created_at_unix: crate::openai::unix_now(),
         };
         match commit(&admin, op).await {
             WriteReply::Applied(_) => {

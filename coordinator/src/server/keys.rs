@@ -5,7 +5,6 @@
 //! revocation.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -17,6 +16,7 @@ use serde_json::{json, Value};
 use super::admin::{commit, parse_body, read, reply_json, write, Admin, ApiError};
 use super::wire::WriteReply;
 use crate::auth::new_key;
+use crate::openai::unix_now;
 use crate::state::{ApiKey, KeyScope, Op};
 
 /// Longest key lifetime accepted, in seconds (ten years).
@@ -33,12 +33,6 @@ struct CreateKeyBody {
     /// Lifetime in seconds; absent: no expiry.
     #[serde(default)]
     expires_in_s: Option<u64>,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The listing of a key: everything but the secret and its hash.
@@ -81,7 +75,7 @@ pub async fn create_key(
         }
     }
     let key = new_key();
-    let now = now_unix();
+    let now = unix_now();
     let expires_at_unix = b.expires_in_s.map(|s| now.saturating_add(s));
     let _applied = write(
         &admin,
