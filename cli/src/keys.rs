@@ -15,7 +15,7 @@ use crate::api_key::{with_key, ApiKeyArgs};
 pub enum KeysCommand {
     /// Make a key; its secret is printed once, alone on the last line.
     Create(CreateArgs),
-    /// List the keys (ids, tenants, scopes, expiry; never secrets).
+    /// List the keys (ids, tenants, scopes, expiry, limits; never secrets).
     List(ListArgs),
     /// Revoke a key by id: every coordinator refuses it once applied.
     Revoke(RevokeArgs),
@@ -54,6 +54,15 @@ pub struct CreateArgs {
     /// Lifetime, e.g. 3600s, 90m, 12h, 30d (default: no expiry).
     #[arg(long, value_parser = parse_duration_s)]
     pub expires: Option<u64>,
+    /// Requests per minute, over the whole cluster (default: unlimited).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rpm: Option<u32>,
+    /// Tokens (prompt + completion) per minute (default: unlimited).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tpm: Option<u32>,
+    /// Requests in flight at once (default: unlimited).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent: Option<u32>,
 }
 
 /// Arguments of `inferno keys list`.
@@ -61,7 +70,8 @@ pub struct CreateArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub target: Target,
-    /// Print JSON objects (`id`, `tenant`, `scope`, `created_at`, `expires_at`).
+    /// Print JSON objects (`id`, `tenant`, `scope`, `created_at`,
+    /// `expires_at`, `rpm`, `tpm`, `max_concurrent`).
     #[arg(long)]
     pub json: bool,
 }
@@ -141,7 +151,14 @@ pub fn run(c: KeysCommand) -> anyhow::Result<()> {
                 &a.target,
                 "POST",
                 "/admin/v1/keys",
-                Some(json!({"tenant": a.tenant, "scope": scope, "expires_in_s": a.expires})),
+                Some(json!({
+                    "tenant": a.tenant,
+                    "scope": scope,
+                    "expires_in_s": a.expires,
+                    "rpm": a.rpm,
+                    "tpm": a.tpm,
+                    "max_concurrent": a.max_concurrent,
+                })),
             )?;
             let key = v["key"].as_str().context("the answer holds no key")?;
             eprintln!(
@@ -160,17 +177,20 @@ pub fn run(c: KeysCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
                 println!(
-                    "{:<20} {:<16} {:<10} {:>12} {:>12}",
-                    "ID", "TENANT", "SCOPE", "CREATED", "EXPIRES"
+                    "{:<20} {:<16} {:<10} {:>12} {:>12} {:>8} {:>10} {:>6}",
+                    "ID", "TENANT", "SCOPE", "CREATED", "EXPIRES", "RPM", "TPM", "CONC"
                 );
                 for k in &keys {
                     println!(
-                        "{:<20} {:<16} {:<10} {:>12} {:>12}",
+                        "{:<20} {:<16} {:<10} {:>12} {:>12} {:>8} {:>10} {:>6}",
                         s(&k["id"]),
                         s(&k["tenant"]),
                         s(&k["scope"]),
                         s(&k["created_at"]),
-                        s(&k["expires_at"])
+                        s(&k["expires_at"]),
+                        s(&k["rpm"]),
+                        s(&k["tpm"]),
+                        s(&k["max_concurrent"])
                     );
                 }
             }

@@ -235,6 +235,176 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
         );
     }
 
+    // Key limits hold across coordinators: a 30-requests-a-minute key sent
+    // round robin to all 3 gets about 30 served, not 90; refusals are 429s
+    // with Retry-After and OpenAI's x-ratelimit-* headers.
+    let last_line = |out: String| out.lines().last().unwrap_or_default().trim().to_string();
+    let limited = last_line(cli(&["keys", "create", "--tenant", "quota", "--rpm", "30"]));
+    for api in up.coordinator_apis() {
+        wait_until("the limited key everywhere", Duration::from_secs(2), || {
+            let r = http::request(api, Some(&limited), "GET", "/metrics", None, T).ok()?;
+            (r.status == 200).then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let apis = up.coordinator_apis();
+    let (mut served, mut refused) = (0, 0);
+    for i in 0..90 {
+        let r = http::request(apis[i % 3], Some(&limited), "GET", "/v1/models", None, T)
+            .expect("models");
+        match r.status {
+            200 => {
+                served += 1;
+                assert_eq!(r.header("x-ratelimit-limit-requests"), Some("30"));
+            }
+            429 => {
+                refused += 1;
+                assert_eq!(
+                    r.json()["error"]["code"],
+                    "rate_limit_exceeded",
+                    "{}",
+                    r.body
+                );
+                assert!(
+                    r.header("retry-after")
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .is_some_and(|s| s >= 1),
+                    "Retry-After"
+                );
+                assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+            }
+            other => panic!("status {other}: {}", r.body),
+        }
+    }
+    assert!(
+        (30..=34).contains(&served),
+        "served {served} of 90 (refused {refused})"
+    );
+    let m = http::request(up.api, up.key(), "GET", "/metrics", None, T).expect("metrics");
+    assert!(
+        m.body
+            .contains("inferno_tenant_rate_limited_total{tenant=\"quota\",kind=\"requests\"}"),
+        "per-tenant refusals: {}",
+        m.body
+    );
+
+    // A one-at-a-time key: a second request while a stream runs is a 429
+    // until the stream's client goes away.
+    let single = last_line(cli(&[
+        "keys",
+        "create",
+        "--tenant",
+        "quota",
+        "--max-concurrent",
+        "1",
+    ]));
+    wait_until("the single key", Duration::from_secs(2), || {
+        let r = http::request(up.api, Some(&single), "GET", "/v1/models", None, T).ok()?;
+        (r.status == 200).then_some(())
+    });
+    let stream_body = json!({"model": model, "prompt": "Once upon a time", "max_tokens": 1500,
+        "ignore_eos": true, "stream": true, "temperature": 0});
+    let mut conn = http::send(
+        up.api,
+        Some(&single),
+        "POST",
+        "/v1/completions",
+        Some(&stream_body.to_string()),
+        T,
+    )
+    .expect("open stream");
+    let mut first = [0u8; 512];
+    let n = conn.read(&mut first).expect("first bytes");
+    assert!(
+        String::from_utf8_lossy(&first[..n]).contains("200"),
+        "stream did not start"
+    );
+    let r = post(
+        up.api,
+        Some(&single),
+        "/v1/chat/completions",
+        &chat_body(&model, "hi", 2),
+    )
+    .expect("second");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "concurrency", "{}", r.body);
+    drop(conn);
+    wait_until(
+        "the slot back after the stream's client left",
+        Duration::from_secs(5),
+        || {
+            let r = post(
+                up.api,
+                Some(&single),
+                "/v1/chat/completions",
+                &chat_body(&model, "hi", 2),
+            )
+            .ok()?;
+            (r.status == 200).then_some(())
+        },
+    );
+
+    // Tokens per minute are charged after each request: a 20-token key is
+    // refused once a request used more than its share.
+    let frugal = last_line(cli(&["keys", "create", "--tenant", "quota", "--tpm", "20"]));
+    wait_until("the frugal key", Duration::from_secs(2), || {
+        let r = http::request(up.api, Some(&frugal), "GET", "/metrics", None, T).ok()?;
+        (r.status == 200).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let r = post(
+        up.api,
+        Some(&frugal),
+        "/v1/chat/completions",
+        &chat_body(&model, "Say hello.", 8),
+    )
+    .expect("first");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(
+        up.api,
+        Some(&frugal),
+        "/v1/chat/completions",
+        &chat_body(&model, "Again.", 8),
+    )
+    .expect("second");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "tokens", "{}", r.body);
+    assert!(
+        r.header("x-ratelimit-limit-tokens") == Some("20"),
+        "{:?}",
+        r.header("x-ratelimit-limit-tokens")
+    );
+
+    // Tenants see only their own keys: acme's admin key lists acme's keys
+    // and may not make keys for another tenant.
+    let acme_admin = last_line(cli(&[
+        "keys", "create", "--tenant", "acme", "--scope", "admin",
+    ]));
+    let r = wait_until("acme's admin key", Duration::from_secs(2), || {
+        let r = http::request(up.api, Some(&acme_admin), "GET", "/admin/v1/keys", None, T).ok()?;
+        (r.status == 200).then_some(r)
+    });
+    let tenants: Vec<String> = r.json()["keys"]
+        .as_array()
+        .map(|ks| {
+            ks.iter()
+                .map(|k| k["tenant"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !tenants.is_empty() && tenants.iter().all(|t| t == "acme"),
+        "{tenants:?}"
+    );
+    let r = post(
+        up.api,
+        Some(&acme_admin),
+        "/admin/v1/keys",
+        &json!({"tenant": "default", "scope": "admin"}),
+    )
+    .expect("create");
+    assert_eq!(r.status, 403, "{}", r.body);
+
     // The official client.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/openai_client.py");
     let out = std::process::Command::new("python3")

@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod fl;
 pub mod openai;
+pub mod quota;
 pub mod raft;
 pub mod server;
 pub mod state;

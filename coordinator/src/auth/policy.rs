@@ -4,7 +4,7 @@
 //! and unknown paths, so that 404s do not map the API for strangers) needs
 //! an inference or admin key.
 
-use crate::state::{ApiKey, KeyScope};
+use crate::state::{ApiKey, KeyLimits, KeyScope};
 
 /// The access class of a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub struct Principal {
     pub tenant: String,
     /// The key's scope.
     pub scope: KeyScope,
+    /// The key's rate and concurrency limits.
+    pub limits: KeyLimits,
 }
 
 /// Why a request is refused.
@@ -114,6 +116,7 @@ pub fn decide(
         key_id: key.id.clone(),
         tenant: key.tenant.clone(),
         scope: key.scope,
+        limits: key.limits,
     }))
 }
 
@@ -128,6 +131,7 @@ mod tests {
             scope,
             created_at_unix: 0,
             expires_at_unix: expires,
+            limits: KeyLimits::default(),
         }
     }
 

@@ -19,10 +19,11 @@ use super::chunks::{Endpoint, Shape};
 use super::errors::ApiError;
 use super::metrics::Metrics;
 use super::request::{ChatCompletionRequest, CompletionRequest};
-use super::tracker::RequestTracker;
+use super::tracker::{Account, RequestTracker};
 use super::validate::{self, Validated};
 use super::{collect, dispatch, stream};
 use crate::auth::{presented_key, Principal};
+use crate::quota::TokenMeter;
 
 /// Metrics label of requests for models that are not served.
 const UNKNOWN_MODEL_LABEL: &str = "unknown";
@@ -109,6 +110,7 @@ async fn models<B: InferenceBackend>(State(s): State<Arc<AppState<B>>>) -> Respo
 async fn chat_completions<B: InferenceBackend>(
     State(s): State<Arc<AppState<B>>>,
     principal: Option<Extension<Principal>>,
+    meter: Option<Extension<TokenMeter>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -118,12 +120,20 @@ async fn chat_completions<B: InferenceBackend>(
     let validated = parsed
         .and_then(validate::chat)
         .map(|v| keyed(v, principal.as_ref().map(|p| &p.0), &headers));
-    serve(&s, model, validated, Endpoint::Chat).await
+    serve(
+        &s,
+        model,
+        validated,
+        Endpoint::Chat,
+        account(principal, meter),
+    )
+    .await
 }
 
 async fn completions<B: InferenceBackend>(
     State(s): State<Arc<AppState<B>>>,
     principal: Option<Extension<Principal>>,
+    meter: Option<Extension<TokenMeter>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -133,7 +143,25 @@ async fn completions<B: InferenceBackend>(
     let validated = parsed
         .and_then(validate::completion)
         .map(|v| keyed(v, principal.as_ref().map(|p| &p.0), &headers));
-    serve(&s, model, validated, Endpoint::Text).await
+    serve(
+        &s,
+        model,
+        validated,
+        Endpoint::Text,
+        account(principal, meter),
+    )
+    .await
+}
+
+/// Who the request is accounted to.
+fn account(
+    principal: Option<Extension<Principal>>,
+    meter: Option<Extension<TokenMeter>>,
+) -> Account {
+    Account {
+        tenant: principal.map(|p| p.0.tenant),
+        meter: meter.map(|m| m.0),
+    }
 }
 
 /// Salts the request's prefix cache with its tenant (the key's, checked by
@@ -164,6 +192,7 @@ async fn serve<B: InferenceBackend>(
     model: Option<String>,
     parsed: Result<Validated, ApiError>,
     endpoint: Endpoint,
+    account: Account,
 ) -> Response {
     let arrived = Instant::now();
     // Only served models become label values, so clients cannot grow the series.
@@ -171,7 +200,7 @@ async fn serve<B: InferenceBackend>(
         Some(m) if s.backend.models().iter().any(|e| e.id == m) => m,
         _ => UNKNOWN_MODEL_LABEL.to_string(),
     };
-    let mut tracker = RequestTracker::new(s.metrics.clone(), label);
+    let mut tracker = RequestTracker::new(s.metrics.clone(), label, account);
     let v = match parsed {
         Ok(v) => v,
         Err(e) => {

@@ -70,6 +70,7 @@ pub struct Metrics {
     prefix_queried: Family<ModelNodeLabel, Counter>,
     prefix_hit: Family<ModelNodeLabel, Counter>,
     preemptions: Family<ModelNodeLabel, Counter>,
+    tenants: crate::quota::TenantMetrics,
     /// The nodes' cumulative counters as last reported, to turn their
     /// heartbeats into counter increments.
     kv_reported: Mutex<HashMap<ModelNodeLabel, [u64; 3]>>,
@@ -175,8 +176,11 @@ impl Metrics {
             "Sequences preempted (and later recomputed) to free KV cache blocks, per replica",
             preemptions.clone(),
         );
+        let tenants = crate::quota::TenantMetrics::default();
+        tenants.register(&mut registry);
         Self {
             registry,
+            tenants,
             requests,
             errors,
             ttft,
@@ -194,6 +198,11 @@ impl Metrics {
             preemptions,
             kv_reported: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The per-tenant counters (shared with the quota layer).
+    pub fn tenants(&self) -> &crate::quota::TenantMetrics {
+        &self.tenants
     }
 
     /// The metrics in the OpenMetrics text format.

@@ -6,29 +6,45 @@ use std::time::Instant;
 
 use super::errors::ApiError;
 use super::metrics::Metrics;
+use crate::quota::TokenMeter;
 
 /// Status label of a request whose client went away before it ended.
 const CANCELLED: &str = "cancelled";
+
+/// Who a request is accounted to: its tenant (per-tenant metrics) and,
+/// when its key has a tokens-per-minute limit, the meter to charge.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Account {
+    pub(crate) tenant: Option<String>,
+    pub(crate) meter: Option<TokenMeter>,
+}
 
 /// Tracks one request; dropping it records the outcome (or a cancellation).
 #[derive(Debug)]
 pub(crate) struct RequestTracker {
     metrics: Arc<Metrics>,
     model: String,
+    account: Account,
     arrived: Instant,
     last_token: Option<Instant>,
+    /// Tokens streamed so far (charged when the request ends without usage).
+    generated: u64,
+    usage: Option<protocol::Usage>,
     outcome: Option<(String, Option<&'static str>)>,
 }
 
 impl RequestTracker {
     /// Starts tracking a request for `model` (a label: a served model or `unknown`).
-    pub(crate) fn new(metrics: Arc<Metrics>, model: String) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, model: String, account: Account) -> Self {
         metrics.add_in_flight(&model, 1);
         Self {
             metrics,
             model,
+            account,
             arrived: Instant::now(),
             last_token: None,
+            generated: 0,
+            usage: None,
             outcome: None,
         }
     }
@@ -38,6 +54,7 @@ impl RequestTracker {
         if count == 0 {
             return;
         }
+        self.generated = self.generated.saturating_add(count as u64);
         let now = Instant::now();
         match self.last_token {
             None => self
@@ -56,6 +73,7 @@ impl RequestTracker {
     /// The request finished normally on `node`.
     pub(crate) fn finished(&mut self, node: &str, usage: protocol::Usage) {
         self.metrics.add_usage(&self.model, node, usage);
+        self.usage = Some(usage);
         self.outcome = Some(("200".into(), None));
     }
 
@@ -78,6 +96,18 @@ impl Drop for RequestTracker {
         self.metrics.record_request(&self.model, status);
         if let Some(kind) = kind {
             self.metrics.record_error(&self.model, kind);
+        }
+        // A request cut short is charged the tokens it streamed.
+        let (prompt, completion) = self.usage.map_or((0, self.generated), |u| {
+            (u64::from(u.prompt_tokens), u64::from(u.completion_tokens))
+        });
+        if let Some(tenant) = &self.account.tenant {
+            let tenants = self.metrics.tenants();
+            tenants.record_request(tenant, status);
+            tenants.add_tokens(tenant, prompt, completion);
+        }
+        if let Some(meter) = &self.account.meter {
+            meter.charge(prompt.saturating_add(completion));
         }
     }
 }

@@ -3,21 +3,27 @@
 //! (never a secret, nor its hash), `DELETE /admin/v1/keys/{id}` revokes
 //! one. Every coordinator refuses a revoked key as soon as it applies the
 //! revocation.
+//!
+//! Tenants see only their own keys: an admin key of tenant `default` (the
+//! cluster operator's, made at bootstrap) manages every tenant's keys; an
+//! admin key of any other tenant lists, makes and revokes keys of its own
+//! tenant only.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::admin::{commit, parse_body, read, reply_json, write, Admin, ApiError};
 use super::wire::WriteReply;
-use crate::auth::new_key;
+use crate::auth::{new_key, Principal};
 use crate::openai::unix_now;
-use crate::state::{ApiKey, KeyScope, Op};
+use crate::state::{ApiKey, KeyLimits, KeyScope, Op, DEFAULT_TENANT};
 
 /// Longest key lifetime accepted, in seconds (ten years).
 const MAX_EXPIRES_IN_S: u64 = 10 * 365 * 86_400;
@@ -33,6 +39,50 @@ struct CreateKeyBody {
     /// Lifetime in seconds; absent: no expiry.
     #[serde(default)]
     expires_in_s: Option<u64>,
+    /// Requests per minute; absent: unlimited.
+    #[serde(default)]
+    rpm: Option<u32>,
+    /// Tokens (prompt + completion) per minute; absent: unlimited.
+    #[serde(default)]
+    tpm: Option<u32>,
+    /// Requests in flight at once; absent: unlimited.
+    #[serde(default)]
+    max_concurrent: Option<u32>,
+}
+
+impl CreateKeyBody {
+    fn limits(&self) -> Result<KeyLimits, ApiError> {
+        for (name, v) in [
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("max_concurrent", self.max_concurrent),
+        ] {
+            if v == Some(0) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("{name} must be at least 1 (leave it out for no limit)"),
+                ));
+            }
+        }
+        Ok(KeyLimits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrent: self.max_concurrent,
+        })
+    }
+}
+
+/// Whether `who` may manage keys of `tenant`: the operator's tenant (and
+/// everyone when auth is off) manages all; other admins their own.
+fn may_manage(who: Option<&Principal>, tenant: &str) -> bool {
+    who.is_none_or(|p| p.tenant == DEFAULT_TENANT || p.tenant == tenant)
+}
+
+fn not_yours(tenant: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("this admin key may not manage keys of tenant {tenant:?}"),
+    )
 }
 
 /// The listing of a key: everything but the secret and its hash.
@@ -43,15 +93,23 @@ pub fn key_json(k: &ApiKey) -> Value {
         "scope": k.scope,
         "created_at": k.created_at_unix,
         "expires_at": k.expires_at_unix,
+        "rpm": k.limits.rpm,
+        "tpm": k.limits.tpm,
+        "max_concurrent": k.limits.max_concurrent,
     })
 }
 
 /// Makes a key.
 pub async fn create_key(
     State(admin): State<Arc<Admin>>,
+    who: Option<Extension<Principal>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let b: CreateKeyBody = parse_body(&body)?;
+    if !may_manage(who.as_deref(), &b.tenant) {
+        return Err(not_yours(&b.tenant));
+    }
+    let limits = b.limits()?;
     if let Some(s) = b.expires_in_s {
         if s == 0 || s > MAX_EXPIRES_IN_S {
             return Err(ApiError::new(
@@ -86,6 +144,7 @@ pub async fn create_key(
             scope: b.scope,
             created_at_unix: now,
             expires_at_unix,
+            limits,
         },
     )
     .await?;
@@ -96,25 +155,40 @@ pub async fn create_key(
         "scope": b.scope,
         "created_at": now,
         "expires_at": expires_at_unix,
+        "rpm": limits.rpm,
+        "tpm": limits.tpm,
+        "max_concurrent": limits.max_concurrent,
     })))
 }
 
 /// Lists the keys.
-pub async fn list_keys(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
+pub async fn list_keys(
+    State(admin): State<Arc<Admin>>,
+    who: Option<Extension<Principal>>,
+) -> Result<Json<Value>, ApiError> {
     let v = read(&admin).await?;
-    let keys: Vec<Value> = v.state.api_keys().values().map(key_json).collect();
+    let keys: Vec<Value> = v
+        .state
+        .api_keys()
+        .values()
+        .filter(|k| may_manage(who.as_deref(), &k.tenant))
+        .map(key_json)
+        .collect();
     Ok(Json(json!({ "keys": keys })))
 }
 
 /// Revokes a key by id.
 pub async fn revoke_key(
     State(admin): State<Arc<Admin>>,
+    who: Option<Extension<Principal>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let v = read(&admin).await?;
+    // Another tenant's key is as unknown as a missing one.
     let (hash, key) = v
         .state
         .api_key_by_id(&id)
+        .filter(|(_, k)| may_manage(who.as_deref(), &k.tenant))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no API key {id:?}")))?;
     let _applied = write(
         &admin,

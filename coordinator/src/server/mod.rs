@@ -185,6 +185,7 @@ pub async fn run(
             timeout,
         ),
     ))));
+    let view_rx_for_quota = view_rx.clone();
     let auth = Arc::new(crate::auth::AuthLayerState {
         mode: cfg.auth,
         metrics_public: cfg.metrics_public,
@@ -212,14 +213,24 @@ pub async fn run(
         tracing::info!(file = %path.display(), "bootstrap admin key");
         tasks.push(tokio::spawn(bootstrap::register(admin.clone(), secret)));
     }
-    // Layers run outermost last-added first: the key is checked before a
-    // body is read.
+    let metrics = Arc::new(crate::openai::Metrics::new());
+    let voters = view_rx_for_quota;
+    let quota = Arc::new(crate::quota::QuotaLayerState::new(
+        Arc::new(move || voters.borrow().voters.len().max(1)),
+        metrics.tenants().clone(),
+    ));
+    // Layers run outermost last-added first: the key is checked, then its
+    // limits, before a body is read.
     let app = admin::router(admin)
-        .merge(inference_routes(router))
+        .merge(inference_routes(router, metrics))
         .method_not_allowed_fallback(http_guard::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             MAX_HTTP_BODY_BYTES,
             http_guard::guard_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            quota,
+            crate::quota::enforce,
         ))
         .layer(axum::middleware::from_fn_with_state(
             auth,
@@ -263,8 +274,10 @@ pub async fn run(
 
 /// The OpenAI-compatible routes, served by `router`, with `/metrics`
 /// gauges refreshed from the node heartbeats.
-fn inference_routes(router: Arc<router::Router>) -> axum::Router {
-    let metrics = Arc::new(crate::openai::Metrics::new());
+fn inference_routes(
+    router: Arc<router::Router>,
+    metrics: Arc<crate::openai::Metrics>,
+) -> axum::Router {
     tokio::spawn(refresh_gauges(router.clone(), metrics.clone()));
     crate::openai::router(Arc::new(router::RouterBackend(router)), metrics)
 }

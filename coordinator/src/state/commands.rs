@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The command format version this code writes and understands.
-pub const COMMAND_VERSION: u32 = 2;
+pub const COMMAND_VERSION: u32 = 3;
 
 /// Largest encoded command accepted by [`encode`] and [`decode`] (1 MiB).
 pub const MAX_COMMAND_BYTES: usize = 1 << 20;
@@ -53,6 +53,26 @@ pub enum NodeStatus {
     Up,
     /// The node is unreachable; its replicas must be re-placed elsewhere.
     Down,
+}
+
+/// The limits of an API key, each `None` when unlimited. They hold for the
+/// whole cluster: each coordinator enforces its share (see
+/// `crate::quota`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimits {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens (prompt + completion) per minute.
+    pub tpm: Option<u32>,
+    /// Requests in flight at once.
+    pub max_concurrent: Option<u32>,
+}
+
+impl KeyLimits {
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.max_concurrent.is_some()
+    }
 }
 
 /// What an API key may do.
@@ -222,6 +242,8 @@ pub enum Op {
         created_at_unix: u64,
         /// When the key stops working, Unix seconds; `None`: never.
         expires_at_unix: Option<u64>,
+        /// Its rate and concurrency limits.
+        limits: KeyLimits,
     },
     /// Creates tenant `default` and its first admin key, once in the life
     /// of a cluster (refused afterwards, so that a restarted bootstrap
@@ -418,6 +440,11 @@ mod tests {
                 scope: KeyScope::Inference,
                 created_at_unix: 1,
                 expires_at_unix: Some(2),
+                limits: KeyLimits {
+                    rpm: Some(60),
+                    tpm: None,
+                    max_concurrent: Some(2),
+                },
             },
             Op::Bootstrap {
                 key_hash: "cd".repeat(32),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::commands::{
-    decode, Command, DecodeError, FlJobStatus, KeyScope, NodeStatus, Op, PlacementState,
+    decode, Command, DecodeError, FlJobStatus, KeyLimits, KeyScope, NodeStatus, Op, PlacementState,
     COMMAND_VERSION,
 };
 
@@ -295,6 +295,8 @@ pub struct ApiKey {
     pub created_at_unix: u64,
     /// Unix seconds after which it is refused; `None`: never.
     pub expires_at_unix: Option<u64>,
+    /// Its rate and concurrency limits.
+    pub limits: KeyLimits,
 }
 
 impl ApiKey {
@@ -703,6 +705,7 @@ impl ClusterState {
                 scope,
                 created_at_unix,
                 expires_at_unix,
+                limits,
             } => {
                 if !self.tenants.contains(tenant) {
                     return Err(ApplyError::UnknownTenant(tenant.clone()));
@@ -713,6 +716,7 @@ impl ClusterState {
                     scope: *scope,
                     created_at_unix: *created_at_unix,
                     expires_at_unix: *expires_at_unix,
+                    limits: *limits,
                 };
                 self.insert_key(key_hash, key)?;
                 Ok(ApplyOutcome::Applied)
@@ -731,6 +735,7 @@ impl ClusterState {
                     scope: KeyScope::Admin,
                     created_at_unix: *created_at_unix,
                     expires_at_unix: None,
+                    limits: KeyLimits::default(),
                 };
                 self.insert_key(key_hash, key)?;
                 self.tenants.insert(DEFAULT_TENANT.into());

@@ -586,6 +586,7 @@ fn tenants_and_keys() {
                 scope: KeyScope::Inference,
                 created_at_unix: 0,
                 expires_at_unix: None,
+                limits: KeyLimits::default(),
             },
             Op::AddApiKey {
                 tenant: "acme".into(),
@@ -594,6 +595,7 @@ fn tenants_and_keys() {
                 scope: KeyScope::Inference,
                 created_at_unix: 0,
                 expires_at_unix: None,
+                limits: KeyLimits::default(),
             },
         ],
     );
@@ -664,6 +666,7 @@ fn key_ids_are_unique_and_expiry_is_kept() {
         scope: KeyScope::Inference,
         created_at_unix: 10,
         expires_at_unix: exp,
+        limits: KeyLimits::default(),
     };
     apply_ok(
         &mut s,
@@ -700,6 +703,7 @@ fn tenant_validation_errors() {
                 scope: KeyScope::Inference,
                 created_at_unix: 0,
                 expires_at_unix: None,
+                limits: KeyLimits::default(),
             },
         ],
     );
@@ -722,6 +726,7 @@ fn tenant_validation_errors() {
                 scope: KeyScope::Inference,
                 created_at_unix: 0,
                 expires_at_unix: None,
+                limits: KeyLimits::default(),
             }
         ),
         ApplyError::UnknownTenant("ghost".into())
@@ -737,6 +742,7 @@ fn tenant_validation_errors() {
                 scope: KeyScope::Inference,
                 created_at_unix: 0,
                 expires_at_unix: None,
+                limits: KeyLimits::default(),
             }
         ),
         ApplyError::ApiKeyExists
@@ -758,6 +764,7 @@ fn tenant_validation_errors() {
                     scope: KeyScope::Inference,
                     created_at_unix: 0,
                     expires_at_unix: None,
+                    limits: KeyLimits::default(),
                 }
             ),
             ApplyError::InvalidField {
@@ -982,6 +989,7 @@ fn sample_log() -> Vec<Command> {
             scope: KeyScope::Inference,
             created_at_unix: 0,
             expires_at_unix: None,
+            limits: KeyLimits::default(),
         },
         Op::CreateFlJob {
             id: "job".into(),

@@ -1,0 +1,18 @@
+//! Rate and concurrency limits of API keys, and per-tenant metrics.
+//!
+//! - [`bucket`]: a token bucket on an explicit clock.
+//! - [`book`]: per-key usage and the admission decision (pure), with each
+//!   coordinator enforcing its share of a cluster-wide limit.
+//! - [`layer`]: the axum middleware: 429 with `Retry-After` and OpenAI's
+//!   `x-ratelimit-*` headers, the in-flight slot held until the response
+//!   body ends, and the [`TokenMeter`] the API charges tokens to.
+//! - [`metrics`]: requests, tokens and refusals by tenant.
+
+pub mod book;
+pub mod bucket;
+pub mod layer;
+pub mod metrics;
+
+pub use book::{QuotaBook, RateStatus, Refusal};
+pub use layer::{enforce, QuotaLayerState, TokenMeter};
+pub use metrics::TenantMetrics;
