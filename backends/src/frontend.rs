@@ -20,6 +20,20 @@ pub enum FrontendError {
     /// The model has no chat template, so chat requests cannot be served.
     #[error("this model has no chat template")]
     NoChatTemplate,
+    /// The prompt's text is so long that it cannot fit the context
+    /// whatever it tokenizes to: refused before tokenizing it.
+    #[error(
+        "the prompt ({bytes} bytes) cannot fit the context of {context} tokens \
+         (at most {limit} bytes of text)"
+    )]
+    PromptTooLong {
+        /// Bytes of prompt text.
+        bytes: usize,
+        /// The model's context length, in tokens.
+        context: usize,
+        /// The most bytes `context` tokens can hold.
+        limit: usize,
+    },
 }
 
 /// Tokenizer, chat template and configuration of a loaded model.
@@ -30,6 +44,9 @@ pub struct ModelFrontend {
     pub chat: Option<ChatTemplate>,
     /// The model's hyper-parameters.
     pub config: ModelConfig,
+    /// Bytes of the longest token: a text of `n` bytes has at least
+    /// `n / max_token_bytes` tokens.
+    max_token_bytes: usize,
 }
 
 impl ModelFrontend {
@@ -37,15 +54,40 @@ impl ModelFrontend {
     pub fn from_gguf(file: &GgufFile, config: ModelConfig) -> Result<Self, FrontendError> {
         let tokenizer = GgufTokenizer::from_gguf(&file.content)?;
         let chat = ChatTemplate::from_gguf(&file.content, &tokenizer)?;
+        let max_token_bytes = (0..tokenizer.vocab_size())
+            .filter_map(|id| u32::try_from(id).ok())
+            .filter_map(|id| tokenizer.token_bytes_ref(id).map(<[u8]>::len))
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Ok(Self {
             tokenizer,
             chat,
             config,
+            max_token_bytes,
         })
+    }
+
+    /// Refuses a prompt of `bytes` bytes of text that cannot fit the
+    /// model's context whatever its tokens: tokenizing megabytes only to
+    /// refuse them costs memory and CPU a client should not be able to
+    /// make a node spend.
+    fn refuse_surely_too_long(&self, bytes: usize) -> Result<(), FrontendError> {
+        let context = self.config.context_length;
+        let limit = context.saturating_mul(self.max_token_bytes);
+        if bytes > limit {
+            return Err(FrontendError::PromptTooLong {
+                bytes,
+                context,
+                limit,
+            });
+        }
+        Ok(())
     }
 
     /// Tokens of a raw text prompt.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, FrontendError> {
+        self.refuse_surely_too_long(text.len())?;
         Ok(self.tokenizer.encode(text)?)
     }
 
@@ -55,6 +97,7 @@ impl ModelFrontend {
     /// tokens, so a message cannot end its turn or open another role's.
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, FrontendError> {
         let chat = self.chat.as_ref().ok_or(FrontendError::NoChatTemplate)?;
+        self.refuse_surely_too_long(messages.iter().map(|m| m.content.len()).sum())?;
         let (text, literals) = chat.render_with_literals(messages, true)?;
         Ok(self.tokenizer.encode_with_literals(&text, &literals)?)
     }

@@ -111,6 +111,19 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
         r.body
     );
 
+    // A prompt that cannot fit the context whatever it tokenizes to is a
+    // 400 before the node tokenizes it.
+    let huge = "lorem ipsum ".repeat(250_000);
+    let r = post(
+        up.api,
+        up.key(),
+        "/v1/completions",
+        &json!({"model": model, "prompt": huge, "max_tokens": 1}),
+    )
+    .expect("huge prompt");
+    assert_eq!(r.status, 400, "{}", &r.body[..r.body.len().min(300)]);
+    assert!(r.body.contains("cannot fit the context"), "{}", r.body);
+
     // Default deny: only /health is open, /admin needs an admin key; every
     // refusal is an OpenAI error object.
     let get = |key: Option<&str>, path: &str| {
