@@ -227,6 +227,47 @@ fn coordinators_are_added_and_removed_at_runtime_including_the_leader() {
         register(&procs[0], "alpha")
     });
 
+    // Three members that never answer, added at once: each stays a
+    // learner (202), quorum is untouched and writes go on; they can be
+    // removed again.
+    let bogus: Vec<u64> = vec![70, 71, 72];
+    let adds: Vec<_> = bogus
+        .iter()
+        .map(|&id| {
+            let addr = procs[1].http;
+            let body = json!({"id": id, "name": format!("ghost-{id}"),
+                "raft_addr": free_udp().to_string()});
+            std::thread::spawn(move || {
+                wait_until("a ghost add call", Duration::from_secs(20), || {
+                    http(addr, "POST", "/admin/v1/members", Some(&body)).filter(|(s, _)| *s != 503)
+                })
+            })
+        })
+        .collect();
+    for a in adds {
+        let (status, v) = a.join().expect("add thread");
+        assert_eq!(status, 202, "{v}");
+        assert_eq!(v["role"], "learner", "{v}");
+    }
+    assert_eq!(members(&procs[0]), Some(vec![1, 2, 3]));
+    wait_until("a write with three ghosts", Duration::from_secs(10), || {
+        register(&procs[2], "ghosts")
+    });
+    for id in &bogus {
+        let (status, v) = wait_until("a ghost remove call", Duration::from_secs(20), || {
+            http(
+                procs[0].http,
+                "DELETE",
+                &format!("/admin/v1/members/{id}"),
+                None,
+            )
+            .filter(|(s, _)| *s != 503)
+        });
+        assert_eq!(status, 200, "{v}");
+    }
+    let (_, v) = http(procs[0].http, "GET", "/admin/v1/members", None).expect("members");
+    assert_eq!(v["learners"], json!([]), "{v}");
+
     procs[N].start();
     let body = json!({"id": N + 1, "name": format!("coordinator-{}", N + 1),
         "raft_addr": raft[N].to_string()});
@@ -239,7 +280,7 @@ fn coordinators_are_added_and_removed_at_runtime_including_the_leader() {
     });
     // The new member caught up (by snapshot or log) and serves reads.
     wait_until("the new member's view", Duration::from_secs(20), || {
-        model_names(&procs[N]).filter(|m| m == &["alpha".to_string()])
+        model_names(&procs[N]).filter(|m| m == &["alpha".to_string(), "ghosts".to_string()])
     });
 
     // Remove the leader: leadership moves, the group goes on with three.
@@ -272,7 +313,13 @@ fn coordinators_are_added_and_removed_at_runtime_including_the_leader() {
     });
     for i in (0..=N).filter(|&i| i != leader_idx) {
         wait_until("replication", Duration::from_secs(10), || {
-            model_names(&procs[i]).filter(|m| m == &["alpha".to_string(), "beta".to_string()])
+            model_names(&procs[i]).filter(|m| {
+                m == &[
+                    "alpha".to_string(),
+                    "beta".to_string(),
+                    "ghosts".to_string(),
+                ]
+            })
         });
     }
 }

@@ -329,6 +329,35 @@ impl RaftNode {
         self.raw.store().conf_state().voters.clone()
     }
 
+    /// The current learners (members that replicate but do not vote).
+    pub fn learners(&self) -> Vec<u64> {
+        self.raw.store().conf_state().learners.clone()
+    }
+
+    /// On the leader, the learners that have answered and whose log is
+    /// within `lag` entries of the commit index: ready to vote. Empty on
+    /// followers. A learner that never answered (unreachable, a wrong
+    /// address) is never in it.
+    pub fn caught_up_learners(&self, lag: u64) -> Vec<u64> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let committed = self.commit_index();
+        let prs = self.raw.raft.prs();
+        self.learners()
+            .into_iter()
+            .filter(|id| {
+                prs.get(*id)
+                    .is_some_and(|p| p.matched > 0 && p.matched.saturating_add(lag) >= committed)
+            })
+            .collect()
+    }
+
+    /// Whether a membership change is proposed and not yet applied.
+    pub fn has_pending_conf_change(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
     /// Advances the logical clock by one tick. Returns whether a Ready may
     /// be pending.
     pub fn tick(&mut self) -> bool {

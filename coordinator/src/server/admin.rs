@@ -150,14 +150,21 @@ async fn list_members(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, Ap
     Ok(Json(json!({
         "leader_id": v.leader_id,
         "voters": v.voters,
+        "learners": v.learners,
         "coordinators": v.state.coordinators(),
     })))
 }
 
 /// Adds a coordinator: records its name and address through raft (so
-/// every member can reach it), then adds it as a voter. Start the new
-/// coordinator with `join = true` in its configuration.
-async fn add_member(State(admin): State<Arc<Admin>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// every member can reach it), then adds it as a learner, which the
+/// leader promotes to voter once it has caught up: a member that never
+/// answers never costs quorum. 200 once it votes, 202 while it is still a
+/// learner. Start the new coordinator with `join = true` in its
+/// configuration.
+async fn add_member(
+    State(admin): State<Arc<Admin>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let b: AddMemberBody = parse_body(&body)?;
     if b.id == 0 {
         return Err(ApiError::new(
@@ -190,10 +197,49 @@ async fn add_member(State(admin): State<Arc<Admin>>, body: Bytes) -> Result<Json
                 ));
             }
         }
-        other => return reply_json(other),
+        other => return reply_json(other).map(|j| (StatusCode::OK, j)),
     }
-    reply_json(commit_membership(&admin, MemberChange::Add(b.id)).await)
+    match commit_membership(&admin, MemberChange::Add(b.id)).await {
+        WriteReply::Applied(_) => {}
+        other => return reply_json(other).map(|j| (StatusCode::OK, j)),
+    }
+    // It joined as a learner; the leader promotes it once it has caught up.
+    let mut view = admin.view.clone();
+    let promoted = tokio::time::timeout(PROMOTION_WAIT, async {
+        while !view.borrow_and_update().voters.contains(&b.id) {
+            if view.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    if promoted {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"result": "Applied", "id": b.id, "role": "voter"})),
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "result": "Learner",
+            "id": b.id,
+            "role": "learner",
+            "message": format!(
+                "coordinator {} was added as a learner and becomes a voter once it has caught up \
+                 (it has not answered yet: is it running, with join = true, at {}?)",
+                b.id, b.raft_addr
+            ),
+        })),
+    ))
 }
+
+/// How long `POST /admin/v1/members` waits for the new member to catch up
+/// and become a voter before answering 202 (it stays a learner, not
+/// counting toward quorum, until it does).
+const PROMOTION_WAIT: Duration = Duration::from_secs(5);
 
 /// Removes a coordinator from the voters (leadership moves first if it
 /// is the leader), then forgets its address.

@@ -46,35 +46,45 @@ pub enum LoopRequest {
     },
 }
 
-/// A change to the raft voters.
+/// A change to the raft membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MemberChange {
-    /// Add this raft id as a voter.
+    /// Add this raft id as a learner; the leader promotes it to voter once
+    /// it has caught up (see [`CATCH_UP_LAG`]), so a member that never
+    /// answers never counts toward quorum.
     Add(u64),
-    /// Remove this raft id.
+    /// Remove this raft id (voter or learner).
     Remove(u64),
 }
 
+/// How many entries behind the commit index a learner may be and still be
+/// promoted to voter.
+pub const CATCH_UP_LAG: u64 = 16;
+
+fn single_change(id: u64, kind: raft::eraftpb::ConfChangeType) -> raft::eraftpb::ConfChangeV2 {
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeV2};
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = id;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![single].into());
+    cc
+}
+
 impl MemberChange {
-    fn done(self, voters: &[u64]) -> bool {
+    fn done(self, voters: &[u64], learners: &[u64]) -> bool {
         match self {
-            MemberChange::Add(id) => voters.contains(&id),
-            MemberChange::Remove(id) => !voters.contains(&id),
+            MemberChange::Add(id) => voters.contains(&id) || learners.contains(&id),
+            MemberChange::Remove(id) => !voters.contains(&id) && !learners.contains(&id),
         }
     }
 
     fn to_conf_change(self) -> raft::eraftpb::ConfChangeV2 {
-        use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-        let (id, kind) = match self {
-            MemberChange::Add(id) => (id, ConfChangeType::AddNode),
-            MemberChange::Remove(id) => (id, ConfChangeType::RemoveNode),
-        };
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(kind);
-        single.node_id = id;
-        let mut cc = ConfChangeV2::default();
-        cc.set_changes(vec![single].into());
-        cc
+        use raft::eraftpb::ConfChangeType;
+        match self {
+            MemberChange::Add(id) => single_change(id, ConfChangeType::AddLearnerNode),
+            MemberChange::Remove(id) => single_change(id, ConfChangeType::RemoveNode),
+        }
     }
 }
 
@@ -100,6 +110,8 @@ pub struct ReadView {
     pub applied_index: u64,
     /// Raft voters.
     pub voters: Vec<u64>,
+    /// Raft learners (added, not yet caught up).
+    pub learners: Vec<u64>,
     /// The applied state.
     pub state: ClusterState,
 }
@@ -125,6 +137,8 @@ pub struct LocalView {
     pub is_leader: bool,
     /// Raft voters.
     pub voters: Vec<u64>,
+    /// Raft learners (added, not yet caught up).
+    pub learners: Vec<u64>,
     /// Current term.
     pub term: u64,
     /// The applied state.
@@ -200,6 +214,7 @@ impl RaftLoop {
                 _ = ticker.tick() => {
                     self.node.tick();
                     self.expire();
+                    self.promote_caught_up_learner();
                 }
                 m = inbound.recv() => match m {
                     Some(m) => {
@@ -295,7 +310,7 @@ impl RaftLoop {
             return;
         }
         let voters = self.node.voters();
-        if change.done(&voters) {
+        if change.done(&voters, &self.node.learners()) {
             let _ = reply.send(WriteReply::Applied(ApplyOutcome::Applied));
             return;
         }
@@ -308,6 +323,13 @@ impl RaftLoop {
             let _ = reply.send(WriteReply::NotLeader { leader: 0 });
             return;
         }
+        if self.node.has_pending_conf_change() {
+            // raft-rs would silently drop a second change; say so instead.
+            let _ = reply.send(WriteReply::Unavailable {
+                message: "another membership change is in progress; retry".into(),
+            });
+            return;
+        }
         match self.node.propose_conf_change(change.to_conf_change()) {
             Ok(()) => self.membership.push((change, reply, deadline)),
             Err(e) => {
@@ -318,14 +340,31 @@ impl RaftLoop {
         }
     }
 
+    /// On the leader, with no membership change in flight, proposes to
+    /// make one caught-up learner a voter.
+    fn promote_caught_up_learner(&mut self) {
+        if self.node.has_pending_conf_change() {
+            return;
+        }
+        let Some(id) = self.node.caught_up_learners(CATCH_UP_LAG).first().copied() else {
+            return;
+        };
+        let cc = single_change(id, raft::eraftpb::ConfChangeType::AddNode);
+        match self.node.propose_conf_change(cc) {
+            Ok(()) => tracing::info!(member = id, "learner caught up: promoting it to voter"),
+            Err(e) => tracing::debug!(member = id, "cannot promote the learner yet: {e}"),
+        }
+    }
+
     fn ready(&mut self) -> Result<(), NodeError> {
         let out = self.node.on_ready()?;
         if !self.membership.is_empty() {
             let voters = self.node.voters();
+            let learners = self.node.learners();
             let (done, pending): (Vec<_>, Vec<_>) = self
                 .membership
                 .drain(..)
-                .partition(|(c, _, _)| c.done(&voters));
+                .partition(|(c, _, _)| c.done(&voters, &learners));
             self.membership = pending;
             for (_, reply, _) in done {
                 let _ = reply.send(WriteReply::Applied(ApplyOutcome::Applied));
@@ -387,7 +426,8 @@ impl RaftLoop {
         let roles_changed = current.leader_id != node.leader_id()
             || current.term != node.term()
             || current.is_leader != node.is_leader()
-            || current.voters != node.voters();
+            || current.voters != node.voters()
+            || current.learners != node.learners();
         let applied_changed = current.state.applied_index() != node.state().applied_index();
         drop(current);
         let due = self.last_publish.elapsed() >= PUBLISH_EVERY;
@@ -397,6 +437,7 @@ impl RaftLoop {
                 leader_id: node.leader_id(),
                 is_leader: node.is_leader(),
                 voters: node.voters(),
+                learners: node.learners(),
                 term: node.term(),
                 state: Arc::new(node.state().clone()),
             });
@@ -410,6 +451,7 @@ impl RaftLoop {
             commit_index: self.node.commit_index(),
             applied_index: self.node.applied_index(),
             voters: self.node.voters(),
+            learners: self.node.learners(),
             state: self.node.state().clone(),
         }
     }
