@@ -456,3 +456,45 @@ fn three_coordinators_elect_replicate_fail_over_and_catch_up() {
     });
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+/// With `admin_http` set, the admin API answers only on that listener
+/// (keys checked there too) and the public listener serves no `/admin`.
+#[test]
+fn the_admin_api_can_have_its_own_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ClusterCa::generate("test-cluster").expect("CA");
+    ca.issue("coordinator-1")
+        .expect("issue")
+        .save(&dir.path().join("certs"), false)
+        .expect("save member");
+    let (raft, public, admin) = (free_udp(), free_tcp(), free_tcp());
+    let config = write_member_config(dir.path(), 0, &[raft], &[public], 1, false);
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!("admin_http = \"{admin}\"\n"));
+    std::fs::write(&config, text).expect("config");
+    let mut p = Proc {
+        child: None,
+        config,
+        http: admin,
+        id: 1,
+    };
+    p.start();
+    wait_until("the admin listener", Duration::from_secs(15), || {
+        http(admin, "GET", "/admin/v1/cluster", None).filter(|(s, _)| *s == 200)
+    });
+    let (status, v) = http(public, "GET", "/admin/v1/cluster", None).expect("public");
+    assert_eq!(status, 404, "{v}");
+    let (status, _) = http(public, "GET", "/v1/models", None).expect("public models");
+    assert_eq!(status, 200);
+    let (status, _) = http(admin, "GET", "/v1/models", None).expect("admin models");
+    assert_eq!(status, 404);
+    assert_eq!(http(admin, "GET", "/health", None).map(|r| r.0), Some(200));
+    // Keys are checked on the admin listener too.
+    let mut s = TcpStream::connect(admin).expect("connect");
+    s.write_all(b"GET /admin/v1/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    p.kill();
+}

@@ -87,6 +87,12 @@ pub struct CoordinatorConfig {
     /// Serve `/metrics` without a key (for a scraper on a trusted network).
     #[serde(default)]
     pub metrics_public: bool,
+    /// Serve the admin API (`/admin/*`) on its own listener at this
+    /// address (e.g. `127.0.0.1:9080`, reachable only from this machine)
+    /// and no longer on `http_addr`, which then serves the inference API
+    /// only. Unset: both on `http_addr`. Keys are checked on both.
+    #[serde(default)]
+    pub admin_http: Option<SocketAddr>,
     /// Create the cluster's first admin key (tenant `default`) from
     /// `admin_key_file`, making that file with a new key if it is missing.
     /// Set on one coordinator of a new cluster; the key is created once in

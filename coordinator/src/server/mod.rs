@@ -98,6 +98,15 @@ pub async fn run(
             source,
         })?;
 
+    let admin_http = match cfg.admin_http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+
     let addrs: HashMap<u64, _> = cfg
         .peers
         .iter()
@@ -221,21 +230,39 @@ pub async fn run(
     ));
     // Layers run outermost last-added first: the key is checked, then its
     // limits, before a body is read.
-    let app = admin::router(admin)
-        .merge(inference_routes(router, metrics))
-        .method_not_allowed_fallback(http_guard::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            MAX_HTTP_BODY_BYTES,
-            http_guard::guard_body,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            quota,
-            crate::quota::enforce,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            auth,
-            crate::auth::require_key,
-        ));
+    let guarded = |routes: axum::Router| {
+        routes
+            .method_not_allowed_fallback(http_guard::method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                MAX_HTTP_BODY_BYTES,
+                http_guard::guard_body,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                quota.clone(),
+                crate::quota::enforce,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                auth.clone(),
+                crate::auth::require_key,
+            ))
+    };
+    let inference = inference_routes(router, metrics);
+    let app = match admin_http {
+        None => guarded(admin::router(admin).merge(inference)),
+        Some(listener) => {
+            // The admin API on its own listener (with /health for probes);
+            // the public one no longer knows /admin at all.
+            let admin_app = guarded(
+                admin::router(admin)
+                    .route("/health", axum::routing::get(admin_health))
+                    .fallback(admin_no_such_route),
+            );
+            tasks.push(tokio::spawn(async move {
+                let _never = http_serve::serve(listener, admin_app).await;
+            }));
+            guarded(inference)
+        }
+    };
     tasks.push(tokio::spawn(async move {
         let _never = http_serve::serve(http, app).await;
     }));
@@ -270,6 +297,17 @@ pub async fn run(
     server.close(quic::CLOSE_NORMAL, b"shutdown");
     client.close(quic::CLOSE_NORMAL, b"shutdown");
     result
+}
+
+/// `GET /health` of the admin listener.
+async fn admin_health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Unknown paths of the admin listener: an OpenAI-style 404.
+async fn admin_no_such_route(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    crate::openai::ApiError::no_such_route(uri.path()).into_response()
 }
 
 /// The OpenAI-compatible routes, served by `router`, with `/metrics`
