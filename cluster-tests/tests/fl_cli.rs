@@ -138,6 +138,53 @@ fn fl_start_wait_status_plot_and_stop_against_inferno_up() {
         "{list}"
     );
 
+    // Another tenant's admin key does not see the job, nor can it stop it.
+    let made = inferno_cluster_tests::http::request(
+        up.api,
+        up.admin(),
+        "POST",
+        "/admin/v1/keys",
+        Some(r#"{"tenant": "other", "scope": "admin"}"#),
+        t,
+    )
+    .expect("make a key");
+    assert_eq!(made.status, 200, "{}", made.body);
+    let other = made.json()["key"].as_str().expect("key").to_string();
+    inferno_cluster_tests::wait_until("the other key applied", Duration::from_secs(5), || {
+        let r = inferno_cluster_tests::http::request(
+            up.api,
+            Some(&other),
+            "GET",
+            "/admin/v1/fl/jobs",
+            None,
+            t,
+        )
+        .ok()?;
+        (r.status == 200).then_some(())
+    });
+    let out = run(
+        inferno()
+            .env("INFERNO_API_KEY", &other)
+            .args(["fl", "status", "--url", &url]),
+        t,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("cli-job"),
+        "{}",
+        text(&out.stdout)
+    );
+    for (method, path) in [
+        ("GET", "/admin/v1/fl/jobs/cli-job"),
+        ("POST", "/admin/v1/fl/jobs/cli-job/stop"),
+        ("GET", "/admin/v1/fl/jobs/cli-job/model"),
+    ] {
+        let body = (method == "POST").then_some("{}");
+        let r = inferno_cluster_tests::http::request(up.api, Some(&other), method, path, body, t)
+            .expect("request");
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
+    }
+
     let png = dir.path().join("plot.png");
     let out = run(
         inferno()

@@ -14,5 +14,5 @@ pub mod policy;
 pub mod secret;
 
 pub use layer::{require_key, AuthLayerState, AuthMode};
-pub use policy::{Denial, Principal, RouteClass};
+pub use policy::{sees_tenant, Denial, Principal, RouteClass};
 pub use secret::{hash_key, new_key, presented_key, NewKey};

@@ -4,7 +4,7 @@
 //! and unknown paths, so that 404s do not map the API for strangers) needs
 //! an inference or admin key.
 
-use crate::state::{ApiKey, KeyLimits, KeyScope};
+use crate::state::{ApiKey, KeyLimits, KeyScope, DEFAULT_TENANT};
 
 /// The access class of a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,13 @@ pub struct Principal {
     pub scope: KeyScope,
     /// The key's rate and concurrency limits.
     pub limits: KeyLimits,
+}
+
+/// Whether `who` may see and manage what belongs to `tenant` (keys, FL
+/// jobs): the operator's tenant `default` (and everyone when auth is off,
+/// `who` is `None`) sees every tenant's; any other tenant only its own.
+pub fn sees_tenant(who: Option<&Principal>, tenant: &str) -> bool {
+    who.is_none_or(|p| p.tenant == DEFAULT_TENANT || p.tenant == tenant)
 }
 
 /// Why a request is refused.

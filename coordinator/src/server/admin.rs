@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,7 +22,8 @@ use super::nodes::NodeRegistry;
 use super::peers::{submit_membership, submit_write, Peers};
 use super::raft_loop::{LocalView, LoopRequest, MemberChange, ReadView};
 use super::wire::{PeerRequest, PeerResponse, WriteReply};
-use crate::state::{FlJobStatus, Op};
+use crate::auth::{sees_tenant, Principal};
+use crate::state::{FlJobStatus, Op, DEFAULT_TENANT};
 use backends::fl::JobSpec;
 
 /// Largest accepted request body.
@@ -304,6 +305,7 @@ pub async fn commit_membership(admin: &Admin, change: MemberChange) -> WriteRepl
 /// Submits a federated job: the body is the spec as TOML (or JSON).
 async fn create_fl_job(
     State(admin): State<Arc<Admin>>,
+    who: Option<Extension<Principal>>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let text = std::str::from_utf8(&body)
@@ -323,6 +325,7 @@ async fn create_fl_job(
         &admin,
         Op::CreateFlJob {
             id: id.clone(),
+            tenant: who.map_or_else(|| DEFAULT_TENANT.to_string(), |p| p.0.tenant),
             spec: json,
         },
     )
@@ -330,15 +333,20 @@ async fn create_fl_job(
     Ok(Json(json!({"id": id, "status": "Pending"})))
 }
 
-async fn list_fl_jobs(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, ApiError> {
+async fn list_fl_jobs(
+    State(admin): State<Arc<Admin>>,
+    who: Option<Extension<Principal>>,
+) -> Result<Json<Value>, ApiError> {
     let v = read(&admin).await?;
     let jobs: Vec<Value> = v
         .state
         .fl_jobs()
         .iter()
+        .filter(|(_, j)| sees_tenant(who.as_deref(), &j.tenant))
         .map(|(id, j)| {
             let rounds = JobSpec::from_json(&j.spec).map_or(0, |s| s.rounds);
-            json!({"id": id, "status": j.status, "rounds_done": j.last_round(), "rounds": rounds})
+            json!({"id": id, "tenant": j.tenant, "status": j.status,
+                "rounds_done": j.last_round(), "rounds": rounds})
         })
         .collect();
     Ok(Json(json!({ "jobs": jobs })))
@@ -346,12 +354,14 @@ async fn list_fl_jobs(State(admin): State<Arc<Admin>>) -> Result<Json<Value>, Ap
 
 async fn get_fl_job(
     State(admin): State<Arc<Admin>>,
+    who: Option<Extension<Principal>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let v = read(&admin).await?;
     let job = v
         .state
         .fl_job(&id)
+        .filter(|j| sees_tenant(who.as_deref(), &j.tenant))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no federated job {id:?}")))?;
     let spec: Value = serde_json::from_str(&job.spec).unwrap_or(Value::Null);
     let rounds: Vec<Value> = job
@@ -360,14 +370,26 @@ async fn get_fl_job(
         .map(|r| json!({"round": r.round, "checkpoint": r.checkpoint_hash, "metrics": r.metrics}))
         .collect();
     Ok(Json(
-        json!({"id": id, "status": job.status, "spec": spec, "rounds": rounds}),
+        json!({"id": id, "tenant": job.tenant, "status": job.status, "spec": spec, "rounds": rounds}),
     ))
 }
 
 async fn stop_fl_job(
     State(admin): State<Arc<Admin>>,
+    who: Option<Extension<Principal>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let v = read(&admin).await?;
+    if v.state
+        .fl_job(&id)
+        .is_some_and(|j| !sees_tenant(who.as_deref(), &j.tenant))
+    {
+        // Another tenant's job is as unknown as a missing one.
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no federated job {id:?}"),
+        ));
+    }
     write(
         &admin,
         Op::SetFlJobStatus {
@@ -382,12 +404,14 @@ async fn stop_fl_job(
 /// checkpoint copy).
 async fn fl_model(
     State(admin): State<Arc<Admin>>,
+    who: Option<Extension<Principal>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let v = read(&admin).await?;
     let job = v
         .state
         .fl_job(&id)
+        .filter(|j| sees_tenant(who.as_deref(), &j.tenant))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no federated job {id:?}")))?;
     let round = job.rounds.last().ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "the job has no committed round yet")

@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 
 use super::admin::{commit, parse_body, read, reply_json, write, Admin, ApiError};
 use super::wire::WriteReply;
-use crate::auth::{new_key, Principal};
+use crate::auth::{new_key, sees_tenant, Principal};
 use crate::openai::unix_now;
-use crate::state::{ApiKey, KeyLimits, KeyScope, Op, DEFAULT_TENANT};
+use crate::state::{ApiKey, KeyLimits, KeyScope, Op};
 
 /// Longest key lifetime accepted, in seconds (ten years).
 const MAX_EXPIRES_IN_S: u64 = 10 * 365 * 86_400;
@@ -72,12 +72,6 @@ impl CreateKeyBody {
     }
 }
 
-/// Whether `who` may manage keys of `tenant`: the operator's tenant (and
-/// everyone when auth is off) manages all; other admins their own.
-fn may_manage(who: Option<&Principal>, tenant: &str) -> bool {
-    who.is_none_or(|p| p.tenant == DEFAULT_TENANT || p.tenant == tenant)
-}
-
 fn not_yours(tenant: &str) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
@@ -106,7 +100,7 @@ pub async fn create_key(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let b: CreateKeyBody = parse_body(&body)?;
-    if !may_manage(who.as_deref(), &b.tenant) {
+    if !sees_tenant(who.as_deref(), &b.tenant) {
         return Err(not_yours(&b.tenant));
     }
     let limits = b.limits()?;
@@ -171,7 +165,7 @@ pub async fn list_keys(
         .state
         .api_keys()
         .values()
-        .filter(|k| may_manage(who.as_deref(), &k.tenant))
+        .filter(|k| sees_tenant(who.as_deref(), &k.tenant))
         .map(key_json)
         .collect();
     Ok(Json(json!({ "keys": keys })))
@@ -188,7 +182,7 @@ pub async fn revoke_key(
     let (hash, key) = v
         .state
         .api_key_by_id(&id)
-        .filter(|(_, k)| may_manage(who.as_deref(), &k.tenant))
+        .filter(|(_, k)| sees_tenant(who.as_deref(), &k.tenant))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no API key {id:?}")))?;
     let _applied = write(
         &admin,

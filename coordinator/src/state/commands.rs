@@ -267,6 +267,9 @@ pub enum Op {
     CreateFlJob {
         /// Unique job id.
         id: String,
+        /// The tenant that submitted it (the only one, with the operator's
+        /// tenant `default`, that sees it).
+        tenant: String,
         /// The job spec as submitted (TOML or JSON text), stored verbatim.
         spec: String,
     },
@@ -457,6 +460,7 @@ mod tests {
             },
             Op::CreateFlJob {
                 id: "j".into(),
+                tenant: "t".into(),
                 spec: "rounds = 3".into(),
             },
             Op::FlRoundCommitted {
@@ -513,6 +517,7 @@ mod tests {
     fn oversized_commands_refused() {
         let cmd = Command::new(Op::CreateFlJob {
             id: "j".into(),
+            tenant: "t".into(),
             spec: "x".repeat(MAX_COMMAND_BYTES),
         });
         assert!(matches!(encode(&cmd), Err(EncodeError::TooLarge { .. })));

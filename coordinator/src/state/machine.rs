@@ -94,6 +94,8 @@ pub struct FlRound {
 /// A federated-learning job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlJob {
+    /// The tenant that submitted it.
+    pub tenant: String,
     /// The job spec as submitted (TOML or JSON text).
     pub spec: String,
     /// Current status.
@@ -752,8 +754,9 @@ impl ClusterState {
                 self.api_keys.remove(key_hash);
                 Ok(ApplyOutcome::Applied)
             }
-            Op::CreateFlJob { id, spec } => {
+            Op::CreateFlJob { id, tenant, spec } => {
                 check_name("job id", id)?;
+                check_name("tenant", tenant)?;
                 if spec.trim().is_empty() {
                     return Err(ApplyError::InvalidField {
                         field: "spec",
@@ -766,6 +769,7 @@ impl ClusterState {
                 self.fl_jobs.insert(
                     id.clone(),
                     FlJob {
+                        tenant: tenant.clone(),
                         spec: spec.clone(),
                         status: FlJobStatus::Pending,
                         rounds: Vec::new(),

@@ -833,6 +833,7 @@ fn fl_job_lifecycle() {
         [
             Op::CreateFlJob {
                 id: "j".into(),
+                tenant: "t".into(),
                 spec: "rounds = 2".into(),
             },
             job_status("j", FlJobStatus::Running),
@@ -860,6 +861,7 @@ fn fl_job_validation_errors() {
     let mut s = ClusterState::new();
     let create = Op::CreateFlJob {
         id: "j".into(),
+        tenant: "t".into(),
         spec: "{}".into(),
     };
     apply_ok(&mut s, [create.clone()]);
@@ -872,6 +874,7 @@ fn fl_job_validation_errors() {
             &mut s,
             Op::CreateFlJob {
                 id: "k".into(),
+                tenant: "t".into(),
                 spec: "  ".into()
             }
         ),
@@ -993,6 +996,7 @@ fn sample_log() -> Vec<Command> {
         },
         Op::CreateFlJob {
             id: "job".into(),
+            tenant: "t".into(),
             spec: "[job]\nrounds = 3".into(),
         },
         job_status("job", FlJobStatus::Running),
