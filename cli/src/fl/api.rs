@@ -157,6 +157,9 @@ pub fn render_job(job: &Value) -> String {
         s(&job["spec"]["rounds"]),
         s(&job["spec"]["dataset"]),
     );
+    if let Some(why) = job["reason"].as_str() {
+        let _ = writeln!(out, "failed: {why}\n");
+    }
     let _ = writeln!(
         out,
         "{:>5} | {:>8} | {:>8} | {:>8} | {:>12} | {:>8}",

@@ -254,7 +254,8 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls a job until it reaches a terminal status (returned), calling
+/// Polls a job until it reaches a terminal status (returned, with the
+/// failure reason when there is one), calling
 /// `on_round` once per newly finished round, in order. Transient errors
 /// (a coordinator restarting, no leader for a moment) are retried until
 /// `timeout`.
@@ -276,7 +277,10 @@ pub fn follow(
                 seen = seen.max(rounds.len());
                 let status = v["status"].as_str().unwrap_or("");
                 if api::is_terminal(status) {
-                    return Ok(status.to_string());
+                    return Ok(match v["reason"].as_str() {
+                        Some(why) => format!("{status} ({why})"),
+                        None => status.to_string(),
+                    });
                 }
             }
             Err(e) if Instant::now() >= deadline => return Err(e),

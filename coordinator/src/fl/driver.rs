@@ -31,6 +31,7 @@ use crate::server::peers::{submit_write, Peers};
 use crate::server::raft_loop::{LocalView, LoopRequest};
 use crate::server::router::Router;
 use crate::server::wire::{PeerRequest, PeerResponse, WriteReply};
+use crate::state::commands::MAX_REASON_LEN;
 use crate::state::{FlJobStatus, NodeStatus, Op};
 
 /// How often the driver looks for jobs to run.
@@ -249,10 +250,20 @@ async fn run_job(ctx: &FlContext, id: &str) -> Result<(), JobStop> {
         let op = Op::SetFlJobStatus {
             job: id.to_string(),
             status: FlJobStatus::Failed,
+            reason: Some(truncate(reason, MAX_REASON_LEN)),
         };
         let _ = ctx.commit(op).await;
     }
     result
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 fn job_status(ctx: &FlContext, id: &str) -> Option<(FlJobStatus, u64, Option<String>)> {
@@ -281,6 +292,7 @@ async fn drive(ctx: &FlContext, id: &str) -> Result<(), JobStop> {
         let op = Op::SetFlJobStatus {
             job: id.to_string(),
             status: FlJobStatus::Running,
+            reason: None,
         };
         ctx.commit(op).await.map_err(JobStop::Interrupted)?;
     }
@@ -403,6 +415,7 @@ async fn drive(ctx: &FlContext, id: &str) -> Result<(), JobStop> {
     ctx.commit(Op::SetFlJobStatus {
         job: id.to_string(),
         status: FlJobStatus::Completed,
+        reason: None,
     })
     .await
     .map_err(JobStop::Interrupted)

@@ -370,7 +370,8 @@ async fn get_fl_job(
         .map(|r| json!({"round": r.round, "checkpoint": r.checkpoint_hash, "metrics": r.metrics}))
         .collect();
     Ok(Json(
-        json!({"id": id, "tenant": job.tenant, "status": job.status, "spec": spec, "rounds": rounds}),
+        json!({"id": id, "tenant": job.tenant, "status": job.status, "reason": job.failure,
+            "spec": spec, "rounds": rounds}),
     ))
 }
 
@@ -395,6 +396,7 @@ async fn stop_fl_job(
         Op::SetFlJobStatus {
             job: id,
             status: FlJobStatus::Cancelled,
+            reason: None,
         },
     )
     .await

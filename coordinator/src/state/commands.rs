@@ -291,8 +291,14 @@ pub enum Op {
         job: String,
         /// New status.
         status: FlJobStatus,
+        /// Why, for [`FlJobStatus::Failed`] (at most
+        /// [`MAX_REASON_LEN`] bytes).
+        reason: Option<String>,
     },
 }
+
+/// Longest failure reason of a federated job, in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
 
 /// Why a command could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -472,6 +478,7 @@ mod tests {
             Op::SetFlJobStatus {
                 job: "j".into(),
                 status: FlJobStatus::Running,
+                reason: None,
             },
         ]
     }

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use super::commands::{
     decode, Command, DecodeError, FlJobStatus, KeyLimits, KeyScope, NodeStatus, Op, PlacementState,
-    COMMAND_VERSION,
+    COMMAND_VERSION, MAX_REASON_LEN,
 };
 
 /// Longest accepted name or id (models, nodes, tenants, jobs), in bytes.
@@ -102,6 +102,8 @@ pub struct FlJob {
     pub status: FlJobStatus,
     /// Committed rounds, in order.
     pub rounds: Vec<FlRound>,
+    /// Why it failed, once [`FlJobStatus::Failed`].
+    pub failure: Option<String>,
 }
 
 impl FlJob {
@@ -773,6 +775,7 @@ impl ClusterState {
                         spec: spec.clone(),
                         status: FlJobStatus::Pending,
                         rounds: Vec::new(),
+                        failure: None,
                     },
                 );
                 Ok(ApplyOutcome::Applied)
@@ -821,7 +824,17 @@ impl ClusterState {
                 });
                 Ok(ApplyOutcome::Applied)
             }
-            Op::SetFlJobStatus { job, status } => {
+            Op::SetFlJobStatus {
+                job,
+                status,
+                reason,
+            } => {
+                if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_LEN) {
+                    return Err(ApplyError::InvalidField {
+                        field: "reason",
+                        reason: format!("longer than {MAX_REASON_LEN} bytes"),
+                    });
+                }
                 let fl = self
                     .fl_jobs
                     .get_mut(job)
@@ -843,6 +856,9 @@ impl ClusterState {
                     });
                 }
                 fl.status = *status;
+                if *status == FlJobStatus::Failed {
+                    fl.failure = reason.clone();
+                }
                 Ok(ApplyOutcome::Applied)
             }
         }

@@ -822,7 +822,51 @@ fn job_status(job: &str, status: FlJobStatus) -> Op {
     Op::SetFlJobStatus {
         job: job.into(),
         status,
+        reason: None,
     }
+}
+
+#[test]
+fn a_failed_job_keeps_its_reason_and_reasons_are_bounded() {
+    let mut s = ClusterState::new();
+    apply_ok(
+        &mut s,
+        [
+            Op::CreateFlJob {
+                id: "j".into(),
+                tenant: "t".into(),
+                spec: "rounds = 2".into(),
+            },
+            job_status("j", FlJobStatus::Running),
+        ],
+    );
+    let long = Op::SetFlJobStatus {
+        job: "j".into(),
+        status: FlJobStatus::Failed,
+        reason: Some("x".repeat(MAX_REASON_LEN + 1)),
+    };
+    let at = s.applied_index() + 1;
+    assert!(matches!(
+        s.apply(at, &Command::new(long)),
+        Err(ApplyError::InvalidField {
+            field: "reason",
+            ..
+        })
+    ));
+    apply_ok(
+        &mut s,
+        [Op::SetFlJobStatus {
+            job: "j".into(),
+            status: FlJobStatus::Failed,
+            reason: Some("the global model is not finite".into()),
+        }],
+    );
+    let job = s.fl_job("j").expect("job");
+    assert_eq!(job.status, FlJobStatus::Failed);
+    assert_eq!(
+        job.failure.as_deref(),
+        Some("the global model is not finite")
+    );
 }
 
 #[test]
