@@ -26,6 +26,29 @@ fn post(
     http::request(addr, key, "POST", path, Some(&body.to_string()), T)
 }
 
+/// Opens a 1,500-token completion stream and waits for its first bytes
+/// (the 200 head); the caller drops it to walk away mid-stream.
+fn open_long_stream(addr: SocketAddr, key: Option<&str>, model: &str) -> std::net::TcpStream {
+    let body = json!({"model": model, "prompt": "Once upon a time", "max_tokens": 1500,
+        "ignore_eos": true, "stream": true, "temperature": 0});
+    let mut conn = http::send(
+        addr,
+        key,
+        "POST",
+        "/v1/completions",
+        Some(&body.to_string()),
+        T,
+    )
+    .expect("open stream");
+    let mut first = [0u8; 2048];
+    let n = conn.read(&mut first).expect("first bytes");
+    assert!(
+        String::from_utf8_lossy(&first[..n]).contains("200"),
+        "stream did not start"
+    );
+    conn
+}
+
 fn chat_body(model: &str, content: &str, max_tokens: u32) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens, "temperature": 0})
@@ -315,23 +338,7 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
         let r = http::request(up.api, Some(&single), "GET", "/v1/models", None, T).ok()?;
         (r.status == 200).then_some(())
     });
-    let stream_body = json!({"model": model, "prompt": "Once upon a time", "max_tokens": 1500,
-        "ignore_eos": true, "stream": true, "temperature": 0});
-    let mut conn = http::send(
-        up.api,
-        Some(&single),
-        "POST",
-        "/v1/completions",
-        Some(&stream_body.to_string()),
-        T,
-    )
-    .expect("open stream");
-    let mut first = [0u8; 512];
-    let n = conn.read(&mut first).expect("first bytes");
-    assert!(
-        String::from_utf8_lossy(&first[..n]).contains("200"),
-        "stream did not start"
-    );
+    let conn = open_long_stream(up.api, Some(&single), &model);
     let r = post(
         up.api,
         Some(&single),
@@ -435,24 +442,7 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
     );
 
     // A client that goes away mid-stream frees its slot at the node.
-    let mut body = json!({"model": model, "prompt": "Once upon a time", "max_tokens": 1500,
-        "ignore_eos": true, "stream": true});
-    body["temperature"] = json!(0);
-    let mut conn = http::send(
-        up.api,
-        up.key(),
-        "POST",
-        "/v1/completions",
-        Some(&body.to_string()),
-        T,
-    )
-    .expect("open stream");
-    let mut buf = [0u8; 2048];
-    let n = conn.read(&mut buf).expect("first bytes");
-    assert!(
-        String::from_utf8_lossy(&buf[..n]).contains("200"),
-        "stream did not start"
-    );
+    let conn = open_long_stream(up.api, up.key(), &model);
     let metrics = || {
         http::request(up.api, up.key(), "GET", "/metrics", None, T)
             .map(|r| r.body)
