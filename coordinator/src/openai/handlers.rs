@@ -263,7 +263,8 @@ async fn serve<B: InferenceBackend>(
 /// Tries of a non-streaming request whose replica fails (503).
 const NON_STREAMING_ATTEMPTS: usize = 2;
 
-async fn health() -> Response {
+/// `GET /health`: the process is up (no key needed).
+pub async fn health() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
@@ -289,6 +290,7 @@ async fn metrics_text<B: InferenceBackend>(State(s): State<Arc<AppState<B>>>) ->
     }
 }
 
-async fn no_such_route(uri: Uri) -> Response {
+/// Any unknown path: an OpenAI-style 404.
+pub async fn no_such_route(uri: Uri) -> Response {
     ApiError::no_such_route(uri.path()).into_response()
 }

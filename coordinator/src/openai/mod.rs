@@ -32,5 +32,5 @@ mod validate;
 pub use backend::{InferenceBackend, ModelEntry, RouteError, Routed};
 pub(crate) use dispatch::unix_now;
 pub use errors::ApiError;
-pub use handlers::{router, router_with_config, ApiConfig};
+pub use handlers::{health, no_such_route, router, router_with_config, ApiConfig};
 pub use metrics::Metrics;

@@ -23,7 +23,8 @@ use super::peers::{submit_membership, submit_write, Peers};
 use super::raft_loop::{LocalView, LoopRequest, MemberChange, ReadView};
 use super::wire::{PeerRequest, PeerResponse, WriteReply};
 use crate::auth::{sees_tenant, Principal};
-use crate::state::{FlJobStatus, Op, DEFAULT_TENANT};
+use crate::state::machine::FlJob;
+use crate::state::{ClusterState, FlJobStatus, Op, DEFAULT_TENANT};
 use backends::fl::JobSpec;
 
 /// Largest accepted request body.
@@ -333,6 +334,19 @@ async fn create_fl_job(
     Ok(Json(json!({"id": id, "status": "Pending"})))
 }
 
+/// The job `id` if `who` may see it; another tenant's job is as unknown
+/// as a missing one (404).
+fn visible_job<'a>(
+    state: &'a ClusterState,
+    who: Option<&Principal>,
+    id: &str,
+) -> Result<&'a FlJob, ApiError> {
+    state
+        .fl_job(id)
+        .filter(|j| sees_tenant(who, &j.tenant))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no federated job {id:?}")))
+}
+
 async fn list_fl_jobs(
     State(admin): State<Arc<Admin>>,
     who: Option<Extension<Principal>>,
@@ -358,11 +372,7 @@ async fn get_fl_job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let v = read(&admin).await?;
-    let job = v
-        .state
-        .fl_job(&id)
-        .filter(|j| sees_tenant(who.as_deref(), &j.tenant))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no federated job {id:?}")))?;
+    let job = visible_job(&v.state, who.as_deref(), &id)?;
     let spec: Value = serde_json::from_str(&job.spec).unwrap_or(Value::Null);
     let rounds: Vec<Value> = job
         .rounds
@@ -381,16 +391,7 @@ async fn stop_fl_job(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let v = read(&admin).await?;
-    if v.state
-        .fl_job(&id)
-        .is_some_and(|j| !sees_tenant(who.as_deref(), &j.tenant))
-    {
-        // Another tenant's job is as unknown as a missing one.
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no federated job {id:?}"),
-        ));
-    }
+    visible_job(&v.state, who.as_deref(), &id)?;
     write(
         &admin,
         Op::SetFlJobStatus {
@@ -410,11 +411,7 @@ async fn fl_model(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let v = read(&admin).await?;
-    let job = v
-        .state
-        .fl_job(&id)
-        .filter(|j| sees_tenant(who.as_deref(), &j.tenant))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no federated job {id:?}")))?;
+    let job = visible_job(&v.state, who.as_deref(), &id)?;
     let round = job.rounds.last().ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "the job has no committed round yet")
     })?;

@@ -194,7 +194,7 @@ pub async fn run(
             timeout,
         ),
     ))));
-    let view_rx_for_quota = view_rx.clone();
+    let voters_view = view_rx.clone();
     let auth = Arc::new(crate::auth::AuthLayerState {
         mode: cfg.auth,
         metrics_public: cfg.metrics_public,
@@ -223,7 +223,7 @@ pub async fn run(
         tasks.push(tokio::spawn(bootstrap::register(admin.clone(), secret)));
     }
     let metrics = Arc::new(crate::openai::Metrics::new());
-    let voters = view_rx_for_quota;
+    let voters = voters_view;
     let quota = Arc::new(crate::quota::QuotaLayerState::new(
         Arc::new(move || voters.borrow().voters.len().max(1)),
         metrics.tenants().clone(),
@@ -254,8 +254,8 @@ pub async fn run(
             // the public one no longer knows /admin at all.
             let admin_app = guarded(
                 admin::router(admin)
-                    .route("/health", axum::routing::get(admin_health))
-                    .fallback(admin_no_such_route),
+                    .route("/health", axum::routing::get(crate::openai::health))
+                    .fallback(crate::openai::no_such_route),
             );
             tasks.push(tokio::spawn(async move {
                 let _never = http_serve::serve(listener, admin_app).await;
@@ -297,17 +297,6 @@ pub async fn run(
     server.close(quic::CLOSE_NORMAL, b"shutdown");
     client.close(quic::CLOSE_NORMAL, b"shutdown");
     result
-}
-
-/// `GET /health` of the admin listener.
-async fn admin_health() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok"}))
-}
-
-/// Unknown paths of the admin listener: an OpenAI-style 404.
-async fn admin_no_such_route(uri: axum::http::Uri) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    crate::openai::ApiError::no_such_route(uri.path()).into_response()
 }
 
 /// The OpenAI-compatible routes, served by `router`, with `/metrics`
