@@ -2,13 +2,11 @@
 //! through the admin API (an admin key is needed: `--api-key-file
 //! DATA_DIR/admin.key` for a cluster started by `inferno up`).
 
-use std::time::Duration;
-
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::api_key::{with_key, ApiKeyArgs};
+use crate::admin_api::{call, cell as s, Target};
 
 /// `inferno keys ...`.
 #[derive(Subcommand, Debug)]
@@ -19,16 +17,6 @@ pub enum KeysCommand {
     List(ListArgs),
     /// Revoke a key by id: every coordinator refuses it once applied.
     Revoke(RevokeArgs),
-}
-
-/// Where the admin API is and how to authenticate.
-#[derive(Args, Debug)]
-pub struct Target {
-    /// Base URL of a coordinator.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    #[command(flatten)]
-    pub key: ApiKeyArgs,
 }
 
 /// What a key may do.
@@ -105,37 +93,6 @@ pub fn parse_duration_s(text: &str) -> Result<u64, String> {
     match n.checked_mul(mult) {
         Some(s) if s > 0 => Ok(s),
         _ => Err(format!("{text:?} must be a positive duration")),
-    }
-}
-
-fn call(t: &Target, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let agent = with_key(
-        ureq::AgentBuilder::new().timeout(Duration::from_secs(15)),
-        t.key.resolve()?,
-    )
-    .build();
-    let url = format!("{}{path}", t.url.trim_end_matches('/'));
-    let req = agent.request(method, &url);
-    let r = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    match r {
-        Ok(r) => r.into_json().with_context(|| format!("{url}: not JSON")),
-        Err(ureq::Error::Status(code, r)) => {
-            let v: Value = r.into_json().unwrap_or(Value::Null);
-            let msg = v["error"]["message"].as_str().unwrap_or("no message");
-            anyhow::bail!("{url}: HTTP {code}: {msg}");
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot reach {url}")),
-    }
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
     }
 }
 

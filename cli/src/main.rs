@@ -1,6 +1,8 @@
 //! `inferno`: run and use an Inferno cluster from the command line.
 
+mod admin_api;
 mod api_key;
+mod audit;
 mod bench;
 mod bench_control_plane;
 mod bench_fl;
@@ -66,6 +68,8 @@ enum Command {
     /// API keys of a cluster: create, list, revoke (needs an admin key).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// The audit trail: admin writes, refused keys, quota rejections; --verify checks its hash chain.
+    Audit(audit::AuditArgs),
 }
 
 #[derive(Subcommand)]
@@ -169,6 +173,7 @@ fn run() -> anyhow::Result<()> {
             }
             Command::Fl(c) => tokio::task::spawn_blocking(move || fl::run(c)).await?,
             Command::Keys(c) => tokio::task::spawn_blocking(move || keys::run(c)).await?,
+            Command::Audit(a) => tokio::task::spawn_blocking(move || audit::run(a)).await?,
             Command::Bench(BenchCommand::Fl(a)) => {
                 tokio::task::spawn_blocking(move || bench_fl::run(a)).await?
             }

@@ -3,11 +3,11 @@
 //! their replicas.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
+
+use crate::admin_api::cell as s;
 
 /// Arguments of `inferno status`.
 #[derive(Args, Debug)]
@@ -24,35 +24,17 @@ pub struct StatusArgs {
 
 /// Prints the cluster table (or JSON).
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let url = format!("{}/admin/v1/cluster", args.url.trim_end_matches('/'));
-    let agent = crate::api_key::with_key(
-        ureq::AgentBuilder::new().timeout(Duration::from_secs(10)),
-        args.key.resolve()?,
-    )
-    .build();
-    let v: Value = match agent.get(&url).call() {
-        Ok(r) => r.into_json().with_context(|| format!("{url}: not JSON"))?,
-        Err(ureq::Error::Status(code, r)) => {
-            let v: Value = r.into_json().unwrap_or(Value::Null);
-            let msg = v["error"]["message"].as_str().unwrap_or("no message");
-            anyhow::bail!("{url}: HTTP {code}: {msg}");
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot reach {url}")),
+    let target = crate::admin_api::Target {
+        url: args.url,
+        key: args.key,
     };
+    let v = crate::admin_api::call(&target, "GET", "/admin/v1/cluster", None)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render(&v));
     }
     Ok(())
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
 }
 
 /// The human-readable tables for a `GET /admin/v1/cluster` answer.

@@ -78,12 +78,23 @@ fn free_tcp() -> SocketAddr {
 const ADMIN_KEY: &str = "inf-three-coordinators-test-admin-key";
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+    http_with_key(addr, ADMIN_KEY, method, path, body)
+}
+
+/// [`http`] with another bearer token.
+fn http_with_key(
+    addr: SocketAddr,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Option<(u16, Value)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).ok()?;
@@ -156,7 +167,8 @@ fn write_member_config(
     let mut text = format!(
         "id = {id}\ndata_dir = {data:?}\nraft_addr = \"{raft}\"\nhttp_addr = \"{http}\"\n\
          certs_dir = {certs:?}\nname = \"coordinator-{id}\"\ntick_ms = 50\nelection_ticks = 10\n\
-         heartbeat_ticks = 2\nrequest_timeout_ms = 3000\nbootstrap = true\nadmin_key_file = {key:?}\n",
+         heartbeat_ticks = 2\nrequest_timeout_ms = 3000\nbootstrap = true\nadmin_key_file = {key:?}\n\
+         audit = {{ window_secs = 1 }}\n",
         id = i + 1,
         data = dir.join(format!("data-{}", i + 1)),
         raft = raft[i],
@@ -497,4 +509,213 @@ fn the_admin_api_can_have_its_own_listener() {
     let _ = s.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 401"), "{out}");
     p.kill();
+}
+
+/// Runs `inferno audit --url http://ADDR ARGS` with the admin key;
+/// (success, stdout, stderr).
+fn audit_cli(dir: &Path, addr: SocketAddr, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(inferno_binary())
+        .arg("audit")
+        .arg("--url")
+        .arg(format!("http://{addr}"))
+        .arg("--api-key-file")
+        .arg(dir.join("admin.key"))
+        .args(args)
+        .output()
+        .expect("run inferno audit");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Replaces every `from` with `to` (same length) in the raft log entries
+/// and the snapshot of the coordinator whose data directory is `data`,
+/// fixing the snapshot's checksum as a careful intruder would; returns how
+/// many values changed.
+fn tamper(data: &Path, from: &[u8], to: &[u8]) -> usize {
+    use redb::{ReadableTable, TableDefinition};
+    use sha2::Digest;
+    const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+    const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+    assert_eq!(from.len(), to.len());
+    let replace = |bytes: &[u8]| -> Option<Vec<u8>> {
+        let at = bytes.windows(from.len()).position(|w| w == from)?;
+        let mut out = bytes.to_vec();
+        out[at..at + to.len()].copy_from_slice(to);
+        Some(out)
+    };
+    let db = redb::Database::open(data.join("raft.redb")).expect("open the raft database");
+    let tx = db.begin_write().expect("write transaction");
+    let mut changed = 0;
+    {
+        let mut entries = tx.open_table(ENTRIES).expect("entries table");
+        let edits: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .expect("iterate")
+            .filter_map(|r| {
+                let (k, v) = r.expect("entry");
+                replace(v.value()).map(|new| (k.value(), new))
+            })
+            .collect();
+        for (k, v) in edits {
+            entries.insert(k, v.as_slice()).expect("rewrite entry");
+            changed += 1;
+        }
+        let mut meta = tx.open_table(META).expect("meta table");
+        let snap = meta
+            .get("snapshot_data")
+            .expect("read snapshot")
+            .map(|v| v.value().to_vec());
+        if let Some(mut new) = snap.as_deref().and_then(replace) {
+            // Header: magic 8, version 4, length 8, SHA-256 32.
+            let digest = sha2::Sha256::digest(&new[52..]);
+            new[20..52].copy_from_slice(&digest);
+            meta.insert("snapshot_data", new.as_slice())
+                .expect("rewrite snapshot");
+            changed += 1;
+        }
+    }
+    tx.commit().expect("commit");
+    changed
+}
+
+/// The path the bad-key requests of the audit test ask for.
+const PROBE: &str = "/admin/v1/audit-probe";
+
+/// The audit entries of requests for [`PROBE`].
+fn probes(entries: &[Value]) -> impl Iterator<Item = &Value> {
+    entries.iter().filter(|e| e["record"]["route"] == PROBE)
+}
+
+/// Admin writes and refused keys land in the audit chain with who, from
+/// where and the outcome; the chain verifies and agrees across
+/// coordinators; an entry edited on one coordinator's disk is caught.
+#[test]
+fn the_audit_chain_records_and_verifies_and_catches_a_tampered_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let ca = ClusterCa::generate("test-cluster").expect("CA");
+    for i in 1..=N {
+        ca.issue(&format!("coordinator-{i}"))
+            .expect("issue")
+            .save(&certs, false)
+            .expect("save member");
+    }
+    let raft: Vec<SocketAddr> = (0..N).map(|_| free_udp()).collect();
+    let http_addrs: Vec<SocketAddr> = (0..N).map(|_| free_tcp()).collect();
+    let mut procs: Vec<Proc> = (0..N)
+        .map(|i| Proc {
+            child: None,
+            config: write_config(dir.path(), i, &raft, &http_addrs),
+            http: http_addrs[i],
+            id: i as u64 + 1,
+        })
+        .collect();
+    for p in procs.iter_mut() {
+        p.start();
+    }
+    wait_until("a leader", Duration::from_secs(15), || leader(&procs));
+    wait_until("a write", Duration::from_secs(10), || {
+        register(&procs[0], "audited")
+    });
+    // Once every coordinator knows the admin key (earlier polls were
+    // refused) and a new one-second window began, five bad-key requests.
+    for p in &procs {
+        wait_until("the admin key", Duration::from_secs(10), || {
+            http(p.http, "GET", "/admin/v1/cluster", None).filter(|(s, _)| *s == 200)
+        });
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    for _ in 0..5 {
+        let r = http_with_key(procs[1].http, "inf-not-a-key", "GET", PROBE, None);
+        assert_eq!(r.map(|r| r.0), Some(401));
+    }
+
+    let entries = wait_until("the audit entries", Duration::from_secs(20), || {
+        let (ok, out, _) = audit_cli(dir.path(), procs[2].http, &["--json"]);
+        let v: Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+        let e = v.as_array()?.clone();
+        let write = e.iter().any(|e| {
+            e["record"]["kind"] == "admin_write"
+                && e["record"]["route"] == "/admin/v1/models"
+                && e["record"]["status"] == 200
+        });
+        let refused: u64 = probes(&e)
+            .map(|e| e["record"]["count"].as_u64().unwrap_or(0))
+            .sum();
+        (write && refused == 5).then_some(e)
+    });
+    let write = entries
+        .iter()
+        .find(|e| e["record"]["route"] == "/admin/v1/models")
+        .expect("the write");
+    assert_eq!(write["record"]["tenant"], "default", "{write}");
+    assert_eq!(write["record"]["client"], "127.0.0.1", "{write}");
+    assert_eq!(write["record"]["method"], "POST", "{write}");
+    assert!(write["record"]["key_id"].as_str().is_some(), "{write}");
+    // Aggregated: one record per source and one-second window.
+    assert!(probes(&entries).count() <= 2, "{entries:?}");
+    for refused in probes(&entries) {
+        assert_eq!(refused["record"]["kind"], "auth_failure", "{refused}");
+        assert_eq!(refused["record"]["key_id"], Value::Null, "{refused}");
+        assert_eq!(refused["record"]["status"], 401, "{refused}");
+    }
+
+    // Verified on every coordinator, all holding the same head.
+    for p in &procs {
+        let (ok, out, err) = audit_cli(dir.path(), p.http, &["--verify"]);
+        assert!(ok, "verify on {}: {out} {err}", p.http);
+        assert!(out.contains("chain verified"), "{out}");
+        for i in 1..=N {
+            assert!(out.contains(&format!("coordinator-{i}")), "{out}");
+        }
+    }
+    // An inference key may not read the trail.
+    let (status, v) = http(
+        procs[0].http,
+        "POST",
+        "/admin/v1/keys",
+        Some(&json!({"tenant": "default", "scope": "inference"})),
+    )
+    .expect("create key");
+    assert_eq!(status, 200, "{v}");
+    let inference = v["key"].as_str().expect("the new key");
+    wait_until("403 for an inference key", Duration::from_secs(5), || {
+        http_with_key(procs[0].http, inference, "GET", "/admin/v1/audit", None)
+            .filter(|(s, _)| *s == 403)
+    });
+
+    // Coordinator 3 is stopped, one audit entry in its log is edited, and
+    // it comes back and replays it: its chain is self-consistent but no
+    // longer the others'.
+    procs[2].kill();
+    let changed = tamper(
+        &dir.path().join("data-3"),
+        b"/admin/v1/models",
+        b"/admin/v1/modelz",
+    );
+    assert!(changed >= 1, "nothing to tamper with");
+    procs[2].start();
+    let head = |p: &Proc| {
+        http(p.http, "GET", "/admin/v1/audit?limit=1", None)
+            .filter(|(s, _)| *s == 200)
+            .and_then(|(_, v)| v["head"]["seq"].as_u64())
+    };
+    let target = wait_until("the leader's head", Duration::from_secs(10), || {
+        head(&procs[0])
+    });
+    wait_until("coordinator 3 to catch up", Duration::from_secs(20), || {
+        head(&procs[2]).filter(|&h| h >= target)
+    });
+    let (ok, out, err) = audit_cli(dir.path(), procs[2].http, &["--verify"]);
+    assert!(!ok, "a tampered copy verified: {out}");
+    assert!(err.contains("diverge"), "{err}");
+    let (ok, out, err) = audit_cli(dir.path(), procs[0].http, &["--verify"]);
+    assert!(
+        !ok,
+        "the divergence went unnoticed from coordinator 1: {out}"
+    );
+    assert!(err.contains("coordinator-3"), "{err}");
 }

@@ -11,12 +11,15 @@
 //!   state machine, with snapshots, log compaction, restart from disk and
 //!   membership changes; tested in-process on a seeded simulated network.
 //!
+//! - [`audit`]: recording the audit trail (admin writes, refused keys,
+//!   quota rejections) into the replicated hash chain.
 //! - [`server`]: the coordinator process: the task owning the
 //!   [`raft::RaftNode`], raft messages and forwarded writes over QUIC,
 //!   ReadIndex reads, and the admin HTTP API.
 
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod auth;
 pub mod fl;
 pub mod openai;

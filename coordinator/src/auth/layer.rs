@@ -47,6 +47,12 @@ pub struct AuthLayerState {
     pub view: watch::Receiver<LocalView>,
 }
 
+/// Marks a response as this layer's 401 or 403 (a response extension),
+/// for the audit trail. A refused request whose key is known (403) also
+/// carries its [`Principal`], as an admitted one's response does.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthRefused;
+
 fn refuse(d: &Denial) -> Response {
     let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let kind = if d.status() == 403 {
@@ -63,6 +69,7 @@ fn refuse(d: &Denial) -> Response {
             axum::http::HeaderValue::from_static("Bearer"),
         );
     }
+    resp.extensions_mut().insert(AuthRefused);
     resp
 }
 
@@ -77,27 +84,42 @@ pub async fn require_key(
     }
     let class = classify(req.uri().path());
     let presented = presented_key(req.headers()).map(hash_key);
-    let decision = {
+    let (decision, known) = {
         let view = auth.view.borrow();
         let key = presented.as_deref().and_then(|h| view.state.api_key(h));
-        decide(
+        let known = key.map(|k| Principal {
+            key_id: k.id.clone(),
+            tenant: k.tenant.clone(),
+            scope: k.scope,
+            limits: k.limits,
+        });
+        let decision = decide(
             class,
             presented.is_some(),
             key,
             unix_now(),
             auth.metrics_public,
-        )
+        );
+        (decision, known)
     };
     match decision {
         Ok(principal) => {
-            if let Some(p) = principal {
-                req.extensions_mut().insert::<Principal>(p);
+            if let Some(p) = &principal {
+                req.extensions_mut().insert::<Principal>(p.clone());
             }
-            next.run(req).await
+            let mut resp = next.run(req).await;
+            if let Some(p) = principal {
+                resp.extensions_mut().insert(p);
+            }
+            resp
         }
         Err(d) => {
             tracing::debug!(path = %req.uri().path(), ?d, "request refused");
-            refuse(&d)
+            let mut resp = refuse(&d);
+            if let Some(p) = known {
+                resp.extensions_mut().insert(p);
+            }
+            resp
         }
     }
 }

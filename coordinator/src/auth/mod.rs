@@ -13,6 +13,6 @@ pub mod layer;
 pub mod policy;
 pub mod secret;
 
-pub use layer::{require_key, AuthLayerState, AuthMode};
+pub use layer::{require_key, AuthLayerState, AuthMode, AuthRefused};
 pub use policy::{sees_tenant, Denial, Principal, RouteClass};
 pub use secret::{hash_key, new_key, presented_key, NewKey};

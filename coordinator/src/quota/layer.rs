@@ -121,6 +121,11 @@ fn put_headers(headers: &mut HeaderMap, st: &RateStatus) {
     }
 }
 
+/// Marks a response as this layer's 429 (a response extension), for the
+/// audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaRefused;
+
 fn refuse(refusal: &Refusal, st: &RateStatus) -> Response {
     let message = match refusal {
         Refusal::Requests { .. } => "rate limit reached for requests per minute of this key",
@@ -139,6 +144,7 @@ fn refuse(refusal: &Refusal, st: &RateStatus) -> Response {
         axum::http::header::RETRY_AFTER,
         HeaderValue::from(refusal.retry_after_s()),
     );
+    resp.extensions_mut().insert(QuotaRefused);
     resp
 }
 

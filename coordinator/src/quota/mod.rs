@@ -14,5 +14,5 @@ pub mod layer;
 pub mod metrics;
 
 pub use book::{QuotaBook, RateStatus, Refusal};
-pub use layer::{enforce, QuotaLayerState, TokenMeter};
+pub use layer::{enforce, QuotaLayerState, QuotaRefused, TokenMeter};
 pub use metrics::TenantMetrics;

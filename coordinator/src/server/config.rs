@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::ServerError;
 use crate::auth::AuthMode;
+use crate::state::audit::{AuditRetention, MAX_AUDIT_ENTRIES};
 
 /// One other coordinator of the raft group.
 #[derive(Debug, Clone, Deserialize)]
@@ -102,6 +103,58 @@ pub struct CoordinatorConfig {
     /// Where the bootstrap admin key is (default `DATA_DIR/admin.key`).
     #[serde(default)]
     pub admin_key_file: Option<PathBuf>,
+    /// The audit trail: aggregation window and retention.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The `[audit]` section.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Authentication failures and quota rejections are counted per
+    /// source over windows of this many seconds (1 to 3600), one record
+    /// per source and window.
+    #[serde(default = "default_audit_window_secs")]
+    pub window_secs: u64,
+    /// Most entries kept (1 to 20,000); older ones are dropped, leaving a
+    /// checkpoint the rest still verifies from.
+    #[serde(default = "default_audit_max_entries")]
+    pub max_entries: u32,
+    /// Entries older than this many days are dropped (0: kept until
+    /// `max_entries` pushes them out).
+    #[serde(default = "default_audit_max_age_days")]
+    pub max_age_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            window_secs: default_audit_window_secs(),
+            max_entries: default_audit_max_entries(),
+            max_age_days: default_audit_max_age_days(),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The retention every audit batch this coordinator proposes carries.
+    pub fn retention(&self) -> AuditRetention {
+        AuditRetention {
+            max_entries: self.max_entries,
+            max_age_secs: (self.max_age_days > 0).then(|| self.max_age_days.saturating_mul(86_400)),
+        }
+    }
+}
+
+fn default_audit_window_secs() -> u64 {
+    60
+}
+fn default_audit_max_entries() -> u32 {
+    AuditRetention::default().max_entries
+}
+fn default_audit_max_age_days() -> u64 {
+    30
 }
 
 fn default_node_down_after_ms() -> u64 {
@@ -180,6 +233,14 @@ impl CoordinatorConfig {
         if self.node_down_after_ms == 0 || self.max_in_flight == 0 {
             return Err("node_down_after_ms and max_in_flight must be non-zero".into());
         }
+        if !(1..=3600).contains(&self.audit.window_secs) {
+            return Err("audit.window_secs must be 1 to 3600".into());
+        }
+        if !(1..=MAX_AUDIT_ENTRIES).contains(&self.audit.max_entries) {
+            return Err(format!(
+                "audit.max_entries must be 1 to {MAX_AUDIT_ENTRIES}"
+            ));
+        }
         Ok(())
     }
 
@@ -233,6 +294,8 @@ name = "coordinator-1"
         assert_eq!(cfg.election_ticks, 10);
         assert_eq!(cfg.heartbeat_ticks, 2);
         assert_eq!(cfg.request_timeout(), Duration::from_secs(5));
+        assert_eq!(cfg.audit.window_secs, 60);
+        assert_eq!(cfg.audit.retention(), AuditRetention::default());
     }
 
     #[test]
@@ -243,6 +306,10 @@ name = "coordinator-1"
         assert!(CoordinatorConfig::parse(&bad_ticks).is_err());
         let unknown = format!("bogus = 1\n{BASE}");
         assert!(CoordinatorConfig::parse(&unknown).is_err());
+        let huge_audit = format!("{BASE}[audit]\nmax_entries = 1000000\n");
+        assert!(CoordinatorConfig::parse(&huge_audit).is_err());
+        let no_window = format!("{BASE}[audit]\nwindow_secs = 0\n");
+        assert!(CoordinatorConfig::parse(&no_window).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,9 +35,12 @@ pub async fn serve(listener: TcpListener, app: Router) -> Infallible {
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = app
-            .clone()
-            .map_request(|req: Request<Incoming>| req.map(Body::new));
+        // The client's address, for the audit trail.
+        let service = app.clone().map_request(move |req: Request<Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(remote));
+            req
+        });
         tokio::spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
             builder

@@ -3,6 +3,8 @@
 //! API ([`admin`]), wired together by [`run`].
 
 pub mod admin;
+pub mod audit_api;
+pub mod audit_sink;
 pub mod bootstrap;
 pub mod choice;
 pub mod config;
@@ -216,6 +218,13 @@ pub async fn run(
             cfg.http_addr
         );
     }
+    let (audit_sink, audit_rx) = crate::audit::AuditSink::new();
+    tasks.push(tokio::spawn(audit_sink::run(
+        audit_sink.clone(),
+        audit_rx,
+        admin.clone(),
+        cfg.audit,
+    )));
     if cfg.bootstrap {
         let path = cfg.admin_key_path();
         let secret = bootstrap::load_or_create(&path)?;
@@ -229,7 +238,7 @@ pub async fn run(
         metrics.tenants().clone(),
     ));
     // Layers run outermost last-added first: the key is checked, then its
-    // limits, before a body is read.
+    // limits, before a body is read; the audit layer sees every answer.
     let guarded = |routes: axum::Router| {
         routes
             .method_not_allowed_fallback(http_guard::method_not_allowed)
@@ -244,6 +253,10 @@ pub async fn run(
             .layer(axum::middleware::from_fn_with_state(
                 auth.clone(),
                 crate::auth::require_key,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                audit_sink.clone(),
+                crate::audit::observe,
             ))
     };
     let inference = inference_routes(router, metrics);

@@ -330,6 +330,14 @@ async fn handle(peer_id: u64, req: PeerRequest, services: PeerServices) -> PeerR
             }
         }
         PeerRequest::GetBlob { hash } => PeerResponse::Blob(services.blobs.get(&hash)),
+        PeerRequest::AuditHash { seq } => {
+            let view = services.view.borrow();
+            let audit = view.state.audit();
+            PeerResponse::AuditHash {
+                head_seq: audit.head().seq,
+                hash: audit.hash_at(seq).map(str::to_string),
+            }
+        }
     }
 }
 

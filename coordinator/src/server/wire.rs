@@ -41,6 +41,12 @@ pub enum PeerRequest {
         /// Its SHA-256.
         hash: String,
     },
+    /// The hash of one entry of the receiver's audit chain (to compare
+    /// chains across coordinators).
+    AuditHash {
+        /// The entry's sequence number.
+        seq: u64,
+    },
 }
 
 /// The answer to a [`PeerRequest`].
@@ -52,6 +58,13 @@ pub enum PeerResponse {
     Write(WriteReply),
     /// A blob, if this coordinator has it.
     Blob(Option<Vec<u8>>),
+    /// The answer to [`PeerRequest::AuditHash`].
+    AuditHash {
+        /// The sequence number of the receiver's last audit entry.
+        head_seq: u64,
+        /// The hash of the asked entry, if the receiver holds it.
+        hash: Option<String>,
+    },
     /// The request was refused (unknown sender, bad message).
     Refused(String),
 }

@@ -15,8 +15,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::audit::{AuditRecord, AuditRetention};
+
 /// The command format version this code writes and understands.
-pub const COMMAND_VERSION: u32 = 3;
+pub const COMMAND_VERSION: u32 = 4;
 
 /// Largest encoded command accepted by [`encode`] and [`decode`] (1 MiB).
 pub const MAX_COMMAND_BYTES: usize = 1 << 20;
@@ -295,6 +297,17 @@ pub enum Op {
         /// [`MAX_REASON_LEN`] bytes).
         reason: Option<String>,
     },
+    /// Appends records to the audit chain, then drops what `retention`
+    /// no longer keeps (see [`super::audit`]).
+    RecordAudit {
+        /// The events, oldest first (1 to
+        /// [`MAX_AUDIT_BATCH`](super::audit::MAX_AUDIT_BATCH)).
+        records: Vec<AuditRecord>,
+        /// How much of the chain to keep.
+        retention: AuditRetention,
+        /// The proposer's clock, Unix seconds (the age cut-off).
+        now_unix: u64,
+    },
 }
 
 /// Longest failure reason of a federated job, in bytes.
@@ -479,6 +492,21 @@ mod tests {
                 job: "j".into(),
                 status: FlJobStatus::Running,
                 reason: None,
+            },
+            Op::RecordAudit {
+                records: vec![AuditRecord {
+                    time_unix: 60,
+                    kind: super::super::audit::AuditKind::AuthFailure,
+                    key_id: None,
+                    tenant: None,
+                    client: "10.0.0.9".into(),
+                    method: "GET".into(),
+                    route: "/admin/v1/cluster".into(),
+                    status: 401,
+                    count: 12,
+                }],
+                retention: AuditRetention::default(),
+                now_unix: 61,
             },
         ]
     }

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::audit::AuditLog;
 use super::commands::{
     decode, Command, DecodeError, FlJobStatus, KeyLimits, KeyScope, NodeStatus, Op, PlacementState,
     COMMAND_VERSION, MAX_REASON_LEN,
@@ -328,6 +329,7 @@ pub struct ClusterState {
     /// Whether [`Op::Bootstrap`] has run.
     bootstrapped: bool,
     fl_jobs: BTreeMap<String, FlJob>,
+    audit: AuditLog,
     applied_index: u64,
 }
 
@@ -485,6 +487,11 @@ impl ClusterState {
     /// One federated-learning job.
     pub fn fl_job(&self, id: &str) -> Option<&FlJob> {
         self.fl_jobs.get(id)
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// Decodes and applies a raw log entry. An undecodable entry (including
@@ -859,6 +866,14 @@ impl ClusterState {
                 if *status == FlJobStatus::Failed {
                     fl.failure = reason.clone();
                 }
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::RecordAudit {
+                records,
+                retention,
+                now_unix,
+            } => {
+                self.audit.append(records, *retention, *now_unix)?;
                 Ok(ApplyOutcome::Applied)
             }
         }

@@ -1,11 +1,13 @@
 //! The coordinator's replicated state machine: pure, deterministic code
 //! with no I/O.
 //!
+//! - [`audit`]: the audit trail's hash chain and retention.
 //! - [`commands`]: the log entries ([`Command`], [`Op`]) and their encoding.
 //! - [`machine`]: [`ClusterState`] and its `apply` function.
 //! - [`snapshot`](mod@snapshot): checksummed snapshots of the state.
 //! - [`placement`]: the leader's replica-placement planner.
 
+pub mod audit;
 pub mod commands;
 pub mod machine;
 pub mod placement;
