@@ -59,10 +59,12 @@ certs=$state/certs
 if [[ ! -f "$ca/ca.pem" ]]; then
     "$bin" certs init --out "$ca" >/dev/null
 fi
+# The role is in each certificate (coordinators take raft traffic only from
+# coordinator certificates, nodes take work only from them); they are
+# issued afresh each time, so certificates of an older layout are replaced.
 for member in coordinator-1 coordinator-2 coordinator-3 node-1 node-2 node-3; do
-    if [[ ! -f "$certs/$member.pem" ]]; then
-        "$bin" certs issue --ca "$ca" --name "$member" --out "$certs" >/dev/null
-    fi
+    "$bin" certs issue --ca "$ca" --name "$member" --role "${member%-*}" \
+        --out "$certs" --force >/dev/null
 done
 
 # The admin key every coordinator bootstraps the cluster with (tenant

@@ -224,7 +224,7 @@ fn bench(
     let mut configs = Vec::with_capacity(a.clients);
     for i in 0..a.clients {
         let name = format!("node-{}", i + 1);
-        ca.issue(&name)
+        ca.issue(&name, protocol::tls::CertRole::Node)
             .context("cannot issue a node certificate")?
             .save(coordinators.certs_dir(), true)
             .context("cannot save a node certificate")?;

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
-use protocol::tls::{ClusterCa, MemberIdentity, CA_CERT_FILE, CA_KEY_FILE};
+use clap::{Args, Subcommand, ValueEnum};
+use protocol::tls::{CertRole, ClusterCa, MemberIdentity, CA_CERT_FILE, CA_KEY_FILE};
 
 /// `inferno certs` subcommands.
 #[derive(Subcommand, Debug)]
@@ -42,9 +42,31 @@ pub struct IssueArgs {
     /// Directory to write the member's files into (created if missing).
     #[arg(long)]
     pub out: PathBuf,
+    /// What the member is: coordinators take raft and peer traffic only
+    /// from coordinator certificates, nodes take work only from them.
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
     /// Replace an existing certificate of this member in the directory.
     #[arg(long)]
     pub force: bool,
+}
+
+/// The role written into a certificate.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum RoleArg {
+    /// A coordinator.
+    Coordinator,
+    /// A worker node.
+    Node,
+}
+
+impl From<RoleArg> for CertRole {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Coordinator => CertRole::Coordinator,
+            RoleArg::Node => CertRole::Node,
+        }
+    }
 }
 
 /// Runs `inferno certs`, printing the paths written.
@@ -93,7 +115,7 @@ pub fn issue(args: &IssueArgs) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     let member = ca
-        .issue(&args.name)
+        .issue(&args.name, args.role.into())
         .with_context(|| format!("cannot issue a certificate for {:?}", args.name))?;
     member
         .save(&args.out, args.force)
@@ -136,6 +158,7 @@ mod tests {
             ca: ca_dir.clone(),
             name: "node-1".into(),
             out: member_dir.clone(),
+            role: RoleArg::Node,
             force: false,
         };
         let written = issue(&issue_args).unwrap();
@@ -165,6 +188,7 @@ mod tests {
             ca: dir.path().join("missing"),
             name: "n".into(),
             out: dir.path().join("out"),
+            role: RoleArg::Coordinator,
             force: false,
         })
         .unwrap_err();
@@ -183,6 +207,7 @@ mod tests {
             ca: ca_dir,
             name: "../evil".into(),
             out: dir.path().join("out"),
+            role: RoleArg::Coordinator,
             force: false,
         })
         .unwrap_err();

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use protocol::tls::ClusterCa;
+use protocol::tls::{CertRole, ClusterCa};
 
 use crate::http_client;
 
@@ -105,7 +105,7 @@ impl LocalCoordinators {
         ca.save(&ca_dir, true)
             .context("cannot save the cluster CA")?;
         for id in 1..=spec.n {
-            ca.issue(&format!("coordinator-{id}"))
+            ca.issue(&format!("coordinator-{id}"), CertRole::Coordinator)
                 .context("cannot issue a member certificate")?
                 .save(&certs_dir, true)
                 .context("cannot save a member certificate")?;

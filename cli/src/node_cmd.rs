@@ -53,7 +53,7 @@ async fn service_config(
 ) -> anyhow::Result<ServiceConfig> {
     let identity = MemberIdentity::load(&n.certs_dir, &n.name).with_context(|| {
         format!(
-            "cannot load the certificate of {} from {} (create it with `inferno certs issue --ca CA_DIR --name {} --out {}`)",
+            "cannot load the certificate of {} from {} (create it with `inferno certs issue --ca CA_DIR --name {} --role node --out {}`)",
             n.name,
             n.certs_dir.display(),
             n.name,

@@ -185,7 +185,7 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
     let mut nodes = Vec::with_capacity(args.nodes);
     for i in 1..=args.nodes {
         let node_name = format!("node-{i}");
-        ca.issue(&node_name)
+        ca.issue(&node_name, protocol::tls::CertRole::Node)
             .context("cannot issue a node certificate")?
             .save(coordinators.certs_dir(), true)
             .context("cannot save a node certificate")?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use protocol::tls::ClusterCa;
+use protocol::tls::{CertRole, ClusterCa};
 use serde_json::{json, Value};
 
 const N: usize = 3;
@@ -213,7 +213,7 @@ fn coordinators_are_added_and_removed_at_runtime_including_the_leader() {
     let certs = dir.path().join("certs");
     let ca = ClusterCa::generate("test-cluster").expect("CA");
     for i in 1..=N + 1 {
-        ca.issue(&format!("coordinator-{i}"))
+        ca.issue(&format!("coordinator-{i}"), CertRole::Coordinator)
             .expect("issue")
             .save(&certs, false)
             .expect("save member");
@@ -342,7 +342,7 @@ fn three_coordinators_elect_replicate_fail_over_and_catch_up() {
     let certs = dir.path().join("certs");
     let ca = ClusterCa::generate("test-cluster").expect("CA");
     for i in 1..=N {
-        ca.issue(&format!("coordinator-{i}"))
+        ca.issue(&format!("coordinator-{i}"), CertRole::Coordinator)
             .expect("issue")
             .save(&certs, false)
             .expect("save member");
@@ -475,7 +475,7 @@ fn three_coordinators_elect_replicate_fail_over_and_catch_up() {
 fn the_admin_api_can_have_its_own_listener() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = ClusterCa::generate("test-cluster").expect("CA");
-    ca.issue("coordinator-1")
+    ca.issue("coordinator-1", CertRole::Coordinator)
         .expect("issue")
         .save(&dir.path().join("certs"), false)
         .expect("save member");
@@ -598,7 +598,7 @@ fn the_audit_chain_records_and_verifies_and_catches_a_tampered_copy() {
     let certs = dir.path().join("certs");
     let ca = ClusterCa::generate("test-cluster").expect("CA");
     for i in 1..=N {
-        ca.issue(&format!("coordinator-{i}"))
+        ca.issue(&format!("coordinator-{i}"), CertRole::Coordinator)
             .expect("issue")
             .save(&certs, false)
             .expect("save member");
@@ -718,4 +718,51 @@ fn the_audit_chain_records_and_verifies_and_catches_a_tampered_copy() {
         "the divergence went unnoticed from coordinator 1: {out}"
     );
     assert!(err.contains("coordinator-3"), "{err}");
+}
+
+/// A member whose certificate is a node's (right name, wrong role) is
+/// never let into raft: the leader refuses to talk to it, so it stays a
+/// learner that never catches up, and the group goes on without it.
+#[test]
+fn a_node_certificate_cannot_join_raft() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let ca = ClusterCa::generate("test-cluster").expect("CA");
+    ca.issue("coordinator-1", CertRole::Coordinator)
+        .expect("issue")
+        .save(&certs, false)
+        .expect("save member");
+    ca.issue("coordinator-2", CertRole::Node)
+        .expect("issue")
+        .save(&certs, false)
+        .expect("save impostor");
+    let raft = [free_udp(), free_udp()];
+    let http_addrs = [free_tcp(), free_tcp()];
+    let mut procs: Vec<Proc> = (0..2)
+        .map(|i| Proc {
+            child: None,
+            config: write_member_config(dir.path(), i, &raft, &http_addrs, 1, i == 1),
+            http: http_addrs[i],
+            id: i as u64 + 1,
+        })
+        .collect();
+    procs[0].start();
+    procs[1].start();
+    wait_until("a write", Duration::from_secs(15), || {
+        register(&procs[0], "before")
+    });
+    let body = json!({"id": 2, "name": "coordinator-2", "raft_addr": raft[1].to_string()});
+    let (status, v) = wait_until("the add call", Duration::from_secs(15), || {
+        http(procs[0].http, "POST", "/admin/v1/members", Some(&body)).filter(|(s, _)| *s != 503)
+    });
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v["role"], "learner", "{v}");
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, v) = http(procs[0].http, "GET", "/admin/v1/members", None).expect("members");
+    assert_eq!(v["voters"], json!([1]), "{v}");
+    assert_eq!(v["learners"], json!([2]), "{v}");
+    assert!(register(&procs[0], "after").is_some());
+    // The impostor never received the state.
+    let models = http(procs[1].http, "GET", "/admin/v1/models", None);
+    assert!(models.as_ref().is_none_or(|(s, _)| *s != 200), "{models:?}");
 }

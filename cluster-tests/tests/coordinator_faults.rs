@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use inferno_cluster_tests::{inferno, poll_until, udp_proxy::UdpProxy};
 use lincheck::{Input, Operation, Output};
-use protocol::tls::ClusterCa;
+use protocol::tls::{CertRole, ClusterCa};
 use serde_json::{json, Value};
 
 const N: usize = 3;
@@ -89,7 +89,7 @@ impl Cluster {
         let certs = dir.path().join("certs");
         let ca = ClusterCa::generate("test-cluster").expect("CA");
         for i in 1..=N {
-            ca.issue(&format!("coordinator-{i}"))
+            ca.issue(&format!("coordinator-{i}"), CertRole::Coordinator)
                 .expect("issue")
                 .save(&certs, false)
                 .expect("save member");

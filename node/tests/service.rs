@@ -10,7 +10,7 @@ use node::service::{CoordinatorAddr, NodeService, ServableFile, ServiceConfig};
 use node::RestartBudget;
 use protocol::frame;
 use protocol::quic;
-use protocol::tls::ClusterCa;
+use protocol::tls::{CertRole, ClusterCa};
 use protocol::{
     ChatMessage, FinishReason, GenerateError, GenerateEvent, HeartbeatReply, InferenceRequest,
     NodeHeartbeat, NodeRequest, NodeResponse, NodeStreamRequest, Prompt, ReplicaState,
@@ -33,7 +33,7 @@ type Shared = Arc<Mutex<CoordinatorState>>;
 
 /// A coordinator that answers heartbeats from the shared state.
 fn fake_coordinator(ca: &ClusterCa, state: Shared) -> (SocketAddr, quinn::Endpoint) {
-    let id = ca.issue("coordinator-1").unwrap();
+    let id = ca.issue("coordinator-1", CertRole::Coordinator).unwrap();
     let endpoint =
         quic::server_endpoint("127.0.0.1:0".parse().unwrap(), &id, ca.cert_der()).unwrap();
     let addr = endpoint.local_addr().unwrap();
@@ -149,7 +149,7 @@ async fn node_service_follows_assignments_and_serves_streams() {
     let model_path = inferno_cluster_tests::test_model();
     let size = std::fs::metadata(&model_path).unwrap().len();
     let service = NodeService::start(ServiceConfig {
-        identity: ca.issue("node-1").unwrap(),
+        identity: ca.issue("node-1", CertRole::Node).unwrap(),
         listen: "127.0.0.1:0".parse().unwrap(),
         advertise_addr: None,
         cores: 2,
@@ -192,10 +192,23 @@ async fn node_service_follows_assignments_and_serves_streams() {
         assert!(hb.free_kv_bytes > 0);
     }
 
+    // Another node's certificate may not drive this node: the node closes
+    // the connection, saying why.
+    let rogue_id = ca.issue("node-2", CertRole::Node).unwrap();
+    let rogue_ep = quic::client_endpoint(&rogue_id, ca.cert_der()).unwrap();
+    let rogue = quic::connect(&rogue_ep, node_addr, "node-1", CertRole::Node, T)
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(T, rogue.closed())
+        .await
+        .expect("the node keeps a node's connection open");
+    let reason = format!("{refused:?}");
+    assert!(reason.contains("coordinator certificate"), "{reason}");
+
     // Act as the coordinators' router.
-    let router_id = ca.issue("coordinator-1").unwrap();
+    let router_id = ca.issue("coordinator-1", CertRole::Coordinator).unwrap();
     let router = quic::client_endpoint(&router_id, ca.cert_der()).unwrap();
-    let conn = quic::connect(&router, node_addr, "node-1", T)
+    let conn = quic::connect(&router, node_addr, "node-1", CertRole::Node, T)
         .await
         .unwrap();
 

@@ -67,6 +67,34 @@ pub enum QuicError {
     /// The operation did not finish in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The peer's certificate is not of the role this exchange needs.
+    #[error("the peer's certificate is {found}, not a {expected} certificate")]
+    WrongRole {
+        /// The role needed.
+        expected: tls::CertRole,
+        /// What the certificate says (`no role` when it names none).
+        found: String,
+    },
+}
+
+/// Checks that the peer's certificate names `role`; otherwise closes the
+/// connection with the reason and says why.
+pub fn require_role(conn: &Connection, role: tls::CertRole) -> Result<(), QuicError> {
+    match peer_role(conn) {
+        Some(r) if r == role => Ok(()),
+        other => {
+            let found = other.map_or_else(
+                || "a certificate with no role".to_string(),
+                |r| format!("a {r} certificate"),
+            );
+            let reason = format!("a {role} certificate is needed, not {found}");
+            conn.close(CLOSE_NORMAL, reason.as_bytes());
+            Err(QuicError::WrongRole {
+                expected: role,
+                found,
+            })
+        }
+    }
 }
 
 /// The transport settings shared by clients and servers: idle timeout and
@@ -118,7 +146,7 @@ pub fn client_endpoint_with_tls(
 }
 
 /// Connects to `addr`, expecting the server's certificate to name
-/// `server_name`, within `timeout`.
+/// `server_name` and `role`, within `timeout`.
 ///
 /// With TLS 1.3 the server checks the client certificate after the client
 /// considers the handshake done, so a refused client may only see the
@@ -127,12 +155,15 @@ pub async fn connect(
     endpoint: &Endpoint,
     addr: SocketAddr,
     server_name: &str,
+    role: tls::CertRole,
     timeout: Duration,
 ) -> Result<Connection, QuicError> {
     let connecting = endpoint.connect(addr, server_name)?;
-    Ok(tokio::time::timeout(timeout, connecting)
+    let conn = tokio::time::timeout(timeout, connecting)
         .await
-        .map_err(|_| QuicError::Timeout(timeout))??)
+        .map_err(|_| QuicError::Timeout(timeout))??;
+    require_role(&conn, role)?;
+    Ok(conn)
 }
 
 /// The peer's member name: the first DNS subject alternative name of the
@@ -142,6 +173,13 @@ pub fn peer_name(conn: &Connection) -> Option<String> {
     let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     let leaf = chain.first()?;
     tls::cert_dns_names(leaf).ok()?.into_iter().next()
+}
+
+/// The role the peer's certificate names ([`tls::CertRole`]), if any.
+pub fn peer_role(conn: &Connection) -> Option<tls::CertRole> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    tls::cert_role(chain.first()?).ok()?
 }
 
 /// Sends one request on a new bidirectional stream and reads one response,

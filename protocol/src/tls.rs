@@ -7,6 +7,13 @@
 //! every connection present their certificate and check the peer's against the
 //! cluster CA.
 //!
+//! Every member certificate also carries its [`CertRole`] as a URI subject
+//! alternative name (`inferno:role:coordinator` or `inferno:role:node`):
+//! coordinators take raft and peer traffic only from coordinator
+//! certificates and node traffic only from node certificates; nodes take
+//! inference and federated-learning streams only from coordinator
+//! certificates.
+//!
 //! On disk a CA is `ca.pem` + `ca-key.pem`, and a member is `NAME.pem` +
 //! `NAME-key.pem` (plus a copy of `ca.pem`). Key files are written with mode
 //! 0600 on Unix.
@@ -18,7 +25,7 @@ use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData,
+    KeyUsagePurpose, PublicKeyData, SanType,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -75,6 +82,66 @@ pub enum TlsError {
     /// A file exists and overwriting was not allowed.
     #[error("{0} already exists")]
     AlreadyExists(PathBuf),
+}
+
+/// What a member certificate allows its holder to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertRole {
+    /// A coordinator: raft, peer traffic, and driving nodes.
+    Coordinator,
+    /// A worker node: heartbeats to coordinators, serving what they send.
+    Node,
+}
+
+impl CertRole {
+    /// The URI subject alternative name that carries the role.
+    pub fn uri(self) -> &'static str {
+        match self {
+            CertRole::Coordinator => "inferno:role:coordinator",
+            CertRole::Node => "inferno:role:node",
+        }
+    }
+
+    /// The role a URI subject alternative name names, if any.
+    pub fn from_uri(uri: &str) -> Option<Self> {
+        [CertRole::Coordinator, CertRole::Node]
+            .into_iter()
+            .find(|r| r.uri() == uri)
+    }
+}
+
+impl std::fmt::Display for CertRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CertRole::Coordinator => "coordinator",
+            CertRole::Node => "node",
+        })
+    }
+}
+
+/// The role written in a certificate, `None` if it names none (a
+/// certificate issued before roles existed, or not by `inferno certs`).
+/// A certificate naming both roles is refused.
+pub fn cert_role(cert: &CertificateDer<'_>) -> Result<Option<CertRole>, TlsError> {
+    use x509_parser::extensions::GeneralName;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let san = parsed
+        .subject_alternative_name()
+        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let mut roles = san.into_iter().flat_map(|ext| {
+        ext.value.general_names.iter().filter_map(|n| match n {
+            GeneralName::URI(uri) => CertRole::from_uri(uri),
+            _ => None,
+        })
+    });
+    let first = roles.next();
+    if roles.any(|r| Some(r) != first) {
+        return Err(TlsError::Certificate(
+            "the certificate names more than one role".into(),
+        ));
+    }
+    Ok(first)
 }
 
 /// The crypto provider used everywhere: ring, passed explicitly.
@@ -155,13 +222,16 @@ impl ClusterCa {
         &self.cert_der
     }
 
-    /// Issues a certificate for `member_name` (DNS SAN and common name), valid
-    /// for both server and client authentication.
-    pub fn issue(&self, member_name: &str) -> Result<MemberIdentity, TlsError> {
+    /// Issues a certificate for `member_name` (DNS SAN and common name) in
+    /// `role` (URI SAN), valid for both server and client authentication.
+    pub fn issue(&self, member_name: &str, role: CertRole) -> Result<MemberIdentity, TlsError> {
         validate_member_name(member_name)?;
         let ca_key = KeyPair::from_pem(&self.key_pem)?;
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, ca_key)?;
         let mut params = CertificateParams::new(vec![member_name.to_string()])?;
+        params
+            .subject_alt_names
+            .push(SanType::URI(role.uri().try_into()?));
         params
             .distinguished_name
             .push(DnType::CommonName, member_name);
@@ -176,6 +246,7 @@ impl ClusterCa {
         let cert = params.signed_by(&key, &issuer)?;
         Ok(MemberIdentity {
             name: member_name.to_string(),
+            role: Some(role),
             cert_pem: cert.pem(),
             cert_der: cert.der().clone(),
             key_pem: key.serialize_pem(),
@@ -231,6 +302,7 @@ impl ClusterCa {
 #[derive(Clone)]
 pub struct MemberIdentity {
     name: String,
+    role: Option<CertRole>,
     cert_pem: String,
     cert_der: CertificateDer<'static>,
     key_pem: String,
@@ -249,6 +321,11 @@ impl MemberIdentity {
     /// The member's name (DNS SAN and common name of its certificate).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The role its certificate names, if any.
+    pub fn role(&self) -> Option<CertRole> {
+        self.role
     }
 
     /// The member certificate in PEM.
@@ -339,8 +416,10 @@ impl MemberIdentity {
             reason: e.to_string(),
         })?;
         check_key_matches(&cert_der, &key, &key_path)?;
+        let role = cert_role(&cert_der)?;
         Ok(Self {
             name: name.to_string(),
+            role,
             cert_pem,
             cert_der,
             key_pem,
@@ -474,9 +553,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_role_is_in_the_certificate_and_survives_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate("test-ca").unwrap();
+        for (name, role) in [("c-1", CertRole::Coordinator), ("n-1", CertRole::Node)] {
+            let m = ca.issue(name, role).unwrap();
+            assert_eq!(m.role(), Some(role));
+            assert_eq!(cert_role(m.cert_der()).unwrap(), Some(role));
+            // The role is a URI, not a DNS name peers could connect to.
+            assert_eq!(cert_dns_names(m.cert_der()).unwrap(), vec![name]);
+            m.save(dir.path(), false).unwrap();
+            assert_eq!(
+                MemberIdentity::load(dir.path(), name).unwrap().role(),
+                Some(role)
+            );
+        }
+        assert_eq!(CertRole::from_uri("inferno:role:admin"), None);
+        assert_eq!(cert_role(ca.cert_der()).unwrap(), None);
+    }
+
+    #[test]
     fn issued_cert_has_san_and_is_signed_by_ca() {
         let ca = ClusterCa::generate("test-ca").unwrap();
-        let m = ca.issue("node-1.cluster").unwrap();
+        let m = ca.issue("node-1.cluster", CertRole::Node).unwrap();
         assert_eq!(m.name(), "node-1.cluster");
         assert_eq!(
             cert_dns_names(m.cert_der()).unwrap(),
@@ -511,7 +610,7 @@ mod tests {
         let ca = ClusterCa::generate("test-ca").unwrap();
         for bad in ["", "../x", "a/b", "..", "a b", "x."] {
             assert!(
-                matches!(ca.issue(bad), Err(TlsError::InvalidName(_))),
+                matches!(ca.issue(bad, CertRole::Node), Err(TlsError::InvalidName(_))),
                 "{bad:?} accepted"
             );
         }
@@ -531,7 +630,7 @@ mod tests {
         assert_eq!(loaded.cert_der(), ca.cert_der());
 
         // A CA loaded from disk issues certificates that chain to the original.
-        let m = loaded.issue("node-2").unwrap();
+        let m = loaded.issue("node-2", CertRole::Node).unwrap();
         let member_dir = dir.path().join("node-2");
         m.save(&member_dir, false).unwrap();
         let back = MemberIdentity::load(&member_dir, "node-2").unwrap();

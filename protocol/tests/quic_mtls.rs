@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use protocol::frame::{FrameError, MAX_FRAME_BYTES};
 use protocol::quic::{self, QuicError};
-use protocol::tls::{ClusterCa, ALPN_PROTOCOL};
+use protocol::tls::{CertRole, ClusterCa, ALPN_PROTOCOL};
 use protocol::{handshake, Hello, Role};
 use quinn::Endpoint;
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,7 @@ struct Pong {
 /// A server named "server" that answers every Ping with a Pong naming the
 /// client, reporting each stream's outcome on the returned channel.
 fn spawn_server(ca: &ClusterCa) -> (SocketAddr, Endpoint, mpsc::UnboundedReceiver<String>) {
-    let id = ca.issue("server").unwrap();
+    let id = ca.issue("server", CertRole::Coordinator).unwrap();
     let endpoint =
         quic::server_endpoint("127.0.0.1:0".parse().unwrap(), &id, ca.cert_der()).unwrap();
     let addr = endpoint.local_addr().unwrap();
@@ -76,9 +76,11 @@ async fn shutdown(endpoint: &Endpoint) {
 async fn member_of_cluster_is_served() {
     let ca = ClusterCa::generate("cluster").unwrap();
     let (addr, server, mut outcomes) = spawn_server(&ca);
-    let client_id = ca.issue("client-1").unwrap();
+    let client_id = ca.issue("client-1", CertRole::Node).unwrap();
     let client = quic::client_endpoint(&client_id, ca.cert_der()).unwrap();
-    let conn = quic::connect(&client, addr, "server", T).await.unwrap();
+    let conn = quic::connect(&client, addr, "server", CertRole::Coordinator, T)
+        .await
+        .unwrap();
     assert_eq!(quic::peer_name(&conn).as_deref(), Some("server"));
     assert_eq!(
         conn.handshake_data()
@@ -115,7 +117,7 @@ async fn member_of_cluster_is_served() {
 #[tokio::test]
 async fn hello_handshake_over_a_quic_stream() {
     let ca = ClusterCa::generate("cluster").unwrap();
-    let server_id = ca.issue("server").unwrap();
+    let server_id = ca.issue("server", CertRole::Coordinator).unwrap();
     let server =
         quic::server_endpoint("127.0.0.1:0".parse().unwrap(), &server_id, ca.cert_der()).unwrap();
     let addr = server.local_addr().unwrap();
@@ -132,9 +134,11 @@ async fn hello_handshake_over_a_quic_stream() {
         let _ = tokio::time::timeout(T, conn.closed()).await;
         theirs
     });
-    let client_id = ca.issue("node-7").unwrap();
+    let client_id = ca.issue("node-7", CertRole::Node).unwrap();
     let client = quic::client_endpoint(&client_id, ca.cert_der()).unwrap();
-    let conn = quic::connect(&client, addr, "server", T).await.unwrap();
+    let conn = quic::connect(&client, addr, "server", CertRole::Coordinator, T)
+        .await
+        .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let theirs =
         handshake::exchange_hello(&mut recv, &mut send, &Hello::new(Role::Node, "node-7"), T)
@@ -149,7 +153,7 @@ async fn hello_handshake_over_a_quic_stream() {
 
 /// Connects and sends one request; any refusal along the way is an error.
 async fn try_request(client: &Endpoint, addr: SocketAddr, name: &str) -> Result<Pong, QuicError> {
-    let conn = quic::connect(client, addr, name, T).await?;
+    let conn = quic::connect(client, addr, name, CertRole::Coordinator, T).await?;
     let r = quic::request(
         &conn,
         &Ping {
@@ -168,7 +172,7 @@ async fn client_from_another_ca_is_refused() {
     let ca = ClusterCa::generate("cluster").unwrap();
     let (addr, server, mut outcomes) = spawn_server(&ca);
     let rogue_ca = ClusterCa::generate("rogue").unwrap();
-    let rogue = rogue_ca.issue("client-1").unwrap();
+    let rogue = rogue_ca.issue("client-1", CertRole::Node).unwrap();
     // The rogue trusts the real CA, so only the server's check can stop it.
     let client = quic::client_endpoint(&rogue, ca.cert_der()).unwrap();
     let r = try_request(&client, addr, "server").await;
@@ -208,9 +212,9 @@ async fn client_without_certificate_is_refused() {
 async fn server_with_wrong_name_is_refused_by_client() {
     let ca = ClusterCa::generate("cluster").unwrap();
     let (addr, server, _outcomes) = spawn_server(&ca);
-    let id = ca.issue("client-1").unwrap();
+    let id = ca.issue("client-1", CertRole::Node).unwrap();
     let client = quic::client_endpoint(&id, ca.cert_der()).unwrap();
-    let r = quic::connect(&client, addr, "not-the-server", T).await;
+    let r = quic::connect(&client, addr, "not-the-server", CertRole::Coordinator, T).await;
     assert!(matches!(r, Err(QuicError::Connection(_))), "got {r:?}");
     shutdown(&client).await;
     shutdown(&server).await;
@@ -220,9 +224,11 @@ async fn server_with_wrong_name_is_refused_by_client() {
 async fn oversized_frame_kills_only_its_stream() {
     let ca = ClusterCa::generate("cluster").unwrap();
     let (addr, server, mut outcomes) = spawn_server(&ca);
-    let id = ca.issue("client-1").unwrap();
+    let id = ca.issue("client-1", CertRole::Node).unwrap();
     let client = quic::client_endpoint(&id, ca.cert_der()).unwrap();
-    let conn = quic::connect(&client, addr, "server", T).await.unwrap();
+    let conn = quic::connect(&client, addr, "server", CertRole::Coordinator, T)
+        .await
+        .unwrap();
 
     // A header announcing 1 GiB, far above the server's cap, and some bytes.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -259,6 +265,40 @@ async fn oversized_frame_kills_only_its_stream() {
         "got {r:?}"
     );
     conn.close(quic::CLOSE_NORMAL, b"bye");
+    shutdown(&client).await;
+    shutdown(&server).await;
+}
+
+/// A client that expects a coordinator refuses a server holding a node
+/// certificate of the right name, and a server requiring a coordinator
+/// refuses a node's connection.
+#[tokio::test]
+async fn certificates_of_the_wrong_role_are_refused() {
+    let ca = ClusterCa::generate("cluster").unwrap();
+    let impostor = ca.issue("coordinator-2", CertRole::Node).unwrap();
+    let server =
+        quic::server_endpoint("127.0.0.1:0".parse().unwrap(), &impostor, ca.cert_der()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let ep = server.clone();
+    let srv = tokio::spawn(async move {
+        let conn = quic::accept_connection(&ep, T).await.unwrap().unwrap();
+        quic::require_role(&conn, CertRole::Coordinator)
+    });
+    let node = ca.issue("node-1", CertRole::Node).unwrap();
+    let client = quic::client_endpoint(&node, ca.cert_der()).unwrap();
+    let r = quic::connect(&client, addr, "coordinator-2", CertRole::Coordinator, T).await;
+    match r {
+        Err(QuicError::WrongRole { expected, found }) => {
+            assert_eq!(expected, CertRole::Coordinator);
+            assert!(found.contains("node"), "{found}");
+        }
+        other => panic!("a node certificate passed for a coordinator: {other:?}"),
+    }
+    let served = srv.await.unwrap();
+    assert!(
+        matches!(served, Err(QuicError::WrongRole { .. })),
+        "{served:?}"
+    );
     shutdown(&client).await;
     shutdown(&server).await;
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use protobuf::Message as PbMessage;
 use protocol::quic::{self, QuicError};
+use protocol::tls::CertRole;
 use protocol::{NodeRequest, NodeResponse, MAX_NODE_FRAME_BYTES};
 use quinn::{Connection, Endpoint};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -88,9 +89,15 @@ impl Peers {
         let (addr, name) = self
             .address(id)
             .ok_or_else(|| format!("unknown peer {id}"))?;
-        let c = quic::connect(&self.endpoint, addr, &name, self.connect_timeout)
-            .await
-            .map_err(|e| format!("connect to {name} ({addr}): {e}"))?;
+        let c = quic::connect(
+            &self.endpoint,
+            addr,
+            &name,
+            CertRole::Coordinator,
+            self.connect_timeout,
+        )
+        .await
+        .map_err(|e| format!("connect to {name} ({addr}): {e}"))?;
         if let Ok(mut conns) = self.conns.lock() {
             conns.insert(id, c.clone());
         }
@@ -215,6 +222,16 @@ async fn serve_conn(conn: Connection, services: PeerServices) {
         .unwrap_or_else(|p| p.into_inner())
         .get(&name)
         .copied();
+    // Raft and peer traffic only from coordinator certificates of members;
+    // heartbeats only from node certificates (under their own name).
+    let needed = match peer_id {
+        Some(_) => CertRole::Coordinator,
+        None => CertRole::Node,
+    };
+    if let Err(e) = quic::require_role(&conn, needed) {
+        tracing::warn!(peer = %name, remote = %conn.remote_address(), "connection refused: {e}");
+        return;
+    }
     loop {
         match quic::accept_stream(&conn, quic::IDLE_TIMEOUT * 2).await {
             Ok(Some((send, recv))) => {

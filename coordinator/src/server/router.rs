@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use protocol::quic::{self, STREAM_ERROR_BAD_FRAME};
+use protocol::tls::CertRole;
 use protocol::{
     frame, GenerateError, GenerateEvent, InferenceRequest, NodeHeartbeat, NodeStreamRequest,
     MAX_NODE_FRAME_BYTES,
@@ -331,9 +332,15 @@ impl Router {
             .map_err(|e| format!("cannot resolve {addr}: {e}"))?
             .next()
             .ok_or_else(|| format!("{addr} resolves to nothing"))?;
-        let c = quic::connect(&self.endpoint, sock, node, self.cfg.connect_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let c = quic::connect(
+            &self.endpoint,
+            sock,
+            node,
+            CertRole::Node,
+            self.cfg.connect_timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         self.conns().insert(node.to_string(), c.clone());
         Ok(c)
     }

@@ -217,6 +217,7 @@ async fn exchange(
                 endpoint,
                 coordinator.addr,
                 &coordinator.name,
+                protocol::tls::CertRole::Coordinator,
                 CONNECT_TIMEOUT,
             )
             .await?;

@@ -58,6 +58,12 @@ pub(crate) async fn serve(
             }
         };
         let peer = quic::peer_name(&conn).unwrap_or_else(|| "?".into());
+        // Only coordinators drive a node: another node's certificate (or
+        // one without a role) is refused.
+        if let Err(e) = quic::require_role(&conn, protocol::tls::CertRole::Coordinator) {
+            tracing::warn!(%peer, remote = %conn.remote_address(), "connection refused: {e}");
+            continue;
+        }
         tracing::debug!(%peer, remote = %conn.remote_address(), "connection accepted");
         tokio::spawn(serve_connection(
             conn,
