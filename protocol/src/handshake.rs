@@ -1,5 +1,8 @@
-//! The version handshake: the first frame each side sends on a stream is a
-//! [`Hello`]; each side reads the peer's and refuses an incompatible version.
+//! The version handshake: the first stream of every connection carries one
+//! [`Hello`] each way (the client writes first), and either side refuses a
+//! peer that speaks another [`PROTOCOL_VERSION`], naming both versions,
+//! before any request is read. Who the peer is comes from its certificate
+//! (see [`crate::tls`]), so the hello carries only versions.
 
 use std::time::Duration;
 
@@ -9,40 +12,27 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::frame::{self, FrameError};
 
 /// The wire protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest [`Hello`] frame accepted.
 pub const MAX_HELLO_BYTES: usize = 4096;
 
-/// What a peer is in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Role {
-    /// A coordinator: schedules requests and manages membership.
-    Coordinator,
-    /// A node: runs models.
-    Node,
-    /// A client: submits requests.
-    Client,
-}
-
-/// The first message on a stream, sent by both sides.
+/// The first message of a connection, sent by both sides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// The sender's [`PROTOCOL_VERSION`].
     pub protocol_version: u32,
-    /// What the sender is.
-    pub role: Role,
-    /// The sender's member name or client id.
-    pub id: String,
+    /// The sender's software and version, e.g. `inferno 0.1.0` (for the
+    /// error message when versions differ).
+    pub software: String,
 }
 
 impl Hello {
-    /// A hello for this build's protocol version.
-    pub fn new(role: Role, id: impl Into<String>) -> Self {
+    /// This build's hello.
+    pub fn ours() -> Self {
         Self {
             protocol_version: PROTOCOL_VERSION,
-            role,
-            id: id.into(),
+            software: concat!("inferno ", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
 }
@@ -51,12 +41,17 @@ impl Hello {
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
     /// The peer speaks a protocol version we do not.
-    #[error("protocol version mismatch: ours {ours}, theirs {theirs}")]
+    #[error(
+        "protocol version mismatch: this build speaks version {ours}, the peer ({software}) \
+         speaks {theirs}; run the same Inferno release on every member"
+    )]
     VersionMismatch {
         /// Our version.
         ours: u32,
         /// The peer's version.
         theirs: u32,
+        /// The peer's software, as it says.
+        software: String,
     },
     /// The hello could not be sent or received.
     #[error("handshake failed: {0}")]
@@ -69,6 +64,7 @@ pub fn check_hello(ours: &Hello, theirs: &Hello) -> Result<(), HandshakeError> {
         return Err(HandshakeError::VersionMismatch {
             ours: ours.protocol_version,
             theirs: theirs.protocol_version,
+            software: theirs.software.chars().take(64).collect(),
         });
     }
     Ok(())
@@ -98,20 +94,23 @@ mod tests {
 
     const T: Duration = Duration::from_secs(5);
 
+    fn future() -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION + 1,
+            software: "inferno 9.0.0".into(),
+        }
+    }
+
     #[test]
     fn check_accepts_same_version_and_refuses_other() {
-        let a = Hello::new(Role::Node, "n1");
-        let b = Hello::new(Role::Coordinator, "c1");
-        check_hello(&a, &b).unwrap();
-        let old = Hello {
-            protocol_version: PROTOCOL_VERSION + 1,
-            ..b
-        };
+        check_hello(&Hello::ours(), &Hello::ours()).unwrap();
+        let e = check_hello(&Hello::ours(), &future()).unwrap_err();
         assert!(matches!(
-            check_hello(&a, &old),
-            Err(HandshakeError::VersionMismatch { ours, theirs })
-                if ours == PROTOCOL_VERSION && theirs == PROTOCOL_VERSION + 1
+            &e,
+            HandshakeError::VersionMismatch { ours, theirs, .. }
+                if *ours == PROTOCOL_VERSION && *theirs == PROTOCOL_VERSION + 1
         ));
+        assert!(e.to_string().contains("inferno 9.0.0"), "{e}");
     }
 
     #[tokio::test]
@@ -119,13 +118,13 @@ mod tests {
         let (a, b) = tokio::io::duplex(1024);
         let (mut ar, mut aw) = tokio::io::split(a);
         let (mut br, mut bw) = tokio::io::split(b);
-        let node = Hello::new(Role::Node, "node-1");
-        let coord = Hello::new(Role::Coordinator, "coord-1");
-        let (n2, c2) = (node.clone(), coord.clone());
-        let peer = tokio::spawn(async move { exchange_hello(&mut br, &mut bw, &c2, T).await });
-        let got = exchange_hello(&mut ar, &mut aw, &n2, T).await.unwrap();
-        assert_eq!(got, coord);
-        assert_eq!(peer.await.unwrap().unwrap(), node);
+        let peer =
+            tokio::spawn(async move { exchange_hello(&mut br, &mut bw, &Hello::ours(), T).await });
+        let got = exchange_hello(&mut ar, &mut aw, &Hello::ours(), T)
+            .await
+            .unwrap();
+        assert_eq!(got, Hello::ours());
+        assert_eq!(peer.await.unwrap().unwrap(), Hello::ours());
     }
 
     #[tokio::test]
@@ -133,19 +132,15 @@ mod tests {
         let (a, b) = tokio::io::duplex(1024);
         let (mut ar, mut aw) = tokio::io::split(a);
         let (mut br, mut bw) = tokio::io::split(b);
-        let future = Hello {
-            protocol_version: 99,
-            ..Hello::new(Role::Client, "cli")
-        };
-        let peer = tokio::spawn(async move { exchange_hello(&mut br, &mut bw, &future, T).await });
-        let ours = Hello::new(Role::Coordinator, "c");
+        let peer =
+            tokio::spawn(async move { exchange_hello(&mut br, &mut bw, &future(), T).await });
         assert!(matches!(
-            exchange_hello(&mut ar, &mut aw, &ours, T).await,
-            Err(HandshakeError::VersionMismatch { theirs: 99, .. })
+            exchange_hello(&mut ar, &mut aw, &Hello::ours(), T).await,
+            Err(HandshakeError::VersionMismatch { theirs, .. }) if theirs == PROTOCOL_VERSION + 1
         ));
         assert!(matches!(
             peer.await.unwrap(),
-            Err(HandshakeError::VersionMismatch { ours: 99, .. })
+            Err(HandshakeError::VersionMismatch { ours, .. }) if ours == PROTOCOL_VERSION + 1
         ));
     }
 
@@ -153,9 +148,8 @@ mod tests {
     async fn exchange_times_out_on_silent_peer() {
         let (a, _b) = tokio::io::duplex(1024);
         let (mut ar, mut aw) = tokio::io::split(a);
-        let ours = Hello::new(Role::Node, "n");
         assert!(matches!(
-            exchange_hello(&mut ar, &mut aw, &ours, Duration::from_millis(50)).await,
+            exchange_hello(&mut ar, &mut aw, &Hello::ours(), Duration::from_millis(50)).await,
             Err(HandshakeError::Frame(FrameError::Timeout(_)))
         ));
     }

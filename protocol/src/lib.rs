@@ -4,7 +4,7 @@
 //! node, the coordinator and the CLI agree on one vocabulary.
 //!
 //! - [`frame`]: length-prefixed bincode frames with a size cap and timeouts.
-//! - [`handshake`]: the [`Hello`] version handshake at the start of a stream.
+//! - [`handshake`]: the [`Hello`] version handshake at the start of every connection.
 //! - [`tls`]: the cluster CA and member identities for mutual TLS.
 //! - [`quic`]: QUIC endpoints (quinn) with mutual TLS, and request helpers.
 //! - [`generate`]: the text-generation types that travel inside frames.
@@ -23,7 +23,7 @@ pub mod quic;
 pub mod tls;
 
 pub use frame::{FrameError, MAX_FRAME_BYTES};
-pub use handshake::{HandshakeError, Hello, Role, PROTOCOL_VERSION};
+pub use handshake::{HandshakeError, Hello, PROTOCOL_VERSION};
 pub use inference::{
     HeartbeatReply, InferenceRequest, KvCacheReport, NodeHeartbeat, NodeRequest, NodeResponse,
     NodeStreamRequest, Prompt, ReplicaReport, ReplicaState, ServableModel, MAX_NODE_FRAME_BYTES,

@@ -7,6 +7,10 @@
 //! and finishes. Every wait is bounded by a timeout, and the transport closes
 //! connections idle for [`IDLE_TIMEOUT`] while sending keep-alives every
 //! [`KEEP_ALIVE_INTERVAL`].
+//!
+//! Every connection starts with the version handshake on its first stream
+//! ([`connect`] on the client, [`accept_hello`] on the server) and a check
+//! of the peer certificate's role ([`require_role`]).
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,6 +23,7 @@ use rustls_pki_types::CertificateDer;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::frame::{self, FrameError};
+use crate::handshake::{exchange_hello, Hello};
 use crate::tls::{self, MemberIdentity, TlsError};
 
 /// A connection with no traffic for this long is closed.
@@ -67,6 +72,10 @@ pub enum QuicError {
     /// The operation did not finish in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The version handshake failed (another protocol version, or no
+    /// hello in time).
+    #[error(transparent)]
+    Handshake(#[from] crate::handshake::HandshakeError),
     /// The peer's certificate is not of the role this exchange needs.
     #[error("the peer's certificate is {found}, not a {expected} certificate")]
     WrongRole {
@@ -163,7 +172,44 @@ pub async fn connect(
         .await
         .map_err(|_| QuicError::Timeout(timeout))??;
     require_role(&conn, role)?;
+    let hello = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        exchange_hello(&mut recv, &mut send, &Hello::ours(), timeout).await?;
+        send.finish()?;
+        Ok::<(), QuicError>(())
+    };
+    if let Err(e) = hello.await {
+        // A server that refused our certificate closed the connection
+        // during the hello: that refusal is the error to report.
+        if let Some(reason) = conn.close_reason() {
+            return Err(QuicError::Connection(reason));
+        }
+        conn.close(CLOSE_NORMAL, e.to_string().as_bytes());
+        return Err(e);
+    }
     Ok(conn)
+}
+
+/// The server's half of the version handshake: reads the client's
+/// [`Hello`] on the connection's first stream and answers with ours, within
+/// `timeout`. A client of another version (or a silent one) gets the
+/// connection closed with the reason. Call it once per accepted connection,
+/// before serving its streams (in the connection's own task, so that a
+/// slow client does not hold up the accept loop).
+pub async fn accept_hello(conn: &Connection, timeout: Duration) -> Result<(), QuicError> {
+    let hello = async {
+        let (mut send, mut recv) = tokio::time::timeout(timeout, conn.accept_bi())
+            .await
+            .map_err(|_| QuicError::Timeout(timeout))??;
+        exchange_hello(&mut recv, &mut send, &Hello::ours(), timeout).await?;
+        send.finish()?;
+        Ok::<(), QuicError>(())
+    };
+    let r = hello.await;
+    if let Err(e) = &r {
+        conn.close(CLOSE_NORMAL, e.to_string().as_bytes());
+    }
+    r
 }
 
 /// The peer's member name: the first DNS subject alternative name of the

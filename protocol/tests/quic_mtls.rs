@@ -6,7 +6,7 @@ use std::time::Duration;
 use protocol::frame::{FrameError, MAX_FRAME_BYTES};
 use protocol::quic::{self, QuicError};
 use protocol::tls::{CertRole, ClusterCa, ALPN_PROTOCOL};
-use protocol::{handshake, Hello, Role};
+use protocol::{handshake, Hello, PROTOCOL_VERSION};
 use quinn::Endpoint;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -46,6 +46,10 @@ fn spawn_server(ca: &ClusterCa) -> (SocketAddr, Endpoint, mpsc::UnboundedReceive
             };
             let tx = tx.clone();
             tokio::spawn(async move {
+                if let Err(e) = quic::accept_hello(&conn, T).await {
+                    let _ = tx.send(format!("hello: {e}"));
+                    return;
+                }
                 let peer = quic::peer_name(&conn);
                 while let Ok(Some((send, recv))) = quic::accept_stream(&conn, T).await {
                     let peer = peer.clone();
@@ -114,8 +118,10 @@ async fn member_of_cluster_is_served() {
     shutdown(&server).await;
 }
 
+/// A server of another protocol version is refused by `connect` with both
+/// versions named, and the server learns ours.
 #[tokio::test]
-async fn hello_handshake_over_a_quic_stream() {
+async fn a_peer_of_another_protocol_version_is_refused() {
     let ca = ClusterCa::generate("cluster").unwrap();
     let server_id = ca.issue("server", CertRole::Coordinator).unwrap();
     let server =
@@ -125,28 +131,32 @@ async fn hello_handshake_over_a_quic_stream() {
     let srv = tokio::spawn(async move {
         let conn = quic::accept_connection(&ep, T).await.unwrap().unwrap();
         let (mut send, mut recv) = quic::accept_stream(&conn, T).await.unwrap().unwrap();
-        let ours = Hello::new(Role::Coordinator, "server");
-        let theirs = handshake::exchange_hello(&mut recv, &mut send, &ours, T)
-            .await
-            .unwrap();
-        send.finish().unwrap();
-        // Keep the connection open until the client has read our hello.
+        let newer = Hello {
+            protocol_version: PROTOCOL_VERSION + 1,
+            software: "inferno 9.9.9".into(),
+        };
+        let r = handshake::exchange_hello(&mut recv, &mut send, &newer, T).await;
+        let _ = send.finish();
         let _ = tokio::time::timeout(T, conn.closed()).await;
-        theirs
+        r
     });
     let client_id = ca.issue("node-7", CertRole::Node).unwrap();
     let client = quic::client_endpoint(&client_id, ca.cert_der()).unwrap();
-    let conn = quic::connect(&client, addr, "server", CertRole::Coordinator, T)
+    let err = quic::connect(&client, addr, "server", CertRole::Coordinator, T)
         .await
-        .unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let theirs =
-        handshake::exchange_hello(&mut recv, &mut send, &Hello::new(Role::Node, "node-7"), T)
-            .await
-            .unwrap();
-    assert_eq!(theirs, Hello::new(Role::Coordinator, "server"));
-    conn.close(quic::CLOSE_NORMAL, b"bye");
-    assert_eq!(srv.await.unwrap(), Hello::new(Role::Node, "node-7"));
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, QuicError::Handshake(_)), "{err:?}");
+    assert!(text.contains("inferno 9.9.9"), "{text}");
+    assert!(
+        text.contains(&format!("version {PROTOCOL_VERSION}")),
+        "{text}"
+    );
+    let theirs = srv.await.unwrap();
+    assert!(
+        matches!(theirs, Err(handshake::HandshakeError::VersionMismatch { ours, .. }) if ours == PROTOCOL_VERSION + 1),
+        "{theirs:?}"
+    );
     shutdown(&client).await;
     shutdown(&server).await;
 }

@@ -232,6 +232,10 @@ async fn serve_conn(conn: Connection, services: PeerServices) {
         tracing::warn!(peer = %name, remote = %conn.remote_address(), "connection refused: {e}");
         return;
     }
+    if let Err(e) = quic::accept_hello(&conn, services.timeout).await {
+        tracing::warn!(peer = %name, remote = %conn.remote_address(), "connection refused: {e}");
+        return;
+    }
     loop {
         match quic::accept_stream(&conn, quic::IDLE_TIMEOUT * 2).await {
             Ok(Some((send, recv))) => {

@@ -80,6 +80,10 @@ async fn serve_connection(
     fl: Arc<FlShared>,
     shutdown: watch::Receiver<bool>,
 ) {
+    if let Err(e) = quic::accept_hello(&conn, HANDSHAKE_TIMEOUT).await {
+        tracing::warn!(remote = %conn.remote_address(), "connection refused: {e}");
+        return;
+    }
     loop {
         match quic::accept_stream(&conn, quic::IDLE_TIMEOUT).await {
             Ok(Some((send, recv))) => {
