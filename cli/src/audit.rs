@@ -76,7 +76,7 @@ struct Page {
     entries: Vec<AuditEntry>,
 }
 
-/// Most pages read (the chain holds at most 20,000 entries, 1,000 a page;
+/// Most pages read (the chain holds at most 10,000 entries, 1,000 a page;
 /// the margin covers entries appended while reading).
 const MAX_PAGES: usize = 64;
 

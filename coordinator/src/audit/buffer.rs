@@ -12,8 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::state::audit::{AuditKind, AuditRecord, MAX_AUDIT_ADDR_LEN, MAX_AUDIT_ROUTE_LEN};
-use crate::state::machine::MAX_NAME_LEN;
+use crate::state::audit::{
+    AuditKind, AuditRecord, MAX_AUDIT_ADDR_LEN, MAX_AUDIT_METHOD_LEN, MAX_AUDIT_ROUTE_LEN,
+};
 
 /// Most distinct aggregates (source, key, kind, status) in one window.
 pub const MAX_GROUPS: usize = 1024;
@@ -49,10 +50,10 @@ fn truncated(s: &str, max: usize) -> String {
 /// `record` with every field cut to what the state machine accepts.
 pub fn bounded(mut record: AuditRecord) -> AuditRecord {
     record.client = truncated(&record.client, MAX_AUDIT_ADDR_LEN);
-    record.method = truncated(&record.method, MAX_AUDIT_ADDR_LEN);
+    record.method = truncated(&record.method, MAX_AUDIT_METHOD_LEN);
     record.route = truncated(&record.route, MAX_AUDIT_ROUTE_LEN);
-    record.key_id = record.key_id.map(|k| truncated(&k, MAX_NAME_LEN));
-    record.tenant = record.tenant.map(|t| truncated(&t, MAX_NAME_LEN));
+    record.key_id = record.key_id.map(|k| truncated(&k, MAX_AUDIT_ADDR_LEN));
+    record.tenant = record.tenant.map(|t| truncated(&t, MAX_AUDIT_ADDR_LEN));
     record.count = record.count.max(1);
     record
 }

@@ -117,7 +117,7 @@ pub struct AuditConfig {
     /// per source and window.
     #[serde(default = "default_audit_window_secs")]
     pub window_secs: u64,
-    /// Most entries kept (1 to 20,000); older ones are dropped, leaving a
+    /// Most entries kept (1 to 10,000); older ones are dropped, leaving a
     /// checkpoint the rest still verifies from.
     #[serde(default = "default_audit_max_entries")]
     pub max_entries: u32,

@@ -130,7 +130,9 @@ pub fn apply_error_status(e: &ApplyError) -> u16 {
         | E::FlJobFinished { .. }
         | E::InvalidPlacementTransition { .. }
         | E::InvalidFlJobTransition { .. }
-        | E::LastCoordinator(_) => 409,
+        | E::LastCoordinator(_)
+        | E::LimitReached { .. } => 409,
+        E::StateFull { .. } => 507,
         _ => 400,
     }
 }

@@ -26,21 +26,25 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::machine::{ApplyError, MAX_NAME_LEN};
+use super::machine::ApplyError;
 
 /// Most entries a cluster keeps (retention may ask for fewer): keeps the
 /// state, and the snapshot that carries it, well under the 16 MiB frame a
 /// snapshot travels in.
-pub const MAX_AUDIT_ENTRIES: u32 = 20_000;
+pub const MAX_AUDIT_ENTRIES: u32 = 10_000;
 
 /// Most records one [`Op::RecordAudit`](super::Op::RecordAudit) carries.
 pub const MAX_AUDIT_BATCH: usize = 1000;
 
 /// Longest recorded route (path), in bytes.
-pub const MAX_AUDIT_ROUTE_LEN: usize = 256;
+pub const MAX_AUDIT_ROUTE_LEN: usize = 128;
 
-/// Longest recorded client address or method, in bytes.
+/// Longest recorded client address, key id or tenant, in bytes (an
+/// entry is at most about 600 bytes encoded, the trail about 6 MiB).
 pub const MAX_AUDIT_ADDR_LEN: usize = 64;
+
+/// Longest recorded HTTP method, in bytes.
+pub const MAX_AUDIT_METHOD_LEN: usize = 16;
 
 /// The hash the first entry links to: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -243,10 +247,10 @@ fn check_record(r: &AuditRecord) -> Result<(), ApplyError> {
         return Err(invalid("audit count", "must be at least 1".into()));
     }
     for v in [&r.key_id, &r.tenant].into_iter().flatten() {
-        check_len("audit key id or tenant", v, MAX_NAME_LEN)?;
+        check_len("audit key id or tenant", v, MAX_AUDIT_ADDR_LEN)?;
     }
     check_len("audit client", &r.client, MAX_AUDIT_ADDR_LEN)?;
-    check_len("audit method", &r.method, MAX_AUDIT_ADDR_LEN)?;
+    check_len("audit method", &r.method, MAX_AUDIT_METHOD_LEN)?;
     check_len("audit route", &r.route, MAX_AUDIT_ROUTE_LEN)
 }
 

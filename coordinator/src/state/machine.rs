@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::audit::AuditLog;
+use super::budget::{self, STATE_BUDGET_BYTES};
 use super::commands::{
     decode, Command, DecodeError, FlJobStatus, KeyLimits, KeyScope, NodeStatus, Op, PlacementState,
     COMMAND_VERSION, MAX_REASON_LEN,
@@ -105,6 +106,9 @@ pub struct FlJob {
     pub rounds: Vec<FlRound>,
     /// Why it failed, once [`FlJobStatus::Failed`].
     pub failure: Option<String>,
+    /// The log index it was created at (the oldest finished jobs are
+    /// forgotten first).
+    pub created_index: u64,
 }
 
 impl FlJob {
@@ -271,6 +275,26 @@ pub enum ApplyError {
         /// Its status.
         status: FlJobStatus,
     },
+    /// The command would grow the state past its budget (see
+    /// [`super::budget`]).
+    #[error(
+        "the cluster state would grow past its budget of {budget} bytes (it holds about {used}); \
+         unregister models, revoke keys or let finished federated jobs age out"
+    )]
+    StateFull {
+        /// Bytes held now (estimate).
+        used: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// A per-tenant or per-record count limit was reached.
+    #[error("{what}: the limit is {limit}")]
+    LimitReached {
+        /// What is counted.
+        what: String,
+        /// The limit.
+        limit: usize,
+    },
     /// A round was committed out of order.
     #[error("federated-learning job {job} expected round {expected}, got {got}")]
     UnexpectedFlRound {
@@ -330,6 +354,9 @@ pub struct ClusterState {
     bootstrapped: bool,
     fl_jobs: BTreeMap<String, FlJob>,
     audit: AuditLog,
+    /// Estimated encoded size of everything above but the audit trail,
+    /// kept up to date by every change (see [`super::budget`]).
+    approx_bytes: u64,
     applied_index: u64,
 }
 
@@ -475,6 +502,15 @@ impl ClusterState {
                 reason: format!("the cluster holds the most keys allowed, {MAX_API_KEYS}"),
             });
         }
+        if self.keys_of(&key.tenant).count() >= budget::MAX_KEYS_PER_TENANT {
+            return Err(ApplyError::LimitReached {
+                what: format!("keys of tenant {}", key.tenant),
+                limit: budget::MAX_KEYS_PER_TENANT,
+            });
+        }
+        let add = budget::key_bytes(key_hash, &key);
+        self.check_room(add, 0)?;
+        self.account(add, 0);
         self.api_keys.insert(key_hash.to_string(), key);
         Ok(())
     }
@@ -492,6 +528,29 @@ impl ClusterState {
     /// The audit trail.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Estimated encoded size of the state outside the audit trail, bytes.
+    pub fn approx_bytes(&self) -> u64 {
+        self.approx_bytes
+    }
+
+    /// Refuses a change that adds `add` bytes and frees `sub` if it would
+    /// take a growing state past the budget.
+    fn check_room(&self, add: u64, sub: u64) -> Result<(), ApplyError> {
+        let after = self.approx_bytes.saturating_sub(sub).saturating_add(add);
+        if add > sub && after > STATE_BUDGET_BYTES {
+            return Err(ApplyError::StateFull {
+                used: self.approx_bytes,
+                budget: STATE_BUDGET_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a change of `add` bytes added and `sub` freed.
+    fn account(&mut self, add: u64, sub: u64) {
+        self.approx_bytes = self.approx_bytes.saturating_sub(sub).saturating_add(add);
     }
 
     /// Decodes and applies a raw log entry. An undecodable entry (including
@@ -554,13 +613,14 @@ impl ClusterState {
                         id: *other,
                     });
                 }
-                self.coordinators.insert(
-                    *id,
-                    CoordinatorInfo {
-                        name: name.clone(),
-                        addr: addr.clone(),
-                    },
-                );
+                let info = CoordinatorInfo {
+                    name: name.clone(),
+                    addr: addr.clone(),
+                };
+                let add = budget::coordinator_bytes(&info);
+                self.check_room(add, 0)?;
+                self.account(add, 0);
+                self.coordinators.insert(*id, info);
                 Ok(ApplyOutcome::Applied)
             }
             Op::RemoveCoordinator { id } => {
@@ -570,7 +630,9 @@ impl ClusterState {
                 if self.coordinators.len() == 1 {
                     return Err(ApplyError::LastCoordinator(*id));
                 }
-                self.coordinators.remove(id);
+                if let Some(old) = self.coordinators.remove(id) {
+                    self.account(0, budget::coordinator_bytes(&old));
+                }
                 Ok(ApplyOutcome::Applied)
             }
             Op::RegisterNode {
@@ -604,6 +666,13 @@ impl ClusterState {
                     servable_models: servable_models.iter().cloned().collect(),
                     status: NodeStatus::Up,
                 };
+                let add = budget::node_bytes(id, &info);
+                let sub = self
+                    .nodes
+                    .get(id)
+                    .map_or(0, |old| budget::node_bytes(id, old));
+                self.check_room(add, sub)?;
+                self.account(add, sub);
                 match self.nodes.insert(id.clone(), info.clone()) {
                     Some(old) if old == info => Ok(ApplyOutcome::Unchanged),
                     _ => Ok(ApplyOutcome::Applied),
@@ -652,27 +721,38 @@ impl ClusterState {
                         }
                     }
                 };
-                self.models.insert(
-                    name.clone(),
-                    ModelInfo {
-                        source: source.clone(),
-                        format: format.clone(),
-                        size_bytes: *size_bytes,
-                        desired_replicas: *desired_replicas,
-                        version,
-                    },
-                );
+                let info = ModelInfo {
+                    source: source.clone(),
+                    format: format.clone(),
+                    size_bytes: *size_bytes,
+                    desired_replicas: *desired_replicas,
+                    version,
+                };
+                let add = budget::model_bytes(name, &info);
+                let sub = self
+                    .models
+                    .get(name)
+                    .map_or(0, |old| budget::model_bytes(name, old));
+                self.check_room(add, sub)?;
+                self.account(add, sub);
+                self.models.insert(name.clone(), info);
                 Ok(ApplyOutcome::ModelRegistered { version })
             }
             Op::UnregisterModel { name } => {
-                if self.models.remove(name).is_none() {
+                let Some(old) = self.models.remove(name) else {
                     return Err(ApplyError::UnknownModel(name.clone()));
-                }
-                let removed_placements = self
+                };
+                self.account(0, budget::model_bytes(name, &old));
+                let removed_placements: Vec<String> = self
                     .placements
                     .remove(name)
                     .map(|nodes| nodes.into_keys().collect())
                     .unwrap_or_default();
+                let freed: u64 = removed_placements
+                    .iter()
+                    .map(|n| budget::placement_bytes(name, n))
+                    .sum();
+                self.account(0, freed);
                 Ok(ApplyOutcome::ModelUnregistered { removed_placements })
             }
             Op::ScaleModel {
@@ -700,13 +780,18 @@ impl ClusterState {
                 if nodes.is_empty() {
                     self.placements.remove(model);
                 }
+                self.account(0, budget::placement_bytes(model, node));
                 Ok(ApplyOutcome::Applied)
             }
             Op::CreateTenant { name } => {
                 check_name("tenant name", name)?;
-                if !self.tenants.insert(name.clone()) {
+                if self.tenants.contains(name) {
                     return Err(ApplyError::TenantExists(name.clone()));
                 }
+                let add = budget::tenant_bytes(name);
+                self.check_room(add, 0)?;
+                self.account(add, 0);
+                self.tenants.insert(name.clone());
                 Ok(ApplyOutcome::Applied)
             }
             Op::AddApiKey {
@@ -749,7 +834,9 @@ impl ClusterState {
                     limits: KeyLimits::default(),
                 };
                 self.insert_key(key_hash, key)?;
-                self.tenants.insert(DEFAULT_TENANT.into());
+                if self.tenants.insert(DEFAULT_TENANT.into()) {
+                    self.account(budget::tenant_bytes(DEFAULT_TENANT), 0);
+                }
                 self.bootstrapped = true;
                 Ok(ApplyOutcome::Applied)
             }
@@ -760,7 +847,9 @@ impl ClusterState {
                 if self.tenant_for_key(key_hash) != Some(tenant.as_str()) {
                     return Err(ApplyError::ApiKeyNotFound(tenant.clone()));
                 }
-                self.api_keys.remove(key_hash);
+                if let Some(old) = self.api_keys.remove(key_hash) {
+                    self.account(0, budget::key_bytes(key_hash, &old));
+                }
                 Ok(ApplyOutcome::Applied)
             }
             Op::CreateFlJob { id, tenant, spec } => {
@@ -772,19 +861,68 @@ impl ClusterState {
                         reason: "must not be empty".into(),
                     });
                 }
+                if spec.len() > budget::MAX_FL_SPEC_BYTES {
+                    return Err(ApplyError::InvalidField {
+                        field: "spec",
+                        reason: format!("longer than {} bytes", budget::MAX_FL_SPEC_BYTES),
+                    });
+                }
                 if self.fl_jobs.contains_key(id) {
                     return Err(ApplyError::FlJobExists(id.clone()));
                 }
-                self.fl_jobs.insert(
-                    id.clone(),
-                    FlJob {
-                        tenant: tenant.clone(),
-                        spec: spec.clone(),
-                        status: FlJobStatus::Pending,
-                        rounds: Vec::new(),
-                        failure: None,
-                    },
-                );
+                let active = self
+                    .fl_jobs
+                    .values()
+                    .filter(|j| j.tenant == *tenant && !j.status.is_terminal())
+                    .count();
+                if active >= budget::MAX_ACTIVE_FL_JOBS_PER_TENANT {
+                    return Err(ApplyError::LimitReached {
+                        what: format!("unfinished federated jobs of tenant {tenant}"),
+                        limit: budget::MAX_ACTIVE_FL_JOBS_PER_TENANT,
+                    });
+                }
+                let job = FlJob {
+                    tenant: tenant.clone(),
+                    spec: spec.clone(),
+                    status: FlJobStatus::Pending,
+                    rounds: Vec::new(),
+                    failure: None,
+                    created_index: self.applied_index,
+                };
+                let add = budget::job_bytes(id, &job);
+                // Finished jobs make room, oldest first, past the job count
+                // or the byte budget.
+                let mut finished: Vec<(u64, &String, u64)> = self
+                    .fl_jobs
+                    .iter()
+                    .filter(|(_, j)| j.status.is_terminal())
+                    .map(|(k, j)| (j.created_index, k, budget::job_bytes(k, j)))
+                    .collect();
+                finished.sort_unstable();
+                let (mut count, mut freed) = (self.fl_jobs.len(), 0u64);
+                let mut evict = Vec::new();
+                for (_, k, bytes) in finished {
+                    let over_count = count >= budget::MAX_FL_JOBS;
+                    let over_bytes = self.check_room(add, freed).is_err();
+                    if !(over_count || over_bytes) {
+                        break;
+                    }
+                    evict.push(k.clone());
+                    count -= 1;
+                    freed += bytes;
+                }
+                if count >= budget::MAX_FL_JOBS {
+                    return Err(ApplyError::LimitReached {
+                        what: "unfinished federated jobs".into(),
+                        limit: budget::MAX_FL_JOBS,
+                    });
+                }
+                self.check_room(add, freed)?;
+                for k in &evict {
+                    self.fl_jobs.remove(k);
+                }
+                self.account(add, freed);
+                self.fl_jobs.insert(id.clone(), job);
                 Ok(ApplyOutcome::Applied)
             }
             Op::FlRoundCommitted {
@@ -794,12 +932,25 @@ impl ClusterState {
                 metrics,
             } => {
                 check_sha256_hex("checkpoint_hash", checkpoint_hash)?;
+                budget::check_metrics(metrics.keys()).map_err(|reason| {
+                    ApplyError::InvalidField {
+                        field: "metrics",
+                        reason,
+                    }
+                })?;
                 if let Some((name, _)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
                     return Err(ApplyError::InvalidField {
                         field: "metrics",
                         reason: format!("{name} is not a finite number"),
                     });
                 }
+                let new_round = FlRound {
+                    round: *round,
+                    checkpoint_hash: checkpoint_hash.clone(),
+                    metrics: metrics.clone(),
+                };
+                let add = budget::round_bytes(&new_round);
+                self.check_room(add, 0)?;
                 let fl = self
                     .fl_jobs
                     .get_mut(job)
@@ -824,11 +975,8 @@ impl ClusterState {
                         got: *round,
                     });
                 }
-                fl.rounds.push(FlRound {
-                    round: *round,
-                    checkpoint_hash: checkpoint_hash.clone(),
-                    metrics: metrics.clone(),
-                });
+                fl.rounds.push(new_round);
+                self.account(add, 0);
                 Ok(ApplyOutcome::Applied)
             }
             Op::SetFlJobStatus {
@@ -865,6 +1013,9 @@ impl ClusterState {
                 fl.status = *status;
                 if *status == FlJobStatus::Failed {
                     fl.failure = reason.clone();
+                    // At most MAX_REASON_LEN: within the margin the budget
+                    // leaves below the snapshot frame.
+                    self.account(budget::reason_bytes(reason.as_deref()), 0);
                 }
                 Ok(ApplyOutcome::Applied)
             }
@@ -933,6 +1084,13 @@ impl ClusterState {
                 existing.map_or(version, |p| p.model_version)
             }
         };
+        let add = if existing.is_none() {
+            budget::placement_bytes(model, node)
+        } else {
+            0
+        };
+        self.check_room(add, 0)?;
+        self.account(add, 0);
         self.placements
             .entry(model.to_string())
             .or_default()

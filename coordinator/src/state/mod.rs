@@ -2,12 +2,14 @@
 //! with no I/O.
 //!
 //! - [`audit`]: the audit trail's hash chain and retention.
+//! - [`budget`]: how big the state may grow, and what each entry costs.
 //! - [`commands`]: the log entries ([`Command`], [`Op`]) and their encoding.
 //! - [`machine`]: [`ClusterState`] and its `apply` function.
 //! - [`snapshot`](mod@snapshot): checksummed snapshots of the state.
 //! - [`placement`]: the leader's replica-placement planner.
 
 pub mod audit;
+pub mod budget;
 pub mod commands;
 pub mod machine;
 pub mod placement;
