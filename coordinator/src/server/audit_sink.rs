@@ -1,8 +1,8 @@
 //! The task that commits this coordinator's audit records: it drains the
 //! [`AuditSink`](crate::audit::AuditSink) channel into an
-//! [`AuditBuffer`], and once a second (at once after an admin write)
-//! proposes what is ready as [`Op::RecordAudit`] batches through the
-//! leader. Records that cannot be committed (no leader, timeout) stay in
+//! [`AuditBuffer`], and once a second proposes what is ready as
+//! [`Op::RecordAudit`] batches through the leader (so a burst of admin
+//! writes costs one more raft entry a second, not one per write). Records that cannot be committed (no leader, timeout) stay in
 //! the bounded buffer and are offered again.
 //!
 //! An admin write and its record are two raft entries: a coordinator that
@@ -18,7 +18,7 @@ use super::config::AuditConfig;
 use super::wire::WriteReply;
 use crate::audit::{AuditBuffer, AuditSink};
 use crate::openai::unix_now;
-use crate::state::audit::{AuditKind, AuditRecord, MAX_AUDIT_BATCH};
+use crate::state::audit::{AuditRecord, MAX_AUDIT_BATCH};
 use crate::state::Op;
 
 /// How often ready records are proposed.
@@ -36,24 +36,19 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_flush = Instant::now();
     loop {
-        let mut urgent = tokio::select! {
+        tokio::select! {
             got = rx.recv() => match got {
-                Some(r) => {
-                    let urgent = r.kind == AuditKind::AdminWrite;
-                    buffer.record(r, unix_now());
-                    urgent
-                }
+                Some(r) => buffer.record(r, unix_now()),
                 None => return,
             },
-            _ = tick.tick() => false,
-        };
+            _ = tick.tick() => {}
+        }
         // Take whatever else is queued, so one proposal carries it.
         while let Ok(r) = rx.try_recv() {
-            urgent |= r.kind == AuditKind::AdminWrite;
             buffer.record(r, unix_now());
         }
         buffer.count_lost(sink.take_lost());
-        if urgent || last_flush.elapsed() >= FLUSH_EVERY {
+        if last_flush.elapsed() >= FLUSH_EVERY {
             flush(&mut buffer, &admin, cfg).await;
             last_flush = Instant::now();
         }
