@@ -222,16 +222,18 @@ async fn serve_conn(conn: Connection, services: PeerServices) {
         .unwrap_or_else(|p| p.into_inner())
         .get(&name)
         .copied();
-    // Raft and peer traffic only from coordinator certificates of members;
-    // heartbeats only from node certificates (under their own name).
-    let needed = match peer_id {
-        Some(_) => CertRole::Coordinator,
-        None => CertRole::Node,
+    // The certificate's role says what the peer may speak: a coordinator
+    // certificate of a member, raft and peer requests; a node certificate,
+    // heartbeats under its own name (even if a coordinator was recorded
+    // under that name).
+    let peer_id = match traffic_for(quic::peer_role(&conn), peer_id) {
+        Ok(p) => p,
+        Err(reason) => {
+            tracing::warn!(peer = %name, remote = %conn.remote_address(), "connection refused: {reason}");
+            conn.close(quic::CLOSE_NORMAL, reason.as_bytes());
+            return;
+        }
     };
-    if let Err(e) = quic::require_role(&conn, needed) {
-        tracing::warn!(peer = %name, remote = %conn.remote_address(), "connection refused: {e}");
-        return;
-    }
     if let Err(e) = quic::accept_hello(&conn, services.timeout).await {
         tracing::warn!(peer = %name, remote = %conn.remote_address(), "connection refused: {e}");
         return;
@@ -275,6 +277,20 @@ async fn serve_conn(conn: Connection, services: PeerServices) {
                 break;
             }
         }
+    }
+}
+
+/// What a connection may carry, from its certificate's role and whether
+/// its name is a coordinator member's: `Some(id)` peer traffic of member
+/// `id`, `None` node traffic, `Err` the reason it is refused.
+fn traffic_for(role: Option<CertRole>, member: Option<u64>) -> Result<Option<u64>, String> {
+    match (role, member) {
+        (Some(CertRole::Coordinator), Some(id)) => Ok(Some(id)),
+        (Some(CertRole::Coordinator), None) => {
+            Err("a coordinator certificate whose name is not a member".into())
+        }
+        (Some(CertRole::Node), _) => Ok(None),
+        (None, _) => Err("a certificate with no role (issue it with --role)".into()),
     }
 }
 
@@ -535,4 +551,22 @@ pub async fn submit_write(
         "timed out waiting for the write to commit",
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_role_decides_what_a_connection_may_carry() {
+        use CertRole::{Coordinator, Node};
+        assert_eq!(traffic_for(Some(Coordinator), Some(2)), Ok(Some(2)));
+        assert!(traffic_for(Some(Coordinator), None).is_err());
+        // A node whose name was (wrongly) recorded as a member still
+        // heartbeats as a node and is not marked down.
+        assert_eq!(traffic_for(Some(Node), Some(2)), Ok(None));
+        assert_eq!(traffic_for(Some(Node), None), Ok(None));
+        assert!(traffic_for(None, Some(2)).is_err());
+        assert!(traffic_for(None, None).is_err());
+    }
 }

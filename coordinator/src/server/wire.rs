@@ -131,7 +131,8 @@ pub fn apply_error_status(e: &ApplyError) -> u16 {
         | E::InvalidPlacementTransition { .. }
         | E::InvalidFlJobTransition { .. }
         | E::LastCoordinator(_)
-        | E::LimitReached { .. } => 409,
+        | E::LimitReached { .. }
+        | E::NameInUse(..) => 409,
         E::StateFull { .. } => 507,
         _ => 400,
     }

@@ -287,6 +287,10 @@ pub enum ApplyError {
         /// The budget.
         budget: u64,
     },
+    /// A coordinator and a node may not share a member name (the name in
+    /// their certificates).
+    #[error("the name {0} is already used by a {1}")]
+    NameInUse(String, &'static str),
     /// A per-tenant or per-record count limit was reached.
     #[error("{what}: the limit is {limit}")]
     LimitReached {
@@ -607,6 +611,9 @@ impl ClusterState {
                 if self.coordinators.contains_key(id) {
                     return Err(ApplyError::CoordinatorExists(*id));
                 }
+                if self.nodes.contains_key(name) {
+                    return Err(ApplyError::NameInUse(name.clone(), "node"));
+                }
                 if let Some((other, _)) = self.coordinators.iter().find(|(_, c)| &c.addr == addr) {
                     return Err(ApplyError::CoordinatorAddrInUse {
                         addr: addr.clone(),
@@ -658,6 +665,9 @@ impl ClusterState {
                 }
                 for m in servable_models {
                     check_name("servable model", m)?;
+                }
+                if self.coordinators.values().any(|c| c.name == *id) {
+                    return Err(ApplyError::NameInUse(id.clone(), "coordinator"));
                 }
                 let info = NodeInfo {
                     addr: addr.clone(),

@@ -1467,3 +1467,28 @@ fn planner_respects_servable_models_and_cleans_up() {
     );
     assert_eq!(p.shortfalls.len(), 1);
 }
+
+#[test]
+fn a_coordinator_and_a_node_never_share_a_name() {
+    let mut s = ClusterState::new();
+    apply_ok(&mut s, [node("n1", 8)]);
+    let err = apply_err(
+        &mut s,
+        Op::AddCoordinator {
+            id: 7,
+            name: "n1".into(),
+            addr: "10.0.0.7:7000".into(),
+        },
+    );
+    assert!(matches!(err, ApplyError::NameInUse(..)), "{err}");
+    apply_ok(
+        &mut s,
+        [Op::AddCoordinator {
+            id: 7,
+            name: "coordinator-7".into(),
+            addr: "10.0.0.7:7000".into(),
+        }],
+    );
+    let err = apply_err(&mut s, node("coordinator-7", 8));
+    assert!(matches!(err, ApplyError::NameInUse(..)), "{err}");
+}
