@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use protocol::tls::{CertRole, ClusterCa, MemberIdentity, CA_CERT_FILE, CA_KEY_FILE};
+use protocol::tls::{
+    cert_dns_names, cert_fingerprint, read_cert_file, CertRole, ClusterCa, MemberIdentity,
+    CA_CERT_FILE, CA_KEY_FILE,
+};
 
 /// `inferno certs` subcommands.
 #[derive(Subcommand, Debug)]
@@ -14,6 +17,8 @@ pub enum CertsCommand {
     Init(InitArgs),
     /// Issue a member certificate (NAME.pem, NAME-key.pem, plus ca.pem) signed by the CA.
     Issue(IssueArgs),
+    /// Revoke a member certificate cluster-wide (needs an admin key of tenant default).
+    Revoke(RevokeArgs),
 }
 
 /// Arguments of `inferno certs init`.
@@ -69,11 +74,43 @@ impl From<RoleArg> for CertRole {
     }
 }
 
+/// Arguments of `inferno certs revoke`.
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub target: crate::admin_api::Target,
+    /// The member certificate to revoke (NAME.pem).
+    #[arg(long)]
+    pub cert: PathBuf,
+}
+
+/// Revokes a certificate through the admin API; prints its name and
+/// fingerprint.
+pub fn revoke(args: &RevokeArgs) -> anyhow::Result<()> {
+    let cert = read_cert_file(&args.cert)
+        .with_context(|| format!("cannot read a certificate from {}", args.cert.display()))?;
+    let name = cert_dns_names(&cert)
+        .context("cannot read the certificate's name")?
+        .into_iter()
+        .next()
+        .context("the certificate names no member")?;
+    let fingerprint = cert_fingerprint(&cert);
+    crate::admin_api::call(
+        &args.target,
+        "POST",
+        "/admin/v1/certs/revoke",
+        Some(serde_json::json!({"fingerprint": fingerprint, "name": name})),
+    )?;
+    println!("revoked {name} (sha256 {fingerprint})");
+    Ok(())
+}
+
 /// Runs `inferno certs`, printing the paths written.
 pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
     let written = match cmd {
         CertsCommand::Init(a) => init(&a)?,
         CertsCommand::Issue(a) => issue(&a)?,
+        CertsCommand::Revoke(a) => return revoke(&a),
     };
     for p in written {
         println!("{}", p.display());

@@ -161,7 +161,7 @@ fn run() -> anyhow::Result<()> {
             Command::Generate(a) => generate::run(a).await,
             Command::Pull(a) => pull::run(a).await,
             Command::Perplexity(a) => perplexity::run(a).await,
-            Command::Certs(c) => certs::run(c),
+            Command::Certs(c) => tokio::task::spawn_blocking(move || certs::run(c)).await?,
             Command::Coordinator(a) => coordinator::run(a).await,
             Command::Node(a) => node_cmd::run(a).await,
             Command::Up(a) => up::run(a).await,

@@ -221,6 +221,13 @@ pub fn peer_name(conn: &Connection) -> Option<String> {
     tls::cert_dns_names(leaf).ok()?.into_iter().next()
 }
 
+/// The fingerprint of the peer's certificate ([`tls::cert_fingerprint`]).
+pub fn peer_fingerprint(conn: &Connection) -> Option<String> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    Some(tls::cert_fingerprint(chain.first()?))
+}
+
 /// The role the peer's certificate names ([`tls::CertRole`]), if any.
 pub fn peer_role(conn: &Connection) -> Option<tls::CertRole> {
     let identity = conn.peer_identity()?;

@@ -471,6 +471,22 @@ pub fn root_store(ca_cert: &CertificateDer<'static>) -> Result<RootCertStore, Tl
     Ok(roots)
 }
 
+/// The first certificate of a PEM file.
+pub fn read_cert_file(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
+    let pem = read_file(path)?;
+    first_cert(pem.as_bytes(), path)
+}
+
+/// A certificate's fingerprint: the lower-case hex SHA-256 of its DER
+/// encoding (what a revocation names).
+pub fn cert_fingerprint(cert: &CertificateDer<'_>) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The DNS names in a certificate's subject alternative names.
 pub fn cert_dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, TlsError> {
     let parsed =

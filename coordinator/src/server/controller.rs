@@ -57,7 +57,8 @@ pub fn control_ops(
     cfg: &ControlConfig,
 ) -> Vec<Op> {
     let mut ops = Vec::new();
-    let fresh = |s: &SeenNode| s.age < cfg.node_down_after;
+    // A heartbeat that came with a revoked certificate does not count.
+    let fresh = |s: &SeenNode| s.age < cfg.node_down_after && !state.is_revoked(&s.fingerprint);
     for (id, s) in seen.iter().filter(|(_, s)| fresh(s)) {
         let hb = &s.heartbeat;
         let servable: BTreeSet<String> = hb.servable.iter().map(|m| m.name.clone()).collect();

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit_api;
 pub mod audit_sink;
 pub mod bootstrap;
+pub mod certs_api;
 pub mod choice;
 pub mod config;
 pub mod controller;

@@ -26,6 +26,8 @@ pub struct SeenNode {
     pub prefixes: Arc<PrefixSets>,
     /// Time since it arrived.
     pub age: Duration,
+    /// Fingerprint of the certificate it arrived with (empty if unknown).
+    pub fingerprint: Arc<str>,
 }
 
 impl SeenNode {
@@ -49,7 +51,14 @@ impl SeenNode {
             heartbeat: Arc::new(heartbeat),
             prefixes: Arc::new(prefixes),
             age: Duration::ZERO,
+            fingerprint: Arc::from(""),
         }
+    }
+
+    /// `self`, heard over a connection whose certificate has `fingerprint`.
+    pub fn with_fingerprint(mut self, fingerprint: &str) -> Self {
+        self.fingerprint = Arc::from(fingerprint);
+        self
     }
 
     /// Share of `model`'s KV blocks on this node that hold cached prefixes
@@ -109,9 +118,9 @@ impl NodeRegistry {
     }
 
     /// Records a heartbeat; `false` if the table is full.
-    pub fn record(&self, hb: NodeHeartbeat) -> bool {
+    pub fn record(&self, hb: NodeHeartbeat, fingerprint: &str) -> bool {
         let id = hb.node_id.clone();
-        let seen = SeenNode::new(hb);
+        let seen = SeenNode::new(hb).with_fingerprint(fingerprint);
         let mut nodes = self.lock();
         if nodes.len() >= MAX_NODES && !nodes.contains_key(&id) {
             return false;

@@ -234,15 +234,29 @@ async fn serve_conn(conn: Connection, services: PeerServices) {
             return;
         }
     };
+    let fingerprint = quic::peer_fingerprint(&conn).unwrap_or_default();
+    if services.view.borrow().state.is_revoked(&fingerprint) {
+        tracing::warn!(peer = %name, remote = %conn.remote_address(), "connection refused: its certificate is revoked");
+        conn.close(quic::CLOSE_NORMAL, b"certificate revoked");
+        return;
+    }
     if let Err(e) = quic::accept_hello(&conn, services.timeout).await {
         tracing::warn!(peer = %name, remote = %conn.remote_address(), "connection refused: {e}");
         return;
     }
+    tokio::spawn(close_when_revoked(
+        conn.clone(),
+        fingerprint.clone(),
+        name.clone(),
+        peer_id.is_none().then(|| services.registry.clone()),
+        services.view.clone(),
+    ));
     loop {
         match quic::accept_stream(&conn, quic::IDLE_TIMEOUT * 2).await {
             Ok(Some((send, recv))) => {
                 let services = services.clone();
                 let name = name.clone();
+                let fingerprint = fingerprint.clone();
                 tokio::spawn(async move {
                     let timeout = services.timeout + Duration::from_secs(1);
                     let r = match peer_id {
@@ -256,14 +270,18 @@ async fn serve_conn(conn: Connection, services: PeerServices) {
                             )
                             .await
                         }
-                        None => quic::serve_stream(
-                            send,
-                            recv,
-                            MAX_NODE_FRAME_BYTES,
-                            timeout,
-                            |req: NodeRequest| async move { handle_node(&name, req, &services) },
-                        )
-                        .await,
+                        None => {
+                            quic::serve_stream(
+                                send,
+                                recv,
+                                MAX_NODE_FRAME_BYTES,
+                                timeout,
+                                |req: NodeRequest| async move {
+                                    handle_node(&name, &fingerprint, req, &services)
+                                },
+                            )
+                            .await
+                        }
                     };
                     if let Err(e) = r {
                         tracing::debug!("peer stream: {e}");
@@ -275,6 +293,36 @@ async fn serve_conn(conn: Connection, services: PeerServices) {
             Err(e) => {
                 tracing::debug!("peer connection from {name} ended: {e}");
                 break;
+            }
+        }
+    }
+}
+
+/// Closes `conn` as soon as the applied state revokes its certificate
+/// (and forgets the node's heartbeat, so nothing is routed to it); ends
+/// with the connection.
+async fn close_when_revoked(
+    conn: Connection,
+    fingerprint: String,
+    name: String,
+    registry: Option<Arc<NodeRegistry>>,
+    mut view: watch::Receiver<LocalView>,
+) {
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return,
+            changed = view.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if view.borrow_and_update().state.is_revoked(&fingerprint) {
+                    tracing::warn!(peer = %name, "certificate revoked: closing its connection");
+                    if let Some(registry) = &registry {
+                        registry.remove(&name);
+                    }
+                    conn.close(quic::CLOSE_NORMAL, b"certificate revoked");
+                    return;
+                }
             }
         }
     }
@@ -295,16 +343,25 @@ fn traffic_for(role: Option<CertRole>, member: Option<u64>) -> Result<Option<u64
 }
 
 /// Answers a node: records its heartbeat and tells it what to run.
-fn handle_node(name: &str, req: NodeRequest, services: &PeerServices) -> NodeResponse {
+fn handle_node(
+    name: &str,
+    fingerprint: &str,
+    req: NodeRequest,
+    services: &PeerServices,
+) -> NodeResponse {
     match req {
         NodeRequest::Heartbeat(hb) => {
+            if services.view.borrow().state.is_revoked(fingerprint) {
+                services.registry.remove(name);
+                return NodeResponse::Refused("this node's certificate is revoked".into());
+            }
             if hb.node_id != name {
                 return NodeResponse::Refused(format!(
                     "node id {:?} is not the certificate's name {name:?}",
                     hb.node_id
                 ));
             }
-            if !services.registry.record(hb) {
+            if !services.registry.record(hb, fingerprint) {
                 return NodeResponse::Refused("too many nodes".into());
             }
             let view = services.view.borrow();

@@ -78,6 +78,11 @@ pub fn round_bytes(r: &FlRound) -> u64 {
     16 + text(&r.checkpoint_hash) + r.metrics.keys().map(|k| text(k) + 8).sum::<u64>()
 }
 
+/// A revoked certificate.
+pub fn revoked_bytes(fingerprint: &str, name: &str) -> u64 {
+    text(fingerprint) + text(name) + 8
+}
+
 /// A federated job's failure reason.
 pub fn reason_bytes(reason: Option<&str>) -> u64 {
     reason.map_or(0, text)
@@ -130,7 +135,12 @@ mod tests {
         let tenants: u64 = s.tenants().iter().map(|t| tenant_bytes(t)).sum();
         let keys: u64 = s.api_keys().iter().map(|(h, k)| key_bytes(h, k)).sum();
         let jobs: u64 = s.fl_jobs().iter().map(|(k, j)| job_bytes(k, j)).sum();
-        coordinators + nodes + models + placements + tenants + keys + jobs
+        let revoked: u64 = s
+            .revoked_certs()
+            .iter()
+            .map(|(f, r)| revoked_bytes(f, &r.name))
+            .sum();
+        coordinators + nodes + models + placements + tenants + keys + jobs + revoked
     }
 
     struct Log {
@@ -270,11 +280,22 @@ mod tests {
                 metrics: BTreeMap::from([("loss".to_string(), 0.5)]),
             },
             status("j", FlJobStatus::Failed),
+            Op::RevokeCert {
+                fingerprint: "d".repeat(64),
+                name: "n1".into(),
+                revoked_at_unix: 9,
+            },
         ];
         for op in ops {
             log.apply(op).unwrap();
         }
         assert!(log.state.approx_bytes() > 0);
+        // Revoking a node's certificate marks the node down.
+        assert!(log.state.is_revoked(&"d".repeat(64)));
+        assert_eq!(
+            log.state.node("n1").map(|n| n.status),
+            Some(crate::state::NodeStatus::Down)
+        );
     }
 
     #[test]

@@ -297,6 +297,16 @@ pub enum Op {
         /// [`MAX_REASON_LEN`] bytes).
         reason: Option<String>,
     },
+    /// Revokes a member certificate: every connection presenting it is
+    /// refused and closed, and a node of that name is marked down.
+    RevokeCert {
+        /// Lower-case hex SHA-256 of the certificate's DER encoding.
+        fingerprint: String,
+        /// The member name in the certificate (for the operator).
+        name: String,
+        /// When, Unix seconds (set by the proposer).
+        revoked_at_unix: u64,
+    },
     /// Appends records to the audit chain, then drops what `retention`
     /// no longer keeps (see [`super::audit`]).
     RecordAudit {
@@ -492,6 +502,11 @@ mod tests {
                 job: "j".into(),
                 status: FlJobStatus::Running,
                 reason: None,
+            },
+            Op::RevokeCert {
+                fingerprint: "ef".repeat(32),
+                name: "node-2".into(),
+                revoked_at_unix: 5,
             },
             Op::RecordAudit {
                 records: vec![AuditRecord {

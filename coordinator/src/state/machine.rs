@@ -339,6 +339,19 @@ impl ApiKey {
     }
 }
 
+/// A revoked member certificate (the key of
+/// [`ClusterState::revoked_certs`] is its fingerprint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedCert {
+    /// The member name in it.
+    pub name: String,
+    /// When it was revoked, Unix seconds.
+    pub revoked_at_unix: u64,
+}
+
+/// Most revoked certificates the cluster remembers.
+pub const MAX_REVOKED_CERTS: usize = 10_000;
+
 /// The state replicated by raft across coordinators.
 ///
 /// Serializes (serde) to JSON for the admin API and to bincode for
@@ -357,6 +370,8 @@ pub struct ClusterState {
     /// Whether [`Op::Bootstrap`] has run.
     bootstrapped: bool,
     fl_jobs: BTreeMap<String, FlJob>,
+    /// Certificate fingerprint -> revocation.
+    revoked_certs: BTreeMap<String, RevokedCert>,
     audit: AuditLog,
     /// Estimated encoded size of everything above but the audit trail,
     /// kept up to date by every change (see [`super::budget`]).
@@ -527,6 +542,16 @@ impl ClusterState {
     /// One federated-learning job.
     pub fn fl_job(&self, id: &str) -> Option<&FlJob> {
         self.fl_jobs.get(id)
+    }
+
+    /// Revoked certificates by fingerprint.
+    pub fn revoked_certs(&self) -> &BTreeMap<String, RevokedCert> {
+        &self.revoked_certs
+    }
+
+    /// Whether the certificate with this fingerprint is revoked.
+    pub fn is_revoked(&self, fingerprint: &str) -> bool {
+        self.revoked_certs.contains_key(fingerprint)
     }
 
     /// The audit trail.
@@ -1026,6 +1051,37 @@ impl ClusterState {
                     // At most MAX_REASON_LEN: within the margin the budget
                     // leaves below the snapshot frame.
                     self.account(budget::reason_bytes(reason.as_deref()), 0);
+                }
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::RevokeCert {
+                fingerprint,
+                name,
+                revoked_at_unix,
+            } => {
+                check_sha256_hex("fingerprint", fingerprint)?;
+                check_name("name", name)?;
+                if self.revoked_certs.contains_key(fingerprint) {
+                    return Ok(ApplyOutcome::Unchanged);
+                }
+                if self.revoked_certs.len() >= MAX_REVOKED_CERTS {
+                    return Err(ApplyError::LimitReached {
+                        what: "revoked certificates".into(),
+                        limit: MAX_REVOKED_CERTS,
+                    });
+                }
+                let add = budget::revoked_bytes(fingerprint, name);
+                self.check_room(add, 0)?;
+                self.account(add, 0);
+                self.revoked_certs.insert(
+                    fingerprint.clone(),
+                    RevokedCert {
+                        name: name.clone(),
+                        revoked_at_unix: *revoked_at_unix,
+                    },
+                );
+                if let Some(node) = self.nodes.get_mut(name) {
+                    node.status = NodeStatus::Down;
                 }
                 Ok(ApplyOutcome::Applied)
             }
