@@ -119,6 +119,7 @@ async fn service_config(
                 .unwrap_or_else(crate::default_data_dir),
             byzantine: n.fl_byzantine,
         },
+        certs_dir: Some(n.certs_dir.clone()),
     })
 }
 

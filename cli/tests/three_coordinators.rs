@@ -766,3 +766,75 @@ fn a_node_certificate_cannot_join_raft() {
     let models = http(procs[1].http, "GET", "/admin/v1/models", None);
     assert!(models.as_ref().is_none_or(|(s, _)| *s != 200), "{models:?}");
 }
+
+/// SIGHUP reloads a coordinator's certificate from its certificates
+/// directory: connections made afterwards see the new one, without a
+/// restart (and the coordinator keeps serving).
+#[test]
+fn sighup_rotates_a_coordinators_certificate() {
+    use protocol::quic;
+    use protocol::tls::{cert_fingerprint, MemberIdentity};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let ca = ClusterCa::generate("test-cluster").expect("CA");
+    let first = ca
+        .issue("coordinator-1", CertRole::Coordinator)
+        .expect("issue");
+    first.save(&certs, false).expect("save member");
+    let client_id = ca.issue("node-9", CertRole::Node).expect("issue");
+    let (raft, http_addr) = (free_udp(), free_tcp());
+    let mut p = Proc {
+        child: None,
+        config: write_member_config(dir.path(), 0, &[raft], &[http_addr], 1, false),
+        http: http_addr,
+        id: 1,
+    };
+    p.start();
+    wait_until("the coordinator", Duration::from_secs(15), || {
+        http(http_addr, "GET", "/admin/v1/cluster", None).filter(|(s, _)| *s == 200)
+    });
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let served_fingerprint = || {
+        rt.block_on(async {
+            let ep = quic::client_endpoint(&client_id, ca.cert_der()).ok()?;
+            let conn = quic::connect(
+                &ep,
+                raft,
+                "coordinator-1",
+                CertRole::Coordinator,
+                Duration::from_secs(5),
+            )
+            .await
+            .ok()?;
+            let fp = quic::peer_fingerprint(&conn);
+            conn.close(quic::CLOSE_NORMAL, b"bye");
+            fp
+        })
+    };
+    assert_eq!(
+        served_fingerprint(),
+        Some(cert_fingerprint(first.cert_der()))
+    );
+
+    let second = ca
+        .issue("coordinator-1", CertRole::Coordinator)
+        .expect("issue");
+    second.save(&certs, true).expect("replace member");
+    assert_eq!(
+        MemberIdentity::load(&certs, "coordinator-1")
+            .map(|m| cert_fingerprint(m.cert_der()))
+            .ok(),
+        Some(cert_fingerprint(second.cert_der()))
+    );
+    let pid = p.child.as_ref().map(|c| c.id()).expect("pid");
+    let status = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    let want = cert_fingerprint(second.cert_der());
+    wait_until("the new certificate", Duration::from_secs(10), || {
+        (served_fingerprint()? == want).then_some(())
+    });
+    assert!(http(http_addr, "GET", "/admin/v1/cluster", None).is_some_and(|(s, _)| s == 200));
+}

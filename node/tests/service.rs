@@ -169,6 +169,7 @@ async fn node_service_follows_assignments_and_serves_streams() {
         engine: EngineConfig::default(),
         restart_budget: RestartBudget::default(),
         fl: node::service::FlConfig::default(),
+        certs_dir: None,
     })
     .await
     .unwrap();

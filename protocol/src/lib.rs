@@ -7,6 +7,7 @@
 //! - [`handshake`]: the [`Hello`] version handshake at the start of every connection.
 //! - [`tls`]: the cluster CA and member identities for mutual TLS.
 //! - [`quic`]: QUIC endpoints (quinn) with mutual TLS, and request helpers.
+//! - [`rotation`]: reloading a member certificate on SIGHUP.
 //! - [`generate`]: the text-generation types that travel inside frames.
 //! - [`fl`]: federated-learning rounds between the leader and nodes.
 //! - [`inference`]: coordinator-to-node inference requests and the node's
@@ -20,6 +21,7 @@ pub mod handshake;
 pub mod inference;
 pub mod prefix;
 pub mod quic;
+pub mod rotation;
 pub mod tls;
 
 pub use frame::{FrameError, MAX_FRAME_BYTES};

@@ -124,7 +124,17 @@ pub fn server_endpoint(
     identity: &MemberIdentity,
     ca_cert: &CertificateDer<'static>,
 ) -> Result<Endpoint, QuicError> {
-    let tls = identity.server_config(ca_cert)?;
+    server_endpoint_with(bind, tls::IdentitySlot::new(identity)?, ca_cert)
+}
+
+/// [`server_endpoint`] presenting what `slot` holds (replaceable while it
+/// runs, see [`tls::IdentitySlot`]).
+pub fn server_endpoint_with(
+    bind: SocketAddr,
+    slot: Arc<tls::IdentitySlot>,
+    ca_cert: &CertificateDer<'static>,
+) -> Result<Endpoint, QuicError> {
+    let tls = tls::server_config_with(slot, ca_cert)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     cfg.transport_config(transport_config());
     Endpoint::server(cfg, bind).map_err(|source| QuicError::Bind { addr: bind, source })
@@ -136,8 +146,17 @@ pub fn client_endpoint(
     identity: &MemberIdentity,
     ca_cert: &CertificateDer<'static>,
 ) -> Result<Endpoint, QuicError> {
+    client_endpoint_with(tls::IdentitySlot::new(identity)?, ca_cert)
+}
+
+/// [`client_endpoint`] presenting what `slot` holds (replaceable while it
+/// runs, see [`tls::IdentitySlot`]).
+pub fn client_endpoint_with(
+    slot: Arc<tls::IdentitySlot>,
+    ca_cert: &CertificateDer<'static>,
+) -> Result<Endpoint, QuicError> {
     let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
-    client_endpoint_with_tls(bind, identity.client_config(ca_cert)?)
+    client_endpoint_with_tls(bind, tls::client_config_with(slot, ca_cert)?)
 }
 
 /// A client endpoint bound to `bind` with a caller-built rustls

@@ -29,6 +29,7 @@ use rcgen::{
 };
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, DnsName, PrivateKeyDer};
@@ -434,18 +435,7 @@ impl MemberIdentity {
         &self,
         ca_cert: &CertificateDer<'static>,
     ) -> Result<ServerConfig, TlsError> {
-        let provider = crypto_provider();
-        let verifier = WebPkiClientVerifier::builder_with_provider(
-            Arc::new(root_store(ca_cert)?),
-            provider.clone(),
-        )
-        .build()?;
-        let mut cfg = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![self.cert_der.clone()], self.key_der()?)?;
-        cfg.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
-        Ok(cfg)
+        server_config_with(IdentitySlot::new(self)?, ca_cert)
     }
 
     /// A rustls client configuration presenting this identity and trusting
@@ -455,13 +445,121 @@ impl MemberIdentity {
         &self,
         ca_cert: &CertificateDer<'static>,
     ) -> Result<ClientConfig, TlsError> {
-        let mut cfg = ClientConfig::builder_with_provider(crypto_provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(root_store(ca_cert)?)
-            .with_client_auth_cert(vec![self.cert_der.clone()], self.key_der()?)?;
-        cfg.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
-        Ok(cfg)
+        client_config_with(IdentitySlot::new(self)?, ca_cert)
     }
+
+    fn certified_key(&self) -> Result<Arc<CertifiedKey>, TlsError> {
+        let key = crypto_provider()
+            .key_provider
+            .load_private_key(self.key_der()?)?;
+        Ok(Arc::new(CertifiedKey::new(
+            vec![self.cert_der.clone()],
+            key,
+        )))
+    }
+}
+
+/// The certificate and key a member presents, replaceable while it runs
+/// (certificate rotation): the server and client configurations made with
+/// [`server_config_with`] and [`client_config_with`] read it at every
+/// handshake, so connections made after [`IdentitySlot::replace`] present
+/// the new certificate and existing ones keep theirs.
+#[derive(Debug)]
+pub struct IdentitySlot {
+    name: String,
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl IdentitySlot {
+    /// A slot presenting `identity`.
+    pub fn new(identity: &MemberIdentity) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(IdentitySlot {
+            name: identity.name.clone(),
+            current: std::sync::RwLock::new(identity.certified_key()?),
+        }))
+    }
+
+    /// Presents `identity` from the next handshake on. It must be the same
+    /// member (name); another name is refused.
+    pub fn replace(&self, identity: &MemberIdentity) -> Result<(), TlsError> {
+        if identity.name != self.name {
+            return Err(TlsError::Certificate(format!(
+                "the new certificate is for {:?}, not {:?}",
+                identity.name, self.name
+            )));
+        }
+        let key = identity.certified_key()?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for IdentitySlot {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for IdentitySlot {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A rustls server configuration presenting what `slot` holds and
+/// requiring client certificates issued by `ca_cert`. TLS 1.3 only, ALPN
+/// [`ALPN_PROTOCOL`].
+pub fn server_config_with(
+    slot: Arc<IdentitySlot>,
+    ca_cert: &CertificateDer<'static>,
+) -> Result<ServerConfig, TlsError> {
+    let provider = crypto_provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(root_store(ca_cert)?),
+        provider.clone(),
+    )
+    .build()?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(slot);
+    cfg.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    // No session resumption: every connection presents (and checks) the
+    // certificates as they are now, so rotation and revocation take
+    // effect on the next connection.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(cfg)
+}
+
+/// A rustls client configuration presenting what `slot` holds and trusting
+/// only servers whose certificate was issued by `ca_cert`. TLS 1.3 only,
+/// ALPN [`ALPN_PROTOCOL`].
+pub fn client_config_with(
+    slot: Arc<IdentitySlot>,
+    ca_cert: &CertificateDer<'static>,
+) -> Result<ClientConfig, TlsError> {
+    let mut cfg = ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(root_store(ca_cert)?)
+        .with_client_cert_resolver(slot);
+    cfg.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(cfg)
 }
 
 /// A root store trusting only `ca_cert`.

@@ -312,3 +312,58 @@ async fn certificates_of_the_wrong_role_are_refused() {
     shutdown(&client).await;
     shutdown(&server).await;
 }
+
+/// A certificate replaced in the slot (rotation) is presented from the
+/// next connection on; one of another member name is refused.
+#[tokio::test]
+async fn a_rotated_certificate_is_presented_from_the_next_connection() {
+    use protocol::rotation;
+    use protocol::tls::{cert_fingerprint, IdentitySlot};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ClusterCa::generate("cluster").unwrap();
+    let first = ca.issue("server", CertRole::Coordinator).unwrap();
+    let slot = IdentitySlot::new(&first).unwrap();
+    let server =
+        quic::server_endpoint_with("127.0.0.1:0".parse().unwrap(), slot.clone(), ca.cert_der())
+            .unwrap();
+    let addr = server.local_addr().unwrap();
+    let ep = server.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(conn)) = quic::accept_connection(&ep, T).await {
+            tokio::spawn(async move {
+                let _ = quic::accept_hello(&conn, T).await;
+                let _ = conn.closed().await;
+            });
+        }
+    });
+    let client_id = ca.issue("node-1", CertRole::Node).unwrap();
+    let client = quic::client_endpoint(&client_id, ca.cert_der()).unwrap();
+    let before = quic::connect(&client, addr, "server", CertRole::Coordinator, T)
+        .await
+        .unwrap();
+    assert_eq!(
+        quic::peer_fingerprint(&before),
+        Some(cert_fingerprint(first.cert_der()))
+    );
+
+    let second = ca.issue("server", CertRole::Coordinator).unwrap();
+    second.save(dir.path(), false).unwrap();
+    let fp = rotation::reload(&slot, dir.path(), "server").unwrap();
+    assert_eq!(fp, cert_fingerprint(second.cert_der()));
+    let after = quic::connect(&client, addr, "server", CertRole::Coordinator, T)
+        .await
+        .unwrap();
+    assert_eq!(quic::peer_fingerprint(&after), Some(fp));
+    // The connection made before keeps the certificate it was made with.
+    assert_eq!(
+        quic::peer_fingerprint(&before),
+        Some(cert_fingerprint(first.cert_der()))
+    );
+
+    let stranger = ca.issue("someone-else", CertRole::Coordinator).unwrap();
+    assert!(slot.replace(&stranger).is_err());
+    before.close(quic::CLOSE_NORMAL, b"bye");
+    after.close(quic::CLOSE_NORMAL, b"bye");
+    shutdown(&client).await;
+    shutdown(&server).await;
+}

@@ -81,8 +81,11 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let identity = MemberIdentity::load(&cfg.certs_dir, &cfg.name)?;
     let ca = identity.ca_cert_der()?;
-    let server = quic::server_endpoint(cfg.raft_addr, &identity, &ca)?;
-    let client = quic::client_endpoint(&identity, &ca)?;
+    // One slot behind both endpoints: SIGHUP reloads the certificate into
+    // it (rotation without a restart).
+    let slot = protocol::tls::IdentitySlot::new(&identity)?;
+    let server = quic::server_endpoint_with(cfg.raft_addr, slot.clone(), &ca)?;
+    let client = quic::client_endpoint_with(slot.clone(), &ca)?;
     let timeout = cfg.request_timeout();
 
     // A member joining a running group starts with no voters and waits
@@ -120,7 +123,11 @@ pub async fn run(
     let (inbound_tx, inbound_rx) = mpsc::channel(raft_loop::QUEUE);
     let (req_tx, req_rx) = mpsc::channel(raft_loop::QUEUE);
     let (fb_tx, fb_rx) = mpsc::channel(raft_loop::QUEUE);
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(protocol::rotation::reload_on_sighup(
+        slot,
+        cfg.certs_dir.clone(),
+        cfg.name.clone(),
+    ))];
     // Raft traffic uses a short timeout: a slow peer must not hold its
     // queue for a whole client timeout.
     let raft_send_timeout =

@@ -84,6 +84,9 @@ pub struct ServiceConfig {
     pub restart_budget: RestartBudget,
     /// Federated learning: client index and data directory.
     pub fl: FlConfig,
+    /// Where the certificate is reloaded from on SIGHUP (rotation without
+    /// a restart); `None`: never.
+    pub certs_dir: Option<std::path::PathBuf>,
 }
 
 /// Why the service could not start.
@@ -126,6 +129,7 @@ pub struct NodeService {
     client: quinn::Endpoint,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    rotation: Option<JoinHandle<()>>,
 }
 
 impl NodeService {
@@ -150,9 +154,10 @@ impl NodeService {
             });
         }
         let ca = cfg.identity.ca_cert_der()?;
-        let server = quic::server_endpoint(cfg.listen, &cfg.identity, &ca)?;
+        let slot = protocol::tls::IdentitySlot::new(&cfg.identity)?;
+        let server = quic::server_endpoint_with(cfg.listen, slot.clone(), &ca)?;
         let local_addr = server.local_addr().map_err(ServiceError::LocalAddr)?;
-        let client = match quic::client_endpoint(&cfg.identity, &ca) {
+        let client = match quic::client_endpoint_with(slot.clone(), &ca) {
             Ok(c) => c,
             Err(e) => {
                 server.close(quic::CLOSE_NORMAL, b"startup failed");
@@ -217,6 +222,13 @@ impl NodeService {
             replies_rx,
             shutdown_rx,
         )));
+        let rotation = cfg.certs_dir.map(|dir| {
+            tokio::spawn(protocol::rotation::reload_on_sighup(
+                slot,
+                dir,
+                cfg.identity.name().to_string(),
+            ))
+        });
         tracing::info!(node = %cfg.identity.name(), addr = %local_addr, "node service started");
         Ok(NodeService {
             node,
@@ -225,6 +237,7 @@ impl NodeService {
             client,
             shutdown,
             tasks,
+            rotation,
         })
     }
 
@@ -242,6 +255,9 @@ impl NodeService {
     /// closes the endpoints and stops every model; every wait is bounded.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        if let Some(r) = &self.rotation {
+            r.abort();
+        }
         self.server.close(quic::CLOSE_NORMAL, b"node stopping");
         for t in self.tasks {
             if tokio::time::timeout(SHUTDOWN_TIMEOUT, t).await.is_err() {
