@@ -29,6 +29,9 @@ mod stream;
 mod tracker;
 mod validate;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use backend::{InferenceBackend, ModelEntry, RouteError, Routed};
 pub(crate) use dispatch::unix_now;
 pub use errors::ApiError;
