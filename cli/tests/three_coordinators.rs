@@ -193,6 +193,33 @@ fn write_member_config(
     path
 }
 
+/// A new group of `N` coordinators in a temporary directory, started.
+fn start_group() -> (tempfile::TempDir, Vec<Proc>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let ca = ClusterCa::generate("test-cluster").expect("CA");
+    for i in 1..=N {
+        ca.issue(&format!("coordinator-{i}"), CertRole::Coordinator)
+            .expect("issue")
+            .save(&certs, false)
+            .expect("save member");
+    }
+    let raft: Vec<SocketAddr> = (0..N).map(|_| free_udp()).collect();
+    let http_addrs: Vec<SocketAddr> = (0..N).map(|_| free_tcp()).collect();
+    let mut procs: Vec<Proc> = (0..N)
+        .map(|i| Proc {
+            child: None,
+            config: write_config(dir.path(), i, &raft, &http_addrs),
+            http: http_addrs[i],
+            id: i as u64 + 1,
+        })
+        .collect();
+    for p in &mut procs {
+        p.start();
+    }
+    (dir, procs)
+}
+
 fn members(p: &Proc) -> Option<Vec<u64>> {
     let (status, v) = http(p.http, "GET", "/admin/v1/members", None)?;
     if status != 200 {
@@ -338,28 +365,7 @@ fn coordinators_are_added_and_removed_at_runtime_including_the_leader() {
 
 #[test]
 fn three_coordinators_elect_replicate_fail_over_and_catch_up() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().join("certs");
-    let ca = ClusterCa::generate("test-cluster").expect("CA");
-    for i in 1..=N {
-        ca.issue(&format!("coordinator-{i}"), CertRole::Coordinator)
-            .expect("issue")
-            .save(&certs, false)
-            .expect("save member");
-    }
-    let raft: Vec<SocketAddr> = (0..N).map(|_| free_udp()).collect();
-    let http_addrs: Vec<SocketAddr> = (0..N).map(|_| free_tcp()).collect();
-    let mut procs: Vec<Proc> = (0..N)
-        .map(|i| Proc {
-            child: None,
-            config: write_config(dir.path(), i, &raft, &http_addrs),
-            http: http_addrs[i],
-            id: i as u64 + 1,
-        })
-        .collect();
-    for p in &mut procs {
-        p.start();
-    }
+    let (_dir, mut procs) = start_group();
 
     // Health and a leader.
     for p in &procs {
@@ -594,28 +600,7 @@ fn probes(entries: &[Value]) -> impl Iterator<Item = &Value> {
 /// coordinators; an entry edited on one coordinator's disk is caught.
 #[test]
 fn the_audit_chain_records_and_verifies_and_catches_a_tampered_copy() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().join("certs");
-    let ca = ClusterCa::generate("test-cluster").expect("CA");
-    for i in 1..=N {
-        ca.issue(&format!("coordinator-{i}"), CertRole::Coordinator)
-            .expect("issue")
-            .save(&certs, false)
-            .expect("save member");
-    }
-    let raft: Vec<SocketAddr> = (0..N).map(|_| free_udp()).collect();
-    let http_addrs: Vec<SocketAddr> = (0..N).map(|_| free_tcp()).collect();
-    let mut procs: Vec<Proc> = (0..N)
-        .map(|i| Proc {
-            child: None,
-            config: write_config(dir.path(), i, &raft, &http_addrs),
-            http: http_addrs[i],
-            id: i as u64 + 1,
-        })
-        .collect();
-    for p in procs.iter_mut() {
-        p.start();
-    }
+    let (dir, mut procs) = start_group();
     wait_until("a leader", Duration::from_secs(15), || leader(&procs));
     wait_until("a write", Duration::from_secs(10), || {
         register(&procs[0], "audited")
