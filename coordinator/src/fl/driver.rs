@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::blobs::BlobStore;
-use super::screen::screen;
+use super::screen::{max_shard_rows, screen};
 use super::select::{select, Candidate};
 use crate::server::nodes::NodeRegistry;
 use crate::server::peers::{submit_write, Peers};
@@ -326,6 +326,7 @@ async fn drive(ctx: &FlContext, id: &str) -> Result<(), JobStop> {
             let (got, dropped) = screen(
                 run_round(ctx, id, &spec, round, &global).await?,
                 global.num_values(),
+                max_shard_rows(&spec.partition),
             );
             dropped_total += dropped;
             match got {
