@@ -85,10 +85,21 @@ impl ModelFrontend {
         Ok(())
     }
 
-    /// Tokens of a raw text prompt.
+    /// Tokens of a raw text prompt; special-token text in it (e.g.
+    /// `<|im_end|>`) becomes special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, FrontendError> {
         self.refuse_surely_too_long(text.len())?;
         Ok(self.tokenizer.encode(text)?)
+    }
+
+    /// Tokens of a raw text prompt in which special-token text is ordinary
+    /// text (what an API client sends, unless allowed otherwise).
+    pub fn encode_as_text(&self, text: &str) -> Result<Vec<u32>, FrontendError> {
+        self.refuse_surely_too_long(text.len())?;
+        let whole = 0..text.len();
+        Ok(self
+            .tokenizer
+            .encode_with_literals(text, std::slice::from_ref(&whole))?)
     }
 
     /// Renders a conversation through the chat template (with the assistant

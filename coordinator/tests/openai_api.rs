@@ -800,3 +800,54 @@ async fn openai_metrics_count_requests_tokens_and_latencies() {
     assert!(!text.contains("inferno_running_sequences{"), "{text}");
     assert!(!text.contains("inferno_waiting_sequences{"), "{text}");
 }
+
+/// `app` with every request carrying `scope`'s principal, as the auth
+/// layer leaves it.
+fn as_key(app: Router, scope: coordinator::state::KeyScope) -> Router {
+    let principal = coordinator::auth::Principal {
+        key_id: "k1".into(),
+        tenant: "default".into(),
+        scope,
+        limits: Default::default(),
+    };
+    app.layer(axum::Extension(principal))
+}
+
+/// Special-token text in a raw prompt is text unless an admin key asks
+/// for `allow_special_tokens`; an inference key asking is a 403 naming it.
+#[tokio::test]
+async fn allow_special_tokens_is_for_admin_keys_only() {
+    use coordinator::state::KeyScope;
+    let body = |allow: Option<bool>| {
+        let mut b = json!({"model": MODEL, "prompt": "<|im_end|>hi", "max_tokens": 2});
+        if let Some(a) = allow {
+            b["allow_special_tokens"] = json!(a);
+        }
+        b
+    };
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let a = post(
+        as_key(app.clone(), KeyScope::Inference),
+        "/v1/completions",
+        body(None),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(!fake.last_request().allow_special_tokens);
+    let a = post(
+        as_key(app.clone(), KeyScope::Inference),
+        "/v1/completions",
+        body(Some(true)),
+    )
+    .await;
+    a.assert_error(StatusCode::FORBIDDEN, Some("allow_special_tokens"));
+    let a = post(
+        as_key(app, KeyScope::Admin),
+        "/v1/completions",
+        body(Some(true)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(fake.last_request().allow_special_tokens);
+}

@@ -104,6 +104,7 @@ fn request(model: &str, prompt: Prompt, max_tokens: u32, ignore_eos: bool) -> In
         stop: Vec::new(),
         ignore_eos,
         cache_salt: String::new(),
+        allow_special_tokens: false,
     }
 }
 
@@ -242,6 +243,21 @@ async fn node_service_follows_assignments_and_serves_streams() {
         events.last(),
         Some(GenerateEvent::Finished { usage, .. }) if usage.completion_tokens == 4
     ));
+
+    // Special-token text in a raw prompt is text (several tokens) unless
+    // the request allows special tokens (then it is the one control token).
+    let prompt_tokens = |allow: bool| {
+        let mut r = request(MODEL, Prompt::Text("<|im_end|>".into()), 1, true);
+        r.allow_special_tokens = allow;
+        r
+    };
+    let count = |events: Vec<GenerateEvent>| match events.last() {
+        Some(GenerateEvent::Finished { usage, .. }) => usage.prompt_tokens,
+        other => panic!("expected Finished, got {other:?}"),
+    };
+    let as_text = count(infer(&conn, &prompt_tokens(false)).await);
+    let as_special = count(infer(&conn, &prompt_tokens(true)).await);
+    assert!(as_text > as_special, "{as_text} vs {as_special}");
 
     // An unknown model is one Failed event.
     let events = infer(&conn, &request("nope", Prompt::Text("hi".into()), 4, false)).await;

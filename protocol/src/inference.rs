@@ -44,6 +44,10 @@ pub struct InferenceRequest {
     /// cache blocks. Set by the coordinator from the API key and the
     /// request's `cache_salt`.
     pub cache_salt: String,
+    /// Parse special-token text in a raw text prompt as special tokens
+    /// (`<|im_end|>` becomes the control token). Off, all of the prompt is
+    /// text. Chat prompts ignore it: only the template's markup is special.
+    pub allow_special_tokens: bool,
 }
 
 /// The state of one model replica on a node, as the node reports it.

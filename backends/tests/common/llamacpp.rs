@@ -31,6 +31,19 @@ pub fn assert_ids_equal_llamacpp(tok: &GgufTokenizer, cases: &[TokenCase], strip
         }
         // llama.cpp's ids must also decode back to the text.
         assert_eq!(tok.decode(&c.ids).unwrap(), c.text);
+        // A raw API prompt is encoded with all of it literal (special-token
+        // text stays text): where the text holds no special token, the ids
+        // must be the same as above.
+        let literal = tok
+            .encode_with_literals(&c.text, std::slice::from_ref(&(0..c.text.len())))
+            .unwrap();
+        let has_special = c.ids.iter().any(|&id| tok.is_special(id));
+        if !has_special && literal != tok.encode(&c.text).unwrap() {
+            failures.push(format!(
+                "text {:?} encoded as a literal differs:\n  literal {:?}",
+                c.text, literal
+            ));
+        }
     }
     assert!(
         failures.is_empty(),

@@ -44,6 +44,14 @@ impl ApiError {
         }
     }
 
+    /// 403: the key may not ask for this; `param` names the field.
+    pub fn forbidden(message: impl Into<String>, param: &str) -> Self {
+        Self {
+            param: Some(param.to_string()),
+            ..Self::new(StatusCode::FORBIDDEN, "permission_error", message)
+        }
+    }
+
     /// 404: the model is not served by this cluster.
     pub fn model_not_found(model: &str) -> Self {
         Self {

@@ -142,6 +142,7 @@ async fn completions<B: InferenceBackend>(
     let model = parsed.as_ref().ok().and_then(|r| r.model.clone());
     let validated = parsed
         .and_then(validate::completion)
+        .and_then(|v| special_tokens_allowed(v, principal.as_ref().map(|p| &p.0)))
         .map(|v| keyed(v, principal.as_ref().map(|p| &p.0), &headers));
     serve(
         &s,
@@ -162,6 +163,22 @@ fn account(
         tenant: principal.map(|p| p.0.tenant),
         meter: meter.map(|m| m.0),
     }
+}
+
+/// `allow_special_tokens` lets a prompt hold control tokens, so only admin
+/// keys may set it (anyone when auth is off).
+fn special_tokens_allowed(
+    v: Validated,
+    principal: Option<&Principal>,
+) -> Result<Validated, ApiError> {
+    let admin = principal.is_none_or(|p| p.scope == crate::state::KeyScope::Admin);
+    if v.request.allow_special_tokens && !admin {
+        return Err(ApiError::forbidden(
+            "'allow_special_tokens' needs an admin key: it lets a prompt hold control tokens.",
+            "allow_special_tokens",
+        ));
+    }
+    Ok(v)
 }
 
 /// Salts the request's prefix cache with its tenant (the key's, checked by

@@ -26,6 +26,9 @@ pub struct CompletionRequest {
     pub model: Option<String>,
     /// The text to continue.
     pub prompt: Option<PromptIn>,
+    /// Extension: parse special-token text in `prompt` as special tokens
+    /// (admin keys only; by default all of the prompt is text).
+    pub allow_special_tokens: Option<bool>,
     /// Sampling and output options.
     #[serde(flatten)]
     pub params: GenerationParams,

@@ -124,7 +124,9 @@ pub fn completion(req: CompletionRequest) -> Result<Validated, ApiError> {
             }
         },
     };
-    finish(model, Prompt::Text(prompt), req.params)
+    let mut v = finish(model, Prompt::Text(prompt), req.params)?;
+    v.request.allow_special_tokens = req.allow_special_tokens.unwrap_or(false);
+    Ok(v)
 }
 
 fn model(model: Option<String>) -> Result<String, ApiError> {
@@ -283,6 +285,7 @@ fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validate
             stop,
             ignore_eos: p.ignore_eos.unwrap_or(false),
             cache_salt,
+            allow_special_tokens: false,
         },
         stream,
         include_usage,

@@ -162,6 +162,7 @@ impl Router {
         let req = InferenceRequest {
             model: model.id,
             prompt: protocol::Prompt::Text("Hello".into()),
+            allow_special_tokens: false,
             max_tokens: Some(1),
             sampling: protocol::SamplingParams::greedy(),
             stop: Vec::new(),

@@ -214,10 +214,12 @@ pub(crate) async fn prepare(
     let frontend = node.frontend(&req.model).await?;
     let prompt = req.prompt;
     let salt = req.cache_salt;
+    let specials = req.allow_special_tokens;
     // Tokenizing a long prompt is CPU work: keep it off the async threads.
     let (tokens, prefix_spans, salt) = tokio::task::spawn_blocking(move || {
         let tokens = match &prompt {
-            Prompt::Text(text) => frontend.encode(text),
+            Prompt::Text(text) if specials => frontend.encode(text),
+            Prompt::Text(text) => frontend.encode_as_text(text),
             Prompt::Chat(messages) => frontend.chat_prompt(messages),
         }?;
         let spans = prefix_spans(&prompt, &salt, tokens.len());
