@@ -234,24 +234,27 @@ pub async fn accept_hello(conn: &Connection, timeout: Duration) -> Result<(), Qu
 /// The peer's member name: the first DNS subject alternative name of the
 /// certificate it presented (already verified against the cluster CA).
 pub fn peer_name(conn: &Connection) -> Option<String> {
-    let identity = conn.peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    let leaf = chain.first()?;
-    tls::cert_dns_names(leaf).ok()?.into_iter().next()
+    tls::cert_dns_names(&peer_cert(conn)?)
+        .ok()?
+        .into_iter()
+        .next()
 }
 
 /// The fingerprint of the peer's certificate ([`tls::cert_fingerprint`]).
 pub fn peer_fingerprint(conn: &Connection) -> Option<String> {
-    let identity = conn.peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    Some(tls::cert_fingerprint(chain.first()?))
+    Some(tls::cert_fingerprint(&peer_cert(conn)?))
 }
 
 /// The role the peer's certificate names ([`tls::CertRole`]), if any.
 pub fn peer_role(conn: &Connection) -> Option<tls::CertRole> {
+    tls::cert_role(&peer_cert(conn)?).ok()?
+}
+
+/// The certificate the peer presented (the leaf of its chain).
+fn peer_cert(conn: &Connection) -> Option<CertificateDer<'static>> {
     let identity = conn.peer_identity()?;
     let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    tls::cert_role(chain.first()?).ok()?
+    chain.first().cloned()
 }
 
 /// Sends one request on a new bidirectional stream and reads one response,

@@ -528,8 +528,7 @@ impl ClusterState {
             });
         }
         let add = budget::key_bytes(key_hash, &key);
-        self.check_room(add, 0)?;
-        self.account(add, 0);
+        self.reserve(add, 0)?;
         self.api_keys.insert(key_hash.to_string(), key);
         Ok(())
     }
@@ -574,6 +573,14 @@ impl ClusterState {
                 budget: STATE_BUDGET_BYTES,
             });
         }
+        Ok(())
+    }
+
+    /// [`check_room`](Self::check_room), then
+    /// [`account`](Self::account): for a change made right after.
+    fn reserve(&mut self, add: u64, sub: u64) -> Result<(), ApplyError> {
+        self.check_room(add, sub)?;
+        self.account(add, sub);
         Ok(())
     }
 
@@ -650,8 +657,7 @@ impl ClusterState {
                     addr: addr.clone(),
                 };
                 let add = budget::coordinator_bytes(&info);
-                self.check_room(add, 0)?;
-                self.account(add, 0);
+                self.reserve(add, 0)?;
                 self.coordinators.insert(*id, info);
                 Ok(ApplyOutcome::Applied)
             }
@@ -706,8 +712,7 @@ impl ClusterState {
                     .nodes
                     .get(id)
                     .map_or(0, |old| budget::node_bytes(id, old));
-                self.check_room(add, sub)?;
-                self.account(add, sub);
+                self.reserve(add, sub)?;
                 match self.nodes.insert(id.clone(), info.clone()) {
                     Some(old) if old == info => Ok(ApplyOutcome::Unchanged),
                     _ => Ok(ApplyOutcome::Applied),
@@ -768,8 +773,7 @@ impl ClusterState {
                     .models
                     .get(name)
                     .map_or(0, |old| budget::model_bytes(name, old));
-                self.check_room(add, sub)?;
-                self.account(add, sub);
+                self.reserve(add, sub)?;
                 self.models.insert(name.clone(), info);
                 Ok(ApplyOutcome::ModelRegistered { version })
             }
@@ -824,8 +828,7 @@ impl ClusterState {
                     return Err(ApplyError::TenantExists(name.clone()));
                 }
                 let add = budget::tenant_bytes(name);
-                self.check_room(add, 0)?;
-                self.account(add, 0);
+                self.reserve(add, 0)?;
                 self.tenants.insert(name.clone());
                 Ok(ApplyOutcome::Applied)
             }
@@ -1071,8 +1074,7 @@ impl ClusterState {
                     });
                 }
                 let add = budget::revoked_bytes(fingerprint, name);
-                self.check_room(add, 0)?;
-                self.account(add, 0);
+                self.reserve(add, 0)?;
                 self.revoked_certs.insert(
                     fingerprint.clone(),
                     RevokedCert {
@@ -1155,8 +1157,7 @@ impl ClusterState {
         } else {
             0
         };
-        self.check_room(add, 0)?;
-        self.account(add, 0);
+        self.reserve(add, 0)?;
         self.placements
             .entry(model.to_string())
             .or_default()
