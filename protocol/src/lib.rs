@@ -4,6 +4,7 @@
 //! node, the coordinator and the CLI agree on one vocabulary.
 //!
 //! - [`frame`]: length-prefixed bincode frames with a size cap and timeouts.
+//! - [`hex`]: lower-case hex text of hashes and fingerprints.
 //! - [`handshake`]: the [`Hello`] version handshake at the start of every connection.
 //! - [`tls`]: the cluster CA and member identities for mutual TLS.
 //! - [`quic`]: QUIC endpoints (quinn) with mutual TLS, and request helpers.
@@ -18,6 +19,7 @@ pub mod fl;
 pub mod frame;
 pub mod generate;
 pub mod handshake;
+pub mod hex;
 pub mod inference;
 pub mod prefix;
 pub mod quic;

@@ -579,10 +579,7 @@ pub fn read_cert_file(path: &Path) -> Result<CertificateDer<'static>, TlsError> 
 /// encoding (what a revocation names).
 pub fn cert_fingerprint(cert: &CertificateDer<'_>) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(cert.as_ref())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::lower_hex(&sha2::Sha256::digest(cert.as_ref()))
 }
 
 /// The DNS names in a certificate's subject alternative names.

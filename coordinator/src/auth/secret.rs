@@ -3,6 +3,7 @@
 //! the SHA-256 under which the cluster stores a key.
 
 use axum::http::{header, HeaderMap};
+use protocol::hex::lower_hex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -28,13 +29,9 @@ impl std::fmt::Debug for NewKey {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Lower-case hex SHA-256 of `secret`.
 pub fn hash_key(secret: &str) -> String {
-    hex(&Sha256::digest(secret.as_bytes()))
+    lower_hex(&Sha256::digest(secret.as_bytes()))
 }
 
 /// A new random key.
@@ -43,11 +40,11 @@ pub fn new_key() -> NewKey {
     let mut id = [0u8; 6];
     rand::rngs::OsRng.fill_bytes(&mut secret);
     rand::rngs::OsRng.fill_bytes(&mut id);
-    let secret = format!("{KEY_PREFIX}{}", hex(&secret));
+    let secret = format!("{KEY_PREFIX}{}", lower_hex(&secret));
     NewKey {
         hash: hash_key(&secret),
         secret,
-        id: format!("key-{}", hex(&id)),
+        id: format!("key-{}", lower_hex(&id)),
     }
 }
 

@@ -11,10 +11,7 @@ pub const MAX_BLOB_BYTES: usize = 16 * 1024 * 1024;
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    protocol::hex::lower_hex(&Sha256::digest(bytes))
 }
 
 /// Blobs under one directory.

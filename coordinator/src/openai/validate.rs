@@ -329,6 +329,6 @@ pub fn salt_with_owner(owner: &str, requested: &str) -> String {
         .chain_update(b"inferno-cache-salt\0")
         .chain_update(owner.as_bytes())
         .finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = protocol::hex::lower_hex(&digest[..16]);
     format!("owner:{hex}/{requested}")
 }

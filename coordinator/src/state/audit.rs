@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use protocol::hex::lower_hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -159,17 +160,7 @@ pub fn entry_hash(prev_hash: &str, seq: u64, record: &AuditRecord) -> String {
     let body =
         bincode::serde::encode_to_vec(record, bincode::config::standard()).unwrap_or_default();
     h.update(&body);
-    hex(&h.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
+    lower_hex(&h.finalize())
 }
 
 /// Where a chain fails to verify.
