@@ -511,9 +511,12 @@ impl Engine {
                 let sampler =
                     Sampler::new(&request.sampling, rand::random(), &request.prompt_tokens);
                 let prompt_len = request.prompt_tokens.len();
-                let enqueued =
-                    self.sched
-                        .enqueue(id, request.prompt_tokens, request.cache_salt.as_bytes());
+                let enqueued = self.sched.enqueue(
+                    id,
+                    request.prompt_tokens,
+                    request.cache_salt.as_bytes(),
+                    request.priority,
+                );
                 let mut seq = Sequence {
                     prompt_len,
                     max_new,

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use backends::engine::{spawn_engine, EngineConfig, EngineHandle};
 use common::{collect, Outcome};
 use protocol::{
-    ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, SamplingParams,
+    ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, Priority,
+    SamplingParams,
 };
 
 fn engine(cfg: EngineConfig) -> EngineHandle {
@@ -211,6 +212,55 @@ fn full_queue_is_refused_at_once() {
         other => panic!("expected overloaded, got {:?}", other.map(|_| ())),
     }
     assert!(t.elapsed() < Duration::from_millis(100));
+}
+
+/// With the one running slot busy, an interactive request that arrives
+/// after two batch ones runs first; the batch ones keep their order.
+#[test]
+fn interactive_requests_overtake_waiting_batch_ones() {
+    let h = engine(EngineConfig {
+        max_running: 1,
+        ..EngineConfig::default()
+    });
+    let short = |priority| GenerateRequest {
+        ignore_eos: true,
+        priority,
+        ..request(vec![100, 200, 300], 8, SamplingParams::greedy())
+    };
+    let mut first = h
+        .submit(GenerateRequest {
+            ignore_eos: true,
+            ..request(vec![1, 2, 3], 48, SamplingParams::greedy())
+        })
+        .unwrap();
+    assert!(matches!(
+        first.blocking_recv(),
+        Some(GenerateEvent::Token { .. })
+    ));
+    let first = std::thread::spawn(move || collect(first).finish);
+    let b1 = h.submit(short(Priority::Batch)).unwrap();
+    let b2 = h.submit(short(Priority::Batch)).unwrap();
+    let i1 = h.submit(short(Priority::Interactive)).unwrap();
+    // Each collected on its own thread, noting when it finished.
+    let finished = |rx| {
+        std::thread::spawn(move || {
+            let out = collect(rx);
+            (out.finish, Instant::now())
+        })
+    };
+    let (b1, b2, i1) = (finished(b1), finished(b2), finished(i1));
+    let done = |t: std::thread::JoinHandle<(Option<FinishReason>, Instant)>| {
+        let (finish, at) = t.join().expect("collector");
+        assert_eq!(finish, Some(FinishReason::Length));
+        at
+    };
+    let (b1, b2, i1) = (done(b1), done(b2), done(i1));
+    assert!(
+        i1 < b1,
+        "the interactive request finished after a batch one"
+    );
+    assert!(b1 < b2, "batch requests out of order");
+    assert_eq!(first.join().expect("collector"), Some(FinishReason::Length));
 }
 
 /// `ctx_size` caps the sequence length served below the model's: an

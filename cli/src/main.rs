@@ -23,6 +23,7 @@ mod perplexity;
 mod pull;
 mod signals;
 mod status;
+mod tenants;
 mod up;
 
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ enum Command {
     /// API keys of a cluster: create, list, revoke (needs an admin key).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Tenants of a cluster: limits shared by their keys, scheduling class (needs an admin key).
+    #[command(subcommand)]
+    Tenants(tenants::TenantsCommand),
     /// The audit trail: admin writes, refused keys, quota rejections; --verify checks its hash chain.
     Audit(audit::AuditArgs),
 }
@@ -173,6 +177,7 @@ fn run() -> anyhow::Result<()> {
             }
             Command::Fl(c) => tokio::task::spawn_blocking(move || fl::run(c)).await?,
             Command::Keys(c) => tokio::task::spawn_blocking(move || keys::run(c)).await?,
+            Command::Tenants(c) => tokio::task::spawn_blocking(move || tenants::run(c)).await?,
             Command::Audit(a) => tokio::task::spawn_blocking(move || audit::run(a)).await?,
             Command::Bench(BenchCommand::Fl(a)) => {
                 tokio::task::spawn_blocking(move || bench_fl::run(a)).await?

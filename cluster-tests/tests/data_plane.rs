@@ -395,6 +395,62 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
         r.header("x-ratelimit-limit-tokens")
     );
 
+    // A tenant's limit is shared by its keys: two unlimited keys of a
+    // 30-a-minute tenant, alternated round robin over all 3 coordinators,
+    // get about 30 served between them; the refusal names the tenant.
+    cli(&[
+        "tenants",
+        "set",
+        "team",
+        "--rpm",
+        "30",
+        "--priority",
+        "batch",
+    ]);
+    let team = [
+        last_line(cli(&["keys", "create", "--tenant", "team"])),
+        last_line(cli(&["keys", "create", "--tenant", "team"])),
+    ];
+    for api in up.coordinator_apis() {
+        for k in &team {
+            wait_until("the team's keys everywhere", Duration::from_secs(2), || {
+                let r = http::request(api, Some(k), "GET", "/metrics", None, T).ok()?;
+                (r.status == 200).then_some(())
+            });
+        }
+    }
+    let listed: Value =
+        serde_json::from_str(&cli(&["tenants", "list", "--json"])).expect("tenants JSON");
+    let row = listed
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == "team"))
+        .unwrap_or_else(|| panic!("team not listed: {listed}"))
+        .clone();
+    assert_eq!(
+        (&row["rpm"], &row["priority"], &row["keys"]),
+        (&json!(30), &json!("batch"), &json!(2)),
+        "{row}"
+    );
+    let (mut served, mut refusal) = (0, String::new());
+    for i in 0..90 {
+        let r = http::request(
+            apis[i % 3],
+            Some(&team[i % 2]),
+            "GET",
+            "/v1/models",
+            None,
+            T,
+        )
+        .expect("models");
+        match r.status {
+            200 => served += 1,
+            429 => refusal = r.body,
+            other => panic!("status {other}: {}", r.body),
+        }
+    }
+    assert!((30..=34).contains(&served), "the team got {served} of 90");
+    assert!(refusal.contains("of this tenant"), "{refusal}");
+
     // Tenants see only their own keys: acme's admin key lists acme's keys
     // and may not make keys for another tenant.
     let acme_admin = last_line(cli(&[
@@ -423,6 +479,17 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
         &json!({"tenant": "default", "scope": "admin"}),
     )
     .expect("create");
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Nor lift its own tenant's limits: only the operator sets those.
+    let r = http::request(
+        up.api,
+        Some(&acme_admin),
+        "PUT",
+        "/admin/v1/tenants/acme",
+        Some("{}"),
+        T,
+    )
+    .expect("set tenant");
     assert_eq!(r.status, 403, "{}", r.body);
 
     // The official client.

@@ -809,6 +809,7 @@ fn as_key(app: Router, scope: coordinator::state::KeyScope) -> Router {
         tenant: "default".into(),
         scope,
         limits: Default::default(),
+        tenant_settings: Default::default(),
     };
     app.layer(axum::Extension(principal))
 }

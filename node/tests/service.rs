@@ -105,6 +105,7 @@ fn request(model: &str, prompt: Prompt, max_tokens: u32, ignore_eos: bool) -> In
         ignore_eos,
         cache_salt: String::new(),
         allow_special_tokens: false,
+        priority: Default::default(),
     }
 }
 

@@ -97,6 +97,33 @@ pub struct GenerateRequest {
     /// tokens each covers, so that the node can report which prefixes it
     /// holds. Empty when the request did not come through a coordinator.
     pub prefix_spans: Vec<PrefixSpan>,
+    /// Scheduling class: waiting interactive requests are admitted before
+    /// batch ones, and batch sequences are preempted first.
+    pub priority: Priority,
+}
+
+/// A request's scheduling class (its tenant's, set by the coordinator).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Someone is waiting for the answer: served first.
+    #[default]
+    Interactive,
+    /// Throughput work (evals, bulk jobs): served when no interactive
+    /// request waits, and preempted first.
+    Batch,
+}
+
+impl Priority {
+    /// The name used in configuration, the admin API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
 }
 
 /// One text span of a prompt and how far into its tokens it reaches.

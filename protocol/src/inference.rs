@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::generate::{ChatMessage, SamplingParams};
+use crate::generate::{ChatMessage, Priority, SamplingParams};
 
 /// The input of an inference request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +48,8 @@ pub struct InferenceRequest {
     /// (`<|im_end|>` becomes the control token). Off, all of the prompt is
     /// text. Chat prompts ignore it: only the template's markup is special.
     pub allow_special_tokens: bool,
+    /// Scheduling class at the node (the tenant's).
+    pub priority: Priority,
 }
 
 /// The state of one model replica on a node, as the node reports it.

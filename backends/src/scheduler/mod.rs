@@ -8,17 +8,21 @@
 //!
 //! Policy, per step:
 //! 1. every running sequence past its prompt decodes one token, oldest
-//!    first; one that needs a new block and finds none preempts the
-//!    youngest running sequence not yet planned this step (possibly
-//!    itself): that sequence's blocks are released and it goes back to the
-//!    front of the queue with every token it has so far, to be recomputed
-//!    (from the prefix cache where possible) when it is readmitted;
-//! 2. sequences still in their prompt get chunks, oldest first, within the
-//!    step's token budget (their blocks were taken at admission);
-//! 3. waiting requests are admitted (FIFO) while there is a running slot,
-//!    token budget, and blocks for the part of their prompt not already
-//!    cached, keeping a small watermark of blocks for running sequences
-//!    to grow into.
+//!    first; one that needs a new block and finds none preempts a running
+//!    sequence not yet planned this step (possibly itself): the youngest
+//!    [`Priority::Batch`] one if there is one, else the youngest. That
+//!    sequence's blocks are released and it goes back to the front of the
+//!    queue with every token it has so far, to be recomputed (from the
+//!    prefix cache where possible) when it is readmitted;
+//! 2. sequences still in their prompt get chunks, interactive ones first,
+//!    oldest first within a class, within the step's token budget (their
+//!    blocks were taken at admission);
+//! 3. waiting requests are admitted while there is a running slot, token
+//!    budget, and blocks for the part of their prompt not already cached,
+//!    keeping a small watermark of blocks for running sequences to grow
+//!    into: the first waiting interactive request, else the first batch
+//!    one (FIFO within a class), so batch work never delays a waiting
+//!    interactive request.
 //!
 //! Prefix caching: a full block is identified by a hash chained over its
 //! parent block's hash, its token ids and the request's cache salt. Full
@@ -35,6 +39,7 @@ use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 
 pub use blocks::{BlockId, BlockPool};
+pub use protocol::Priority;
 
 /// Identifies a sequence inside one engine.
 pub type SeqId = u64;
@@ -167,6 +172,8 @@ struct Entry {
     registered: usize,
     /// Whether its first admission was counted in the cache counters.
     counted: bool,
+    /// Its scheduling class.
+    priority: Priority,
 }
 
 impl Entry {
@@ -232,8 +239,15 @@ impl Scheduler {
     }
 
     /// Queues a request whose prompt is `tokens`; `salt` separates its
-    /// cache entries from those of requests with another salt.
-    pub fn enqueue(&mut self, id: SeqId, tokens: Vec<u32>, salt: &[u8]) -> Result<(), AdmitError> {
+    /// cache entries from those of requests with another salt, `priority`
+    /// orders its admission against other waiting requests.
+    pub fn enqueue(
+        &mut self,
+        id: SeqId,
+        tokens: Vec<u32>,
+        salt: &[u8],
+        priority: Priority,
+    ) -> Result<(), AdmitError> {
         Self::validate(&self.cfg, tokens.len())?;
         if self.waiting.len() >= self.cfg.max_waiting {
             return Err(AdmitError::QueueFull(self.waiting.len()));
@@ -252,6 +266,7 @@ impl Scheduler {
             table: Vec::new(),
             registered: 0,
             counted: false,
+            priority,
         });
         Ok(())
     }
@@ -367,8 +382,10 @@ impl Scheduler {
         let mut plan = StepPlan::default();
         let mut budget = self.cfg.max_step_tokens.max(1);
         self.plan_decodes(&mut plan, &mut budget);
-        self.plan_prefills(&mut plan, &mut budget);
-        self.admit(&mut plan, &mut budget);
+        self.plan_prefills(&mut plan, &mut budget, Priority::Interactive);
+        self.admit(&mut plan, &mut budget, Some(Priority::Interactive));
+        self.plan_prefills(&mut plan, &mut budget, Priority::Batch);
+        self.admit(&mut plan, &mut budget, None);
         plan
     }
 
@@ -388,14 +405,14 @@ impl Scheduler {
                     self.running[i].table.push(b);
                     continue;
                 }
-                let youngest = self.running.len() - 1;
-                if youngest > i {
-                    self.preempt(youngest, plan);
+                let victim = self.victim(i);
+                if victim > i {
+                    self.preempt(victim, plan);
                     continue;
                 }
-                // This sequence is the youngest. Alone, it holds the whole
-                // pool: it ends here. Otherwise it makes room for its elders.
-                if i == 0 {
+                // This sequence is the one to go. Alone, it holds the whole
+                // pool: it ends here. Otherwise it makes room for the others.
+                if self.running.len() == 1 {
                     let mut e = self.running.remove(0);
                     self.release(&mut e);
                     plan.exhausted.push(e.id);
@@ -421,22 +438,56 @@ impl Scheduler {
         }
     }
 
-    /// Prompt chunks for sequences still in their prompt, oldest first.
-    fn plan_prefills(&mut self, plan: &mut StepPlan, budget: &mut usize) {
-        for e in self.running.iter_mut().filter(|e| e.in_prefill()) {
+    /// Which running sequence makes room when sequence `i` (planned now)
+    /// needs a block: of `i` and the sequences not planned yet (after it),
+    /// the youngest batch one, else the youngest.
+    fn victim(&self, i: usize) -> usize {
+        let last = self.running.len() - 1;
+        (i..=last)
+            .rev()
+            .find(|&j| self.running[j].priority == Priority::Batch)
+            .unwrap_or(last)
+    }
+
+    /// Prompt chunks for sequences of `class` still in their prompt,
+    /// oldest first.
+    fn plan_prefills(&mut self, plan: &mut StepPlan, budget: &mut usize, class: Priority) {
+        for e in self
+            .running
+            .iter_mut()
+            .filter(|e| e.in_prefill() && e.priority == class)
+        {
             if *budget == 0 {
-                break;
+                return;
             }
             *budget -= chunk(e, *budget, &mut plan.items);
         }
     }
 
-    /// Admits waiting requests in order while a slot, token budget and
-    /// blocks for their uncached prompt remain.
-    fn admit(&mut self, plan: &mut StepPlan, budget: &mut usize) {
+    /// The waiting request to admit next: the first interactive one, else
+    /// (unless `only` says interactive) the first one.
+    fn next_waiting(&self, only: Option<Priority>) -> Option<usize> {
+        let first = self
+            .waiting
+            .iter()
+            .position(|e| e.priority == Priority::Interactive);
+        match only {
+            Some(Priority::Interactive) => first,
+            _ if self.waiting.is_empty() => None,
+            _ => Some(first.unwrap_or(0)),
+        }
+    }
+
+    /// Admits waiting requests (interactive ones only when `only` says so),
+    /// interactive ones first, in order within a class, while a slot, token
+    /// budget and blocks for their uncached prompt remain.
+    fn admit(&mut self, plan: &mut StepPlan, budget: &mut usize, only: Option<Priority>) {
         let bs = self.cfg.block_size;
         while *budget > 0 && self.running.len() < self.cfg.max_running {
-            let Some(e) = self.waiting.front_mut() else {
+            let Some(next) = self.next_waiting(only) else {
+                break;
+            };
+            let Some(e) = self.waiting.get_mut(next) else {
                 break;
             };
             // At least the last token is computed, to sample from its logits.
@@ -463,7 +514,7 @@ impl Scheduler {
             if needed > room {
                 break;
             }
-            let Some(mut e) = self.waiting.pop_front() else {
+            let Some(mut e) = self.waiting.remove(next) else {
                 break;
             };
             for &b in &matched {

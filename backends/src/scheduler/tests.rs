@@ -2,6 +2,9 @@
 
 use super::*;
 
+const INTERACTIVE: Priority = Priority::Interactive;
+const BATCH: Priority = Priority::Batch;
+
 fn cfg() -> SchedulerConfig {
     SchedulerConfig {
         max_running: 4,
@@ -41,7 +44,7 @@ fn prompt_is_chunked_then_decodes_one_token_per_step() {
         max_step_tokens: 8,
         ..cfg()
     });
-    s.enqueue(1, toks(12, 10), b"").unwrap();
+    s.enqueue(1, toks(12, 10), b"", INTERACTIVE).unwrap();
     let p = s.plan();
     assert_eq!(p.admitted, vec![1]);
     assert_eq!(p.items, vec![item(1, 0, 8, false)]);
@@ -60,10 +63,10 @@ fn new_request_joins_while_another_decodes() {
         max_step_tokens: 8,
         ..cfg()
     });
-    s.enqueue(1, toks(2, 10), b"").unwrap();
+    s.enqueue(1, toks(2, 10), b"", INTERACTIVE).unwrap();
     let p = s.plan();
     run(&mut s, &p, 5);
-    s.enqueue(2, toks(20, 50), b"").unwrap();
+    s.enqueue(2, toks(20, 50), b"", INTERACTIVE).unwrap();
     let p = s.plan();
     assert_eq!(p.admitted, vec![2]);
     assert_eq!(p.items, vec![item(1, 2, 1, true), item(2, 0, 7, false)]);
@@ -72,7 +75,7 @@ fn new_request_joins_while_another_decodes() {
 #[test]
 fn blocks_are_taken_one_at_a_time_as_a_sequence_grows() {
     let mut s = Scheduler::new(cfg());
-    s.enqueue(1, toks(5, 10), b"").unwrap();
+    s.enqueue(1, toks(5, 10), b"", INTERACTIVE).unwrap();
     let p = s.plan();
     run(&mut s, &p, 1);
     // 5 prompt tokens: 2 blocks, nothing reserved for what will be generated.
@@ -96,7 +99,8 @@ fn admission_needs_no_max_tokens_and_many_long_requests_run_at_once() {
     // whole pool), yet all four run together.
     let mut s = Scheduler::new(cfg());
     for id in 1..=4 {
-        s.enqueue(id, toks(3, 10 * id as u32), b"").unwrap();
+        s.enqueue(id, toks(3, 10 * id as u32), b"", INTERACTIVE)
+            .unwrap();
     }
     let p = s.plan();
     assert_eq!(p.admitted, vec![1, 2, 3, 4]);
@@ -110,9 +114,12 @@ fn requests_that_cannot_fit_are_refused_with_reasons() {
         max_waiting: 2,
         ..cfg()
     });
-    assert_eq!(s.enqueue(1, vec![], b""), Err(AdmitError::Empty));
+    assert_eq!(
+        s.enqueue(1, vec![], b"", INTERACTIVE),
+        Err(AdmitError::Empty)
+    );
     assert!(matches!(
-        s.enqueue(1, toks(64, 0), b""),
+        s.enqueue(1, toks(64, 0), b"", INTERACTIVE),
         Err(AdmitError::ContextExceeded { prompt: 64, .. })
     ));
     let small = SchedulerConfig {
@@ -126,9 +133,12 @@ fn requests_that_cannot_fit_are_refused_with_reasons() {
             budget: 8
         })
     ));
-    s.enqueue(1, toks(4, 0), b"").unwrap();
-    s.enqueue(2, toks(4, 0), b"").unwrap();
-    assert_eq!(s.enqueue(3, toks(4, 0), b""), Err(AdmitError::QueueFull(2)));
+    s.enqueue(1, toks(4, 0), b"", INTERACTIVE).unwrap();
+    s.enqueue(2, toks(4, 0), b"", INTERACTIVE).unwrap();
+    assert_eq!(
+        s.enqueue(3, toks(4, 0), b"", INTERACTIVE),
+        Err(AdmitError::QueueFull(2))
+    );
 }
 
 #[test]
@@ -138,9 +148,9 @@ fn admission_waits_for_blocks_and_keeps_a_watermark() {
         watermark_blocks: 1,
         ..cfg()
     });
-    s.enqueue(1, toks(12, 0), b"a").unwrap(); // 3 blocks
-    s.enqueue(2, toks(8, 100), b"b").unwrap(); // 2 blocks: 3 + 2 + watermark = 6
-    s.enqueue(3, toks(4, 200), b"c").unwrap(); // would eat the watermark
+    s.enqueue(1, toks(12, 0), b"a", INTERACTIVE).unwrap(); // 3 blocks
+    s.enqueue(2, toks(8, 100), b"b", INTERACTIVE).unwrap(); // 2 blocks: 3 + 2 + watermark = 6
+    s.enqueue(3, toks(4, 200), b"c", INTERACTIVE).unwrap(); // would eat the watermark
     let p = s.plan();
     assert_eq!(p.admitted, vec![1, 2]);
     assert_eq!(s.waiting(), 1);
@@ -156,7 +166,7 @@ fn a_lone_request_may_use_the_watermark() {
         watermark_blocks: 1,
         ..cfg()
     });
-    s.enqueue(1, toks(11, 0), b"").unwrap();
+    s.enqueue(1, toks(11, 0), b"", INTERACTIVE).unwrap();
     assert_eq!(s.plan().admitted, vec![1]);
 }
 
@@ -166,8 +176,8 @@ fn running_slots_bound_admission() {
         max_running: 1,
         ..cfg()
     });
-    s.enqueue(1, toks(1, 0), b"").unwrap();
-    s.enqueue(2, toks(1, 0), b"").unwrap();
+    s.enqueue(1, toks(1, 0), b"", INTERACTIVE).unwrap();
+    s.enqueue(2, toks(1, 0), b"", INTERACTIVE).unwrap();
     assert_eq!(s.plan().admitted, vec![1]);
     assert!(s.plan().admitted.is_empty());
     assert_eq!(s.waiting(), 1);
@@ -179,7 +189,7 @@ fn cancelled_waiting_request_leaves_the_queue() {
         max_running: 0,
         ..cfg()
     });
-    s.enqueue(1, toks(4, 0), b"").unwrap();
+    s.enqueue(1, toks(4, 0), b"", INTERACTIVE).unwrap();
     assert!(s.remove(1));
     assert!(s.is_idle());
     assert!(!s.remove(1));
@@ -194,7 +204,8 @@ fn preemption_picks_the_youngest_and_it_resumes_with_all_its_tokens() {
         ..cfg()
     });
     for id in 1..=3 {
-        s.enqueue(id, toks(8, 100 * id as u32), b"").unwrap(); // 2 blocks each
+        s.enqueue(id, toks(8, 100 * id as u32), b"", INTERACTIVE)
+            .unwrap(); // 2 blocks each
     }
     let p = s.plan();
     assert_eq!(p.admitted, vec![1, 2, 3]);
@@ -222,6 +233,79 @@ fn preemption_picks_the_youngest_and_it_resumes_with_all_its_tokens() {
     assert_eq!(s.counters().preemptions, 1);
 }
 
+/// With one running slot taken, a batch request that queued first waits
+/// for an interactive one that came later; batch requests among
+/// themselves keep their order.
+#[test]
+fn waiting_interactive_requests_are_admitted_before_batch_ones() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_running: 1,
+        ..cfg()
+    });
+    s.enqueue(1, toks(4, 0), b"", BATCH).unwrap();
+    let p = s.plan();
+    assert_eq!(p.admitted, vec![1]);
+    s.enqueue(2, toks(4, 10), b"", BATCH).unwrap();
+    s.enqueue(3, toks(4, 20), b"", BATCH).unwrap();
+    s.enqueue(4, toks(4, 30), b"", INTERACTIVE).unwrap();
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let running: Vec<SeqId> = s.running.iter().map(|e| e.id).collect();
+        for id in running {
+            s.remove(id);
+        }
+        order.extend(s.plan().admitted);
+    }
+    assert_eq!(order, vec![4, 2, 3]);
+    s.check().unwrap();
+}
+
+/// Out of blocks, the batch sequence makes room even when it is the
+/// oldest: the younger interactive ones keep running.
+#[test]
+fn preemption_takes_batch_sequences_before_younger_interactive_ones() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        num_blocks: 6,
+        watermark_blocks: 0,
+        ..cfg()
+    });
+    s.enqueue(2, toks(7, 200), b"", BATCH).unwrap();
+    let p = s.plan();
+    assert_eq!(p.admitted, vec![2]);
+    run(&mut s, &p, 1);
+    s.enqueue(1, toks(8, 100), b"", INTERACTIVE).unwrap();
+    s.enqueue(3, toks(8, 300), b"", INTERACTIVE).unwrap();
+    let p = s.plan();
+    assert_eq!(p.admitted, vec![1, 3]);
+    run(&mut s, &p, 1);
+    // The pool is full and each needs a third block.
+    let p = s.plan();
+    assert_eq!(p.preempted, vec![2]);
+    assert_eq!(p.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![1, 3]);
+    s.check().unwrap();
+}
+
+/// A batch sequence in its prompt gets the step's budget only after the
+/// interactive ones, even when it was admitted first: a waiting
+/// interactive request is admitted and chunked ahead of it.
+#[test]
+fn interactive_prompts_are_chunked_before_batch_ones() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_step_tokens: 8,
+        ..cfg()
+    });
+    s.enqueue(1, toks(20, 0), b"", BATCH).unwrap();
+    let p = s.plan();
+    assert_eq!(p.items, vec![item(1, 0, 8, false)]);
+    s.enqueue(2, toks(12, 50), b"", INTERACTIVE).unwrap();
+    let p = s.plan();
+    assert_eq!(p.admitted, vec![2]);
+    assert_eq!(p.items, vec![item(2, 0, 8, false)]);
+    let p = s.plan();
+    assert_eq!(p.items, vec![item(2, 8, 4, true), item(1, 8, 4, false)]);
+    s.check().unwrap();
+}
+
 #[test]
 fn a_sequence_alone_in_a_full_pool_is_exhausted() {
     let mut s = Scheduler::new(SchedulerConfig {
@@ -229,7 +313,7 @@ fn a_sequence_alone_in_a_full_pool_is_exhausted() {
         watermark_blocks: 0,
         ..cfg()
     });
-    s.enqueue(1, toks(7, 0), b"").unwrap();
+    s.enqueue(1, toks(7, 0), b"", INTERACTIVE).unwrap();
     let p = s.plan();
     run(&mut s, &p, 1); // 8 tokens: positions 0..7 fit, token 8's does not
     let p = s.plan();
@@ -250,11 +334,11 @@ fn a_shared_prefix_is_computed_once() {
     a.extend([1, 2]);
     let mut b = system.clone();
     b.extend([3, 4, 5]);
-    s.enqueue(1, a, b"").unwrap();
+    s.enqueue(1, a, b"", INTERACTIVE).unwrap();
     let p = s.plan();
     run(&mut s, &p, 9);
     s.remove(1);
-    s.enqueue(2, b, b"").unwrap();
+    s.enqueue(2, b, b"", INTERACTIVE).unwrap();
     let p = s.plan();
     // The 3 system-prompt blocks are reused; only the user turn is prefilled.
     assert_eq!(p.items, vec![item(2, 12, 3, true)]);
@@ -266,12 +350,12 @@ fn a_shared_prefix_is_computed_once() {
 #[test]
 fn running_sequences_share_blocks_and_the_last_token_is_always_computed() {
     let mut s = Scheduler::new(cfg());
-    s.enqueue(1, toks(8, 0), b"").unwrap();
+    s.enqueue(1, toks(8, 0), b"", INTERACTIVE).unwrap();
     let p = s.plan();
     run(&mut s, &p, 1);
     // The same 8 tokens again: at most 7 can come from the cache, so the
     // second block is recomputed, the first is shared.
-    s.enqueue(2, toks(8, 0), b"").unwrap();
+    s.enqueue(2, toks(8, 0), b"", INTERACTIVE).unwrap();
     let p = s.plan();
     assert_eq!(p.items[1], item(2, 4, 4, true));
     let t1 = s.sequence(1).unwrap().1.to_vec();
@@ -285,15 +369,15 @@ fn running_sequences_share_blocks_and_the_last_token_is_always_computed() {
 #[test]
 fn salts_isolate_cache_entries() {
     let mut s = Scheduler::new(cfg());
-    s.enqueue(1, toks(9, 0), b"tenant-a").unwrap();
+    s.enqueue(1, toks(9, 0), b"tenant-a", INTERACTIVE).unwrap();
     let p = s.plan();
     run(&mut s, &p, 1);
     s.remove(1);
-    s.enqueue(2, toks(9, 0), b"tenant-b").unwrap();
+    s.enqueue(2, toks(9, 0), b"tenant-b", INTERACTIVE).unwrap();
     let p = s.plan();
     assert_eq!(p.items, vec![item(2, 0, 9, true)]);
     s.remove(2);
-    s.enqueue(3, toks(9, 0), b"tenant-a").unwrap();
+    s.enqueue(3, toks(9, 0), b"tenant-a", INTERACTIVE).unwrap();
     let p = s.plan();
     assert_eq!(p.items, vec![item(3, 8, 1, true)]);
 }
@@ -307,7 +391,7 @@ fn cached_blocks_are_evicted_least_recently_released_first_and_only_when_needed(
     });
     // Two 4-token prefixes, each then released (cached, unheld).
     for (id, base) in [(1, 0), (2, 100)] {
-        s.enqueue(id, toks(5, base), b"").unwrap();
+        s.enqueue(id, toks(5, base), b"", INTERACTIVE).unwrap();
         let p = s.plan();
         run(&mut s, &p, 1);
         s.remove(id);
@@ -315,23 +399,23 @@ fn cached_blocks_are_evicted_least_recently_released_first_and_only_when_needed(
     assert_eq!(s.blocks().cached(), 2);
     assert_eq!(s.blocks().used(), 0);
     // A 12-token prompt needs 3 blocks: 2 free ones and the oldest cached.
-    s.enqueue(3, toks(12, 1000), b"").unwrap();
+    s.enqueue(3, toks(12, 1000), b"", INTERACTIVE).unwrap();
     let p = s.plan();
     run(&mut s, &p, 1);
     assert_eq!(s.blocks().evictions(), 1);
     s.remove(3);
     // The newer prefix survived, the older one is gone.
-    s.enqueue(4, toks(5, 100), b"").unwrap();
+    s.enqueue(4, toks(5, 100), b"", INTERACTIVE).unwrap();
     assert_eq!(s.plan().items, vec![item(4, 4, 1, true)]);
     s.remove(4);
-    s.enqueue(5, toks(5, 0), b"").unwrap();
+    s.enqueue(5, toks(5, 0), b"", INTERACTIVE).unwrap();
     assert_eq!(s.plan().items, vec![item(5, 0, 5, true)]);
 }
 
 #[test]
 fn a_discarded_step_is_not_cached() {
     let mut s = Scheduler::new(cfg());
-    s.enqueue(1, toks(9, 0), b"").unwrap();
+    s.enqueue(1, toks(9, 0), b"", INTERACTIVE).unwrap();
     s.plan();
     assert!(s.discard(1));
     assert_eq!(s.blocks().cached(), 0);
@@ -345,8 +429,8 @@ fn a_preempted_sequence_reuses_its_cached_blocks_when_they_survive() {
         watermark_blocks: 0,
         ..cfg()
     });
-    s.enqueue(1, toks(8, 0), b"").unwrap(); // 2 blocks
-    s.enqueue(2, toks(8, 100), b"").unwrap(); // 2 blocks
+    s.enqueue(1, toks(8, 0), b"", INTERACTIVE).unwrap(); // 2 blocks
+    s.enqueue(2, toks(8, 100), b"", INTERACTIVE).unwrap(); // 2 blocks
     let p = s.plan();
     run(&mut s, &p, 1);
     // Sequence 1 takes the last free block; sequence 2 must make room and,
@@ -415,7 +499,10 @@ mod properties {
                 match op {
                     Op::Enqueue { len, prefix, salt } => {
                         let tokens: Vec<u32> = (0..len as u32).map(|i| prefix * 1000 + i).collect();
-                        if s.enqueue(next_id, tokens, &[salt]).is_ok() {
+                        // Both classes, so batch-first preemption and
+                        // interactive-first admission are exercised too.
+                        let class = if (len + prefix as usize).is_multiple_of(3) { BATCH } else { INTERACTIVE };
+                        if s.enqueue(next_id, tokens, &[salt], class).is_ok() {
                             known.push(next_id);
                         }
                         next_id += 1;

@@ -87,11 +87,9 @@ pub async fn require_key(
     let (decision, known) = {
         let view = auth.view.borrow();
         let key = presented.as_deref().and_then(|h| view.state.api_key(h));
-        let known = key.map(|k| Principal {
-            key_id: k.id.clone(),
-            tenant: k.tenant.clone(),
-            scope: k.scope,
-            limits: k.limits,
+        let known = key.map(|k| {
+            let tenant = view.state.tenants().get(&k.tenant).copied();
+            Principal::new(k, tenant.unwrap_or_default())
         });
         let decision = decide(
             class,
@@ -99,7 +97,8 @@ pub async fn require_key(
             key,
             unix_now(),
             auth.metrics_public,
-        );
+        )
+        .map(|acting| acting.and(known.clone()));
         (decision, known)
     };
     match decision {

@@ -4,7 +4,7 @@
 //! and unknown paths, so that 404s do not map the API for strangers) needs
 //! an inference or admin key.
 
-use crate::state::{ApiKey, KeyLimits, KeyScope, DEFAULT_TENANT};
+use crate::state::{ApiKey, KeyLimits, KeyScope, TenantSettings, DEFAULT_TENANT};
 
 /// The access class of a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,22 @@ pub struct Principal {
     pub scope: KeyScope,
     /// The key's rate and concurrency limits.
     pub limits: KeyLimits,
+    /// Its tenant's limits (shared by all the tenant's keys) and
+    /// scheduling class.
+    pub tenant_settings: TenantSettings,
+}
+
+impl Principal {
+    /// The principal of `key`, whose tenant has `tenant_settings`.
+    pub fn new(key: &ApiKey, tenant_settings: TenantSettings) -> Self {
+        Self {
+            key_id: key.id.clone(),
+            tenant: key.tenant.clone(),
+            scope: key.scope,
+            limits: key.limits,
+            tenant_settings,
+        }
+    }
 }
 
 /// Whether `who` may see and manage what belongs to `tenant` (keys, FL
@@ -97,14 +113,15 @@ impl Denial {
 }
 
 /// Decides a request to a route of `class`. `presented` says whether a key
-/// was sent; `key` is the cluster's record of it, if known.
+/// was sent; `key` is the cluster's record of it, if known. The answer is
+/// the key the request acts as (`None` on open routes).
 pub fn decide(
     class: RouteClass,
     presented: bool,
     key: Option<&ApiKey>,
     now_unix: u64,
     metrics_public: bool,
-) -> Result<Option<Principal>, Denial> {
+) -> Result<Option<&ApiKey>, Denial> {
     // Open routes ignore whatever key comes along (a stale one included).
     if class == RouteClass::Public || (class == RouteClass::Metrics && metrics_public) {
         return Ok(None);
@@ -119,12 +136,7 @@ pub fn decide(
     if class == RouteClass::Admin && key.scope != KeyScope::Admin {
         return Err(Denial::Forbidden);
     }
-    Ok(Some(Principal {
-        key_id: key.id.clone(),
-        tenant: key.tenant.clone(),
-        scope: key.scope,
-        limits: key.limits,
-    }))
+    Ok(Some(key))
 }
 
 #[cfg(test)]

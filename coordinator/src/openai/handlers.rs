@@ -183,13 +183,17 @@ fn special_tokens_allowed(
 
 /// Salts the request's prefix cache with its tenant (the key's, checked by
 /// the auth layer), or with the key it came with when auth is off, so that
-/// tenants never share cache blocks.
+/// tenants never share cache blocks; and gives it its tenant's scheduling
+/// class (interactive when auth is off).
 fn keyed(mut v: Validated, principal: Option<&Principal>, headers: &HeaderMap) -> Validated {
     let owner = match principal {
         Some(p) => format!("tenant:{}", p.tenant),
         None => presented_key(headers).map_or_else(String::new, |k| format!("key:{k}")),
     };
     v.request.cache_salt = validate::salt_with_owner(&owner, &v.request.cache_salt);
+    v.request.priority = principal
+        .map(|p| p.tenant_settings.priority)
+        .unwrap_or_default();
     v
 }
 

@@ -286,6 +286,7 @@ fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validate
             ignore_eos: p.ignore_eos.unwrap_or(false),
             cache_salt,
             allow_special_tokens: false,
+            priority: Default::default(),
         },
         stream,
         include_usage,

@@ -1,6 +1,9 @@
-//! Per-key usage and the admission decision, without I/O: requests per
-//! minute, tokens per minute and requests in flight, each against this
-//! coordinator's share of the key's cluster-wide limit.
+//! Per-key and per-tenant usage and the admission decision, without I/O:
+//! requests per minute, tokens per minute and requests in flight, each
+//! against this coordinator's share of the cluster-wide limit. A request
+//! counts against its key's limits and its tenant's (shared by all the
+//! tenant's keys); it is admitted only when both have room, and then
+//! charged to both.
 //!
 //! The share: with `n` coordinators, each admits `limit / n` per minute
 //! (a bucket of that size, at least one unit, refilled at that rate) and
@@ -13,6 +16,28 @@ use std::collections::HashMap;
 
 use super::bucket::Bucket;
 use crate::state::{KeyLimits, MAX_API_KEYS};
+
+/// Whose limits a request counts against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// An API key, by id.
+    Key(String),
+    /// A tenant, by name.
+    Tenant(String),
+}
+
+impl Subject {
+    /// `key` or `tenant`, for messages.
+    pub fn level(&self) -> &'static str {
+        match self {
+            Subject::Key(_) => "key",
+            Subject::Tenant(_) => "tenant",
+        }
+    }
+}
+
+/// Most subjects tracked before idle ones are forgotten.
+const MAX_TRACKED: usize = 2 * MAX_API_KEYS;
 
 /// What a refused request is told.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,7 +80,8 @@ impl Refusal {
     }
 }
 
-/// The `x-ratelimit-*` figures of a key, as this coordinator sees them.
+/// The `x-ratelimit-*` figures of a request's limits, as this coordinator
+/// sees them (of the key or its tenant, whichever has less left).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RateStatus {
     /// The key's requests-per-minute limit and what this coordinator still
@@ -139,79 +165,138 @@ impl Usage {
     }
 }
 
-/// The usage of every limited key on this coordinator.
+impl RateStatus {
+    /// Per figure, the one with less remaining.
+    fn tighter(self, other: RateStatus) -> RateStatus {
+        let pick = |a: Option<(u32, u64, f64)>, b: Option<(u32, u64, f64)>| match (a, b) {
+            (Some(a), Some(b)) => Some(if b.1 < a.1 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        RateStatus {
+            requests: pick(self.requests, other.requests),
+            tokens: pick(self.tokens, other.tokens),
+        }
+    }
+}
+
+/// A refused request: which limit, whose, and the figures to report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// The limit reached.
+    pub refusal: Refusal,
+    /// Whether it was the key's limit or its tenant's.
+    pub level: &'static str,
+    /// The `x-ratelimit-*` figures.
+    pub status: RateStatus,
+}
+
+/// The usage of every limited key and tenant on this coordinator.
 #[derive(Debug, Default)]
 pub struct QuotaBook {
-    keys: HashMap<String, Usage>,
+    subjects: HashMap<Subject, Usage>,
 }
 
 impl QuotaBook {
-    /// Admits a request of key `key_id` with `limits` when `coordinators`
-    /// share them, at time `now` (seconds). An admitted request counts as
-    /// in flight until [`QuotaBook::release`].
+    /// Admits a request counted against each of `subjects` (its key and
+    /// its tenant, with their limits) when `coordinators` share the
+    /// limits, at time `now` (seconds): only if every one has room, and
+    /// then charged to every one. An admitted request counts as in flight
+    /// until [`QuotaBook::release`].
     pub fn admit(
         &mut self,
-        key_id: &str,
-        limits: KeyLimits,
+        subjects: &[(Subject, KeyLimits)],
         coordinators: usize,
         now: f64,
-    ) -> Result<RateStatus, (Refusal, RateStatus)> {
-        if !self.keys.contains_key(key_id) && self.keys.len() >= MAX_API_KEYS {
-            self.keys.retain(|_, u| !u.idle(now));
+    ) -> Result<RateStatus, Refused> {
+        let limited = || subjects.iter().filter(|(_, l)| l.any());
+        let fresh = limited()
+            .filter(|(s, _)| !self.subjects.contains_key(s))
+            .count();
+        if self.subjects.len() + fresh > MAX_TRACKED {
+            self.subjects.retain(|_, u| !u.idle(now));
         }
-        let u = self
-            .keys
-            .entry(key_id.to_string())
-            .or_insert_with(|| Usage::new(limits, coordinators, now));
-        if u.limits != limits {
-            // Keys are immutable; a new key under a reused id starts afresh.
-            *u = Usage::new(limits, coordinators, now);
-        }
-        u.follow(coordinators, now);
-        if let Some(max) = limits.max_concurrent {
-            if u.in_flight >= concurrency_share(max, coordinators) {
-                return Err((Refusal::Concurrency, u.status()));
+        let mut status = RateStatus::default();
+        for (subject, limits) in limited() {
+            let u = self
+                .subjects
+                .entry(subject.clone())
+                .or_insert_with(|| Usage::new(*limits, coordinators, now));
+            if u.limits != *limits {
+                // Changed limits (a tenant's) start with full buckets; the
+                // requests in flight still count.
+                let in_flight = u.in_flight;
+                *u = Usage::new(*limits, coordinators, now);
+                u.in_flight = in_flight;
+            }
+            u.follow(coordinators, now);
+            let over_concurrency = limits
+                .max_concurrent
+                .is_some_and(|max| u.in_flight >= concurrency_share(max, coordinators));
+            let refusal = if over_concurrency {
+                Some(Refusal::Concurrency)
+            } else if let Some(Err(retry_after_s)) = u.tokens.as_mut().map(|b| b.check(1.0, now)) {
+                Some(Refusal::Tokens { retry_after_s })
+            } else if let Some(Err(retry_after_s)) = u.requests.as_mut().map(|b| b.check(1.0, now))
+            {
+                Some(Refusal::Requests { retry_after_s })
+            } else {
+                None
+            };
+            status = status.tighter(u.status());
+            if let Some(refusal) = refusal {
+                return Err(Refused {
+                    refusal,
+                    level: subject.level(),
+                    status,
+                });
             }
         }
-        if let Some(b) = u.tokens.as_mut() {
-            if let Err(retry_after_s) = b.check(1.0, now) {
-                return Err((Refusal::Tokens { retry_after_s }, u.status()));
+        // Every one has room: charge them all.
+        let mut status = RateStatus::default();
+        for (subject, _) in limited() {
+            if let Some(u) = self.subjects.get_mut(subject) {
+                if let Some(b) = u.requests.as_mut() {
+                    b.charge(1.0, now);
+                }
+                u.in_flight += 1;
+                status = status.tighter(u.status());
             }
         }
-        if let Some(b) = u.requests.as_mut() {
-            if let Err(retry_after_s) = b.check(1.0, now) {
-                return Err((Refusal::Requests { retry_after_s }, u.status()));
+        Ok(status)
+    }
+
+    /// An admitted request of `subjects` ended.
+    pub fn release(&mut self, subjects: &[Subject]) {
+        for s in subjects {
+            if let Some(u) = self.subjects.get_mut(s) {
+                u.in_flight = u.in_flight.saturating_sub(1);
             }
-            b.charge(1.0, now);
-        }
-        u.in_flight += 1;
-        Ok(u.status())
-    }
-
-    /// An admitted request of `key_id` ended.
-    pub fn release(&mut self, key_id: &str) {
-        if let Some(u) = self.keys.get_mut(key_id) {
-            u.in_flight = u.in_flight.saturating_sub(1);
         }
     }
 
-    /// A request of `key_id` used `tokens` (prompt and completion).
-    pub fn charge_tokens(&mut self, key_id: &str, tokens: u64, now: f64) {
-        if let Some(b) = self.keys.get_mut(key_id).and_then(|u| u.tokens.as_mut()) {
-            // Precision loss above 2^53 tokens is irrelevant.
-            b.charge(tokens as f64, now);
+    /// A request of `subjects` used `tokens` (prompt and completion).
+    pub fn charge_tokens(&mut self, subjects: &[Subject], tokens: u64, now: f64) {
+        for s in subjects {
+            if let Some(b) = self.subjects.get_mut(s).and_then(|u| u.tokens.as_mut()) {
+                // Precision loss above 2^53 tokens is irrelevant.
+                b.charge(tokens as f64, now);
+            }
         }
     }
 
-    /// Keys tracked now.
+    /// Keys and tenants tracked now.
     pub fn tracked(&self) -> usize {
-        self.keys.len()
+        self.subjects.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(id: &str, l: KeyLimits) -> [(Subject, KeyLimits); 1] {
+        [(Subject::Key(id.to_string()), l)]
+    }
 
     fn limits(rpm: Option<u32>, tpm: Option<u32>, conc: Option<u32>) -> KeyLimits {
         KeyLimits {
@@ -230,30 +315,91 @@ mod tests {
         let mut served = 0;
         for i in 0..300 {
             let book = &mut books[i % 3];
-            if book.admit("k", l, 3, 0.0).is_ok() {
+            if book.admit(&key("k", l), 3, 0.0).is_ok() {
                 served += 1;
-                book.release("k");
+                book.release(&[Subject::Key("k".to_string())]);
             }
         }
         assert_eq!(served, 60);
         // A minute later, each has refilled its share: 60 more in total.
         let mut more = 0;
         for i in 0..300 {
-            if books[i % 3].admit("k", l, 3, 60.0).is_ok() {
+            if books[i % 3].admit(&key("k", l), 3, 60.0).is_ok() {
                 more += 1;
             }
         }
         assert_eq!(more, 60);
     }
 
+    fn keyed(id: &str, l: KeyLimits, tenant: KeyLimits) -> [(Subject, KeyLimits); 2] {
+        [
+            (Subject::Key(id.to_string()), l),
+            (Subject::Tenant("t".to_string()), tenant),
+        ]
+    }
+
+    /// A tenant's limit is shared by its keys: two unlimited keys of a
+    /// 4-a-minute tenant get 4 requests between them, and the refusal
+    /// says it was the tenant's limit.
+    #[test]
+    fn a_tenant_limit_is_shared_by_its_keys() {
+        let mut b = QuotaBook::default();
+        let none = KeyLimits::default();
+        let t = limits(Some(4), None, None);
+        let served = (0..10)
+            .filter(|i| {
+                let id = if i % 2 == 0 { "a" } else { "b" };
+                b.admit(&keyed(id, none, t), 1, 0.0).is_ok()
+            })
+            .count();
+        assert_eq!(served, 4);
+        let r = b.admit(&keyed("a", none, t), 1, 0.0).unwrap_err();
+        assert_eq!((r.refusal.kind(), r.level), ("requests", "tenant"));
+        assert_eq!(r.status.requests.map(|f| (f.0, f.1)), Some((4, 0)));
+    }
+
+    /// A request its key refuses costs its tenant nothing: the tenant's
+    /// other keys still get the whole tenant budget.
+    #[test]
+    fn a_refusal_charges_no_one() {
+        let mut b = QuotaBook::default();
+        let t = limits(Some(3), None, Some(10));
+        let one = limits(Some(1), None, None);
+        assert!(b.admit(&keyed("a", one, t), 1, 0.0).is_ok());
+        for _ in 0..5 {
+            let r = b.admit(&keyed("a", one, t), 1, 0.0).unwrap_err();
+            assert_eq!(r.level, "key");
+        }
+        let none = KeyLimits::default();
+        assert!(b.admit(&keyed("b", none, t), 1, 0.0).is_ok());
+        assert!(b.admit(&keyed("b", none, t), 1, 0.0).is_ok());
+        assert_eq!(
+            b.admit(&keyed("b", none, t), 1, 0.0).unwrap_err().level,
+            "tenant"
+        );
+        // The tenant's concurrency counted the 3 admitted, and releases them.
+        let subjects = [Subject::Key("b".into()), Subject::Tenant("t".into())];
+        b.release(&subjects);
+        b.release(&subjects);
+        b.release(&[Subject::Key("a".into()), Subject::Tenant("t".into())]);
+        let tight = limits(None, None, Some(1));
+        assert!(b.admit(&keyed("c", none, tight), 1, 60.0).is_ok());
+        assert_eq!(
+            b.admit(&keyed("c", none, tight), 1, 60.0)
+                .unwrap_err()
+                .refusal,
+            Refusal::Concurrency
+        );
+    }
+
     #[test]
     fn refusals_say_which_limit_and_when_to_retry() {
         let mut b = QuotaBook::default();
         let l = limits(Some(2), None, None);
-        assert!(b.admit("k", l, 1, 0.0).is_ok());
-        let st = b.admit("k", l, 1, 0.0).expect("second of two");
+        assert!(b.admit(&key("k", l), 1, 0.0).is_ok());
+        let st = b.admit(&key("k", l), 1, 0.0).expect("second of two");
         assert_eq!(st.requests.map(|r| (r.0, r.1)), Some((2, 0)));
-        let (r, _) = b.admit("k", l, 1, 0.0).unwrap_err();
+        let r = b.admit(&key("k", l), 1, 0.0).unwrap_err().refusal;
         assert_eq!(r.kind(), "requests");
         assert_eq!(r.retry_after_s(), 30, "2/min: one every 30 s");
     }
@@ -262,13 +408,16 @@ mod tests {
     fn concurrency_is_freed_on_release() {
         let mut b = QuotaBook::default();
         let l = limits(None, None, Some(2));
-        assert!(b.admit("k", l, 1, 0.0).is_ok());
-        assert!(b.admit("k", l, 1, 0.0).is_ok());
-        assert_eq!(b.admit("k", l, 1, 0.0).unwrap_err().0, Refusal::Concurrency);
-        b.release("k");
-        assert!(b.admit("k", l, 1, 0.0).is_ok());
+        assert!(b.admit(&key("k", l), 1, 0.0).is_ok());
+        assert!(b.admit(&key("k", l), 1, 0.0).is_ok());
+        assert_eq!(
+            b.admit(&key("k", l), 1, 0.0).unwrap_err().refusal,
+            Refusal::Concurrency
+        );
+        b.release(&[Subject::Key("k".to_string())]);
+        assert!(b.admit(&key("k", l), 1, 0.0).is_ok());
         // Other keys are not affected.
-        assert!(b.admit("other", l, 1, 0.0).is_ok());
+        assert!(b.admit(&key("other", l), 1, 0.0).is_ok());
     }
 
     #[test]
@@ -283,23 +432,27 @@ mod tests {
     fn tokens_are_charged_after_the_fact_and_block_until_repaid() {
         let mut b = QuotaBook::default();
         let l = limits(None, Some(600), None);
-        assert!(b.admit("k", l, 1, 0.0).is_ok());
-        b.release("k");
-        b.charge_tokens("k", 900, 0.0);
-        let (r, st) = b.admit("k", l, 1, 0.0).unwrap_err();
+        assert!(b.admit(&key("k", l), 1, 0.0).is_ok());
+        b.release(&[Subject::Key("k".to_string())]);
+        b.charge_tokens(&[Subject::Key("k".to_string())], 900, 0.0);
+        let Refused {
+            refusal: r,
+            status: st,
+            ..
+        } = b.admit(&key("k", l), 1, 0.0).unwrap_err();
         assert_eq!(r.kind(), "tokens");
         // 301 tokens short at 10 tokens/s.
         assert_eq!(r.retry_after_s(), 31);
         assert_eq!(st.tokens.map(|t| t.1), Some(0));
-        assert!(b.admit("k", l, 1, 31.0).is_ok());
+        assert!(b.admit(&key("k", l), 1, 31.0).is_ok());
     }
 
     #[test]
     fn a_tiny_limit_over_many_coordinators_still_admits() {
         let mut b = QuotaBook::default();
         let l = limits(Some(1), None, None);
-        assert!(b.admit("k", l, 3, 0.0).is_ok());
-        let (r, _) = b.admit("k", l, 3, 0.0).unwrap_err();
+        assert!(b.admit(&key("k", l), 3, 0.0).is_ok());
+        let r = b.admit(&key("k", l), 3, 0.0).unwrap_err().refusal;
         // Each of 3 refills 1/3 a minute: 180 s per request here.
         assert_eq!(r.retry_after_s(), 180);
     }
@@ -308,9 +461,9 @@ mod tests {
     fn a_growing_cluster_shrinks_each_share() {
         let mut b = QuotaBook::default();
         let l = limits(Some(60), None, None);
-        assert!(b.admit("k", l, 1, 0.0).is_ok());
+        assert!(b.admit(&key("k", l), 1, 0.0).is_ok());
         // 59 left of 60; the share of 2 holds 30: one more taken leaves 29.
-        let st = b.admit("k", l, 2, 0.0).expect("within the new share");
+        let st = b.admit(&key("k", l), 2, 0.0).expect("within the new share");
         assert_eq!(st.requests.map(|r| r.1), Some(29));
     }
 
@@ -318,13 +471,14 @@ mod tests {
     fn idle_keys_are_forgotten_when_the_book_is_full() {
         let mut b = QuotaBook::default();
         let l = limits(Some(10), None, None);
-        for i in 0..MAX_API_KEYS {
-            b.admit(&format!("k{i}"), l, 1, 0.0).expect("fresh key");
-            b.release(&format!("k{i}"));
+        for i in 0..MAX_TRACKED {
+            b.admit(&key(&format!("k{i}"), l), 1, 0.0)
+                .expect("fresh key");
+            b.release(&[Subject::Key(format!("k{i}"))]);
         }
-        assert_eq!(b.tracked(), MAX_API_KEYS);
+        assert_eq!(b.tracked(), MAX_TRACKED);
         // An hour later all are full again: forgotten to make room.
-        assert!(b.admit("new", l, 1, 3_600.0).is_ok());
+        assert!(b.admit(&key("new", l), 1, 3_600.0).is_ok());
         assert_eq!(b.tracked(), 1);
     }
 }

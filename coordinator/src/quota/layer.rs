@@ -1,4 +1,4 @@
-//! The axum middleware enforcing key limits on `/v1/*`: it runs after the
+//! The axum middleware enforcing key and tenant limits on `/v1/*`: it runs after the
 //! auth layer (which put the [`Principal`] in the request), asks the
 //! [`QuotaBook`] for admission, answers 429 with `Retry-After` and
 //! OpenAI's `x-ratelimit-*` headers when refused, and otherwise passes the
@@ -18,7 +18,7 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::book::{QuotaBook, RateStatus, Refusal};
+use super::book::{QuotaBook, RateStatus, Refusal, Refused, Subject};
 use super::metrics::TenantMetrics;
 use crate::auth::Principal;
 
@@ -51,18 +51,19 @@ fn lock(book: &Mutex<QuotaBook>) -> MutexGuard<'_, QuotaBook> {
     book.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Charges the tokens a request used to its key's tokens-per-minute budget.
+/// Charges the tokens a request used to its key's and tenant's
+/// tokens-per-minute budgets.
 #[derive(Clone)]
 pub struct TokenMeter {
     book: Arc<Mutex<QuotaBook>>,
     clock: Instant,
-    key_id: String,
+    subjects: Arc<[Subject]>,
 }
 
 impl std::fmt::Debug for TokenMeter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenMeter")
-            .field("key_id", &self.key_id)
+            .field("subjects", &self.subjects)
             .finish()
     }
 }
@@ -71,19 +72,19 @@ impl TokenMeter {
     /// The request used `tokens` tokens.
     pub fn charge(&self, tokens: u64) {
         let now = self.clock.elapsed().as_secs_f64();
-        lock(&self.book).charge_tokens(&self.key_id, tokens, now);
+        lock(&self.book).charge_tokens(&self.subjects, tokens, now);
     }
 }
 
-/// Gives the in-flight slot back when dropped.
+/// Gives the in-flight slots back when dropped.
 struct Slot {
     book: Arc<Mutex<QuotaBook>>,
-    key_id: String,
+    subjects: Arc<[Subject]>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        lock(&self.book).release(&self.key_id);
+        lock(&self.book).release(&self.subjects);
     }
 }
 
@@ -126,14 +127,14 @@ fn put_headers(headers: &mut HeaderMap, st: &RateStatus) {
 #[derive(Debug, Clone, Copy)]
 pub struct QuotaRefused;
 
-fn refuse(refusal: &Refusal, st: &RateStatus) -> Response {
+fn refuse(refusal: &Refusal, level: &str, st: &RateStatus) -> Response {
     let message = match refusal {
-        Refusal::Requests { .. } => "rate limit reached for requests per minute of this key",
-        Refusal::Tokens { .. } => "rate limit reached for tokens per minute of this key",
-        Refusal::Concurrency => "too many requests in flight for this key",
+        Refusal::Requests { .. } => "rate limit reached for requests per minute",
+        Refusal::Tokens { .. } => "rate limit reached for tokens per minute",
+        Refusal::Concurrency => "too many requests in flight",
     };
     let body = json!({"error": {
-        "message": format!("{message}; retry in {} s", refusal.retry_after_s()),
+        "message": format!("{message} of this {level}; retry in {} s", refusal.retry_after_s()),
         "type": refusal.kind(),
         "param": null,
         "code": "rate_limit_exceeded",
@@ -148,7 +149,7 @@ fn refuse(refusal: &Refusal, st: &RateStatus) -> Response {
     resp
 }
 
-/// Enforces the limits of the request's key on `/v1/*`.
+/// Enforces the limits of the request's key and tenant on `/v1/*`.
 pub async fn enforce(
     State(q): State<Arc<QuotaLayerState>>,
     mut req: Request,
@@ -157,32 +158,46 @@ pub async fn enforce(
     let Some(p) = req.extensions().get::<Principal>().cloned() else {
         return next.run(req).await;
     };
-    if !p.limits.any() || !req.uri().path().starts_with("/v1/") {
+    let tenant_limits = p.tenant_settings.limits;
+    if !(p.limits.any() || tenant_limits.any()) || !req.uri().path().starts_with("/v1/") {
         return next.run(req).await;
     }
     let now = q.clock.elapsed().as_secs_f64();
     let coordinators = (q.coordinators)();
-    let admitted = lock(&q.book).admit(&p.key_id, p.limits, coordinators, now);
+    let limited = [
+        (Subject::Key(p.key_id.clone()), p.limits),
+        (Subject::Tenant(p.tenant.clone()), tenant_limits),
+    ];
+    let admitted = lock(&q.book).admit(&limited, coordinators, now);
     let status = match admitted {
         Ok(status) => status,
-        Err((refusal, status)) => {
+        Err(Refused {
+            refusal,
+            level,
+            status,
+        }) => {
             q.metrics.record_rate_limited(&p.tenant, refusal.kind());
-            tracing::debug!(key = %p.key_id, tenant = %p.tenant, limit = refusal.kind(), "rate limited");
-            return refuse(&refusal, &status);
+            tracing::debug!(key = %p.key_id, tenant = %p.tenant, limit = refusal.kind(), level, "rate limited");
+            return refuse(&refusal, level, &status);
         }
     };
+    let subjects: Arc<[Subject]> = limited
+        .into_iter()
+        .filter(|(_, l)| l.any())
+        .map(|(s, _)| s)
+        .collect();
     req.extensions_mut().insert(TokenMeter {
         book: q.book.clone(),
         clock: q.clock,
-        key_id: p.key_id.clone(),
+        subjects: subjects.clone(),
     });
     let slot = Slot {
         book: q.book.clone(),
-        key_id: p.key_id,
+        subjects,
     };
     let mut resp = next.run(req).await;
     put_headers(resp.headers_mut(), &status);
-    if p.limits.max_concurrent.is_none() {
+    if p.limits.max_concurrent.is_none() && tenant_limits.max_concurrent.is_none() {
         // Nothing waits on the slot: give it back now, keep the body as is.
         drop(slot);
         return resp;
@@ -213,7 +228,7 @@ mod tests {
             requests: Some((60, 0, 1.0)),
             tokens: None,
         };
-        let r = refuse(&Refusal::Requests { retry_after_s: 0.4 }, &st);
+        let r = refuse(&Refusal::Requests { retry_after_s: 0.4 }, "key", &st);
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         let h = r.headers();
         assert_eq!(h["retry-after"], "1");

@@ -1,7 +1,9 @@
-//! Rate and concurrency limits of API keys, and per-tenant metrics.
+//! Rate and concurrency limits of API keys and tenants, and per-tenant
+//! metrics.
 //!
 //! - [`bucket`]: a token bucket on an explicit clock.
-//! - [`book`]: per-key usage and the admission decision (pure), with each
+//! - [`book`]: per-key and per-tenant usage and the admission decision
+//!   (pure), a request charged to both, with each
 //!   coordinator enforcing its share of a cluster-wide limit.
 //! - [`layer`]: the axum middleware: 429 with `Retry-After` and OpenAI's
 //!   `x-ratelimit-*` headers, the in-flight slot held until the response
@@ -13,6 +15,6 @@ pub mod bucket;
 pub mod layer;
 pub mod metrics;
 
-pub use book::{QuotaBook, RateStatus, Refusal};
+pub use book::{QuotaBook, RateStatus, Refusal, Refused, Subject};
 pub use layer::{enforce, QuotaLayerState, QuotaRefused, TokenMeter};
 pub use metrics::TenantMetrics;

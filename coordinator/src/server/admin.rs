@@ -110,6 +110,11 @@ pub fn router(admin: Arc<Admin>) -> Router {
             "/admin/v1/keys/{id}",
             axum::routing::delete(super::keys::revoke_key),
         )
+        .route("/admin/v1/tenants", get(super::tenants::list_tenants))
+        .route(
+            "/admin/v1/tenants/{name}",
+            axum::routing::put(super::tenants::set_tenant),
+        )
         .route("/admin/v1/certs/revoke", post(super::certs_api::revoke))
         .route("/admin/v1/certs/revoked", get(super::certs_api::list))
         .route("/admin/v1/audit", get(super::audit_api::list))

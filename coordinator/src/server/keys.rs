@@ -112,7 +112,7 @@ pub async fn create_key(
             ));
         }
     }
-    let known = read(&admin).await?.state.tenants().contains(&b.tenant);
+    let known = read(&admin).await?.state.tenants().contains_key(&b.tenant);
     if !known {
         let op = Op::CreateTenant {
             name: b.tenant.clone(),

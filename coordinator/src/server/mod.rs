@@ -17,6 +17,7 @@ pub mod nodes;
 pub mod peers;
 pub mod raft_loop;
 pub mod router;
+pub mod tenants;
 pub mod wire;
 
 use std::collections::HashMap;

@@ -163,6 +163,7 @@ impl Router {
             model: model.id,
             prompt: protocol::Prompt::Text("Hello".into()),
             allow_special_tokens: false,
+            priority: Default::default(),
             max_tokens: Some(1),
             sampling: protocol::SamplingParams::greedy(),
             stop: Vec::new(),

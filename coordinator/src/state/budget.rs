@@ -65,7 +65,8 @@ pub fn placement_bytes(model: &str, node: &str) -> u64 {
 
 /// A tenant record.
 pub fn tenant_bytes(name: &str) -> u64 {
-    text(name)
+    // Its settings: three optional varint limits and a class.
+    text(name) + 24
 }
 
 /// An API key record.
@@ -120,6 +121,7 @@ mod tests {
     use super::*;
     use crate::state::{
         ApplyError, ClusterState, Command, FlJobStatus, KeyLimits, KeyScope, Op, PlacementState,
+        TenantSettings,
     };
 
     /// The estimate computed from scratch.
@@ -132,7 +134,7 @@ mod tests {
             .iter()
             .flat_map(|(m, ns)| ns.keys().map(move |n| placement_bytes(m, n)))
             .sum();
-        let tenants: u64 = s.tenants().iter().map(|t| tenant_bytes(t)).sum();
+        let tenants: u64 = s.tenants().keys().map(|t| tenant_bytes(t)).sum();
         let keys: u64 = s.api_keys().iter().map(|(h, k)| key_bytes(h, k)).sum();
         let jobs: u64 = s.fl_jobs().iter().map(|(k, j)| job_bytes(k, j)).sum();
         let revoked: u64 = s
@@ -258,6 +260,21 @@ mod tests {
                 created_at_unix: 1,
             },
             Op::CreateTenant { name: "t".into() },
+            Op::SetTenant {
+                name: "t".into(),
+                settings: TenantSettings {
+                    limits: KeyLimits {
+                        rpm: Some(u32::MAX),
+                        tpm: Some(u32::MAX),
+                        max_concurrent: Some(u32::MAX),
+                    },
+                    priority: protocol::Priority::Batch,
+                },
+            },
+            Op::SetTenant {
+                name: "new".into(),
+                settings: TenantSettings::default(),
+            },
             Op::AddApiKey {
                 tenant: "t".into(),
                 key_hash: "b".repeat(64),

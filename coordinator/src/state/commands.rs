@@ -18,7 +18,7 @@ use thiserror::Error;
 use super::audit::{AuditRecord, AuditRetention};
 
 /// The command format version this code writes and understands.
-pub const COMMAND_VERSION: u32 = 4;
+pub const COMMAND_VERSION: u32 = 5;
 
 /// Largest encoded command accepted by [`encode`] and [`decode`] (1 MiB).
 pub const MAX_COMMAND_BYTES: usize = 1 << 20;
@@ -75,6 +75,17 @@ impl KeyLimits {
     pub fn any(&self) -> bool {
         self.rpm.is_some() || self.tpm.is_some() || self.max_concurrent.is_some()
     }
+}
+
+/// A tenant's own limits, shared by all of its keys (each key may have
+/// tighter ones), and its scheduling class at the nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSettings {
+    /// Requests, tokens per minute and requests in flight for the whole
+    /// tenant, across coordinators.
+    pub limits: KeyLimits,
+    /// Whether its requests wait behind other tenants' interactive ones.
+    pub priority: protocol::Priority,
 }
 
 /// What an API key may do.
@@ -306,6 +317,14 @@ pub enum Op {
         name: String,
         /// When, Unix seconds (set by the proposer).
         revoked_at_unix: u64,
+    },
+    /// Sets a tenant's limits and scheduling class, creating the tenant if
+    /// it is new.
+    SetTenant {
+        /// Tenant name.
+        name: String,
+        /// Its limits and class.
+        settings: TenantSettings,
     },
     /// Appends records to the audit chain, then drops what `retention`
     /// no longer keeps (see [`super::audit`]).

@@ -17,7 +17,7 @@ use super::audit::AuditLog;
 use super::budget::{self, STATE_BUDGET_BYTES};
 use super::commands::{
     decode, Command, DecodeError, FlJobStatus, KeyLimits, KeyScope, NodeStatus, Op, PlacementState,
-    COMMAND_VERSION, MAX_REASON_LEN,
+    TenantSettings, COMMAND_VERSION, MAX_REASON_LEN,
 };
 
 /// Longest accepted name or id (models, nodes, tenants, jobs), in bytes.
@@ -364,7 +364,8 @@ pub struct ClusterState {
     models: BTreeMap<String, ModelInfo>,
     /// model -> node -> replica.
     placements: BTreeMap<String, BTreeMap<String, Placement>>,
-    tenants: BTreeSet<String>,
+    /// Tenant name -> its limits and class.
+    tenants: BTreeMap<String, TenantSettings>,
     /// key hash -> key.
     api_keys: BTreeMap<String, ApiKey>,
     /// Whether [`Op::Bootstrap`] has run.
@@ -471,8 +472,8 @@ impl ClusterState {
             .filter_map(move |(model, nodes)| nodes.get(node).map(|p| (model, p)))
     }
 
-    /// Tenant names.
-    pub fn tenants(&self) -> &BTreeSet<String> {
+    /// Tenants by name, with their limits and class.
+    pub fn tenants(&self) -> &BTreeMap<String, TenantSettings> {
         &self.tenants
     }
 
@@ -824,12 +825,20 @@ impl ClusterState {
             }
             Op::CreateTenant { name } => {
                 check_name("tenant name", name)?;
-                if self.tenants.contains(name) {
+                if self.tenants.contains_key(name) {
                     return Err(ApplyError::TenantExists(name.clone()));
                 }
                 let add = budget::tenant_bytes(name);
                 self.reserve(add, 0)?;
-                self.tenants.insert(name.clone());
+                self.tenants.insert(name.clone(), TenantSettings::default());
+                Ok(ApplyOutcome::Applied)
+            }
+            Op::SetTenant { name, settings } => {
+                check_name("tenant name", name)?;
+                if !self.tenants.contains_key(name) {
+                    self.reserve(budget::tenant_bytes(name), 0)?;
+                }
+                self.tenants.insert(name.clone(), *settings);
                 Ok(ApplyOutcome::Applied)
             }
             Op::AddApiKey {
@@ -841,7 +850,7 @@ impl ClusterState {
                 expires_at_unix,
                 limits,
             } => {
-                if !self.tenants.contains(tenant) {
+                if !self.tenants.contains_key(tenant) {
                     return Err(ApplyError::UnknownTenant(tenant.clone()));
                 }
                 let key = ApiKey {
@@ -872,14 +881,16 @@ impl ClusterState {
                     limits: KeyLimits::default(),
                 };
                 self.insert_key(key_hash, key)?;
-                if self.tenants.insert(DEFAULT_TENANT.into()) {
+                if !self.tenants.contains_key(DEFAULT_TENANT) {
+                    self.tenants
+                        .insert(DEFAULT_TENANT.into(), TenantSettings::default());
                     self.account(budget::tenant_bytes(DEFAULT_TENANT), 0);
                 }
                 self.bootstrapped = true;
                 Ok(ApplyOutcome::Applied)
             }
             Op::RevokeApiKey { tenant, key_hash } => {
-                if !self.tenants.contains(tenant) {
+                if !self.tenants.contains_key(tenant) {
                     return Err(ApplyError::UnknownTenant(tenant.clone()));
                 }
                 if self.tenant_for_key(key_hash) != Some(tenant.as_str()) {

@@ -17,7 +17,7 @@ pub mod snapshot;
 
 pub use commands::{
     decode, encode, Command, DecodeError, EncodeError, FlJobStatus, KeyLimits, KeyScope,
-    NodeStatus, Op, PlacementState, COMMAND_VERSION,
+    NodeStatus, Op, PlacementState, TenantSettings, COMMAND_VERSION,
 };
 pub use machine::{ApiKey, ApplyError, ApplyOutcome, ClusterState, DEFAULT_TENANT, MAX_API_KEYS};
 pub use placement::{plan, Plan, PlannerConfig, Shortfall};

@@ -23,7 +23,7 @@ use super::machine::ClusterState;
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"INFSNAP\0";
 
 /// The snapshot format version this code writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 3;
+pub const SNAPSHOT_VERSION: u32 = 4;
 
 /// Largest snapshot payload accepted (1 GiB).
 pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;

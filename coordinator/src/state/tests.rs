@@ -96,7 +96,7 @@ fn index_is_idempotent() {
         s.apply(3, &Command::new(Op::CreateTenant { name: "u".into() })),
         Ok(ApplyOutcome::AlreadyApplied { applied_index: 5 })
     );
-    assert!(!s.tenants().contains("u"));
+    assert!(!s.tenants().contains_key("u"));
     assert_eq!(
         s.apply(0, &cmd),
         Ok(ApplyOutcome::AlreadyApplied { applied_index: 5 })
@@ -145,7 +145,7 @@ fn apply_entry_decodes_and_refuses_garbage() {
     let mut s = ClusterState::new();
     let bytes = encode(&Command::new(Op::CreateTenant { name: "t".into() })).unwrap();
     assert_eq!(s.apply_entry(1, &bytes), Ok(ApplyOutcome::Applied));
-    assert!(s.tenants().contains("t"));
+    assert!(s.tenants().contains_key("t"));
     assert!(matches!(
         s.apply_entry(2, &[COMMAND_VERSION as u8, 0xff, 0xff]),
         Err(ApplyError::Undecodable(_))
@@ -614,6 +614,72 @@ fn tenants_and_keys() {
     assert_eq!(s.tenant_for_key(&hash('b')), Some("acme"));
 }
 
+/// Tenant limits and class: set on a new tenant (creating it) or an
+/// existing one, replaced whole by the next setting, kept by snapshots;
+/// a bad name is refused.
+#[test]
+fn tenant_settings_are_set_replaced_and_snapshotted() {
+    let mut s = ClusterState::new();
+    let batch = TenantSettings {
+        limits: KeyLimits {
+            rpm: Some(60),
+            tpm: None,
+            max_concurrent: Some(4),
+        },
+        priority: protocol::Priority::Batch,
+    };
+    apply_ok(
+        &mut s,
+        [
+            Op::CreateTenant {
+                name: "acme".into(),
+            },
+            Op::SetTenant {
+                name: "acme".into(),
+                settings: batch,
+            },
+            Op::SetTenant {
+                name: "beta".into(),
+                settings: TenantSettings::default(),
+            },
+        ],
+    );
+    assert_eq!(s.tenants().get("acme"), Some(&batch));
+    assert_eq!(s.tenants().get("beta"), Some(&TenantSettings::default()));
+    // A key can be made for a tenant that came from a setting.
+    apply_ok(
+        &mut s,
+        [Op::AddApiKey {
+            tenant: "beta".into(),
+            key_hash: hash('c'),
+            id: "key-c".into(),
+            scope: KeyScope::Inference,
+            created_at_unix: 0,
+            expires_at_unix: None,
+            limits: KeyLimits::default(),
+        }],
+    );
+    let restored = restore(&snapshot(&s).unwrap()).unwrap();
+    assert_eq!(restored, s);
+    apply_ok(
+        &mut s,
+        [Op::SetTenant {
+            name: "acme".into(),
+            settings: TenantSettings::default(),
+        }],
+    );
+    assert_eq!(s.tenants().get("acme"), Some(&TenantSettings::default()));
+    assert!(apply1(
+        &mut s,
+        Op::SetTenant {
+            name: String::new(),
+            settings: batch,
+        }
+    )
+    .is_err());
+    assert_eq!(s.tenants().len(), 2);
+}
+
 /// The first admin key is created once: a second bootstrap (a restarted
 /// bootstrap coordinator with a new key file) is refused, so a revoked
 /// bootstrap key cannot come back.
@@ -629,7 +695,7 @@ fn bootstrap_creates_the_default_admin_key_once() {
             created_at_unix: 5,
         }],
     );
-    assert!(s.bootstrapped() && s.tenants().contains(DEFAULT_TENANT));
+    assert!(s.bootstrapped() && s.tenants().contains_key(DEFAULT_TENANT));
     let k = s.api_key(&hash('a')).unwrap();
     assert_eq!(
         (k.scope, k.tenant.as_str(), k.id.as_str()),

@@ -215,6 +215,7 @@ pub(crate) async fn prepare(
     let prompt = req.prompt;
     let salt = req.cache_salt;
     let specials = req.allow_special_tokens;
+    let priority = req.priority;
     // Tokenizing a long prompt is CPU work: keep it off the async threads.
     let (tokens, prefix_spans, salt) = tokio::task::spawn_blocking(move || {
         let tokens = match &prompt {
@@ -236,6 +237,7 @@ pub(crate) async fn prepare(
         ignore_eos: req.ignore_eos,
         cache_salt: salt,
         prefix_spans,
+        priority,
     };
     node.generate(&req.model, request).await
 }
