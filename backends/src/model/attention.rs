@@ -3,10 +3,12 @@
 //! one token it decodes), and each KV block its tokens attend to is widened
 //! from f16 once for the whole tile and every head that shares it (GQA).
 //! A block's keys are stored transposed, so the scores of its 16 keys
-//! accumulate in 16 independent lanes over the head dimension, which the
-//! compiler vectorizes (AVX2 when the CPU has it); values are added lane by
-//! lane over the head dimension, key after key. Tiles are split across the
-//! compute pool by cost.
+//! accumulate in 16 independent lanes over the head dimension; values are
+//! added lane by lane over the head dimension, key after key. On CPUs with
+//! AVX2 both loops are written with AVX intrinsics (the compiler left them
+//! scalar for some head counts), doing the plain loops' arithmetic in the
+//! same order; softmax uses a branch-free exponential that vectorizes.
+//! Tiles are split across the compute pool by cost.
 //!
 //! Every token's arithmetic is the same whatever its tile, the batch, the
 //! thread count, where its blocks lie or the CPU path: results depend on
@@ -256,13 +258,22 @@ fn tile<const F16C: bool>(job: TileJob<'_>) {
                     // Heads of one group read the same keys: up to 4 at a time.
                     let n = ((g + 1) * group - h).min(4);
                     let lanes: [[f32; BLOCK]; 4] = match n {
-                        4 => qk_block::<4>([q_at(h), q_at(h + 1), q_at(h + 2), q_at(h + 3)], kt),
-                        3 => pad(qk_block::<3>([q_at(h), q_at(h + 1), q_at(h + 2)], kt)),
-                        2 => pad(qk_block::<2>([q_at(h), q_at(h + 1)], kt)),
-                        _ => pad(qk_block::<1>([q_at(h)], kt)),
+                        4 => qk::<4, F16C>([q_at(h), q_at(h + 1), q_at(h + 2), q_at(h + 3)], kt),
+                        3 => pad(qk::<3, F16C>([q_at(h), q_at(h + 1), q_at(h + 2)], kt)),
+                        2 => pad(qk::<2, F16C>([q_at(h), q_at(h + 1)], kt)),
+                        _ => pad(qk::<1, F16C>([q_at(h)], kt)),
                     };
                     for (k, lane) in lanes.iter().enumerate().take(n) {
                         let row = score_row(i, h + k) + base;
+                        if let Ok(full) =
+                            <&mut [f32; BLOCK]>::try_from(&mut scores[row..row + valid])
+                        {
+                            // A whole block: a fixed-length loop, vectorized.
+                            for (s, l) in full.iter_mut().zip(lane) {
+                                *s = l * scale;
+                            }
+                            continue;
+                        }
                         for (s, l) in scores[row..row + valid].iter_mut().zip(lane) {
                             *s = l * scale;
                         }
@@ -296,7 +307,7 @@ fn tile<const F16C: bool>(job: TileJob<'_>) {
                 let g = h / group;
                 let row = score_row(i, h);
                 let o = &mut out[i * d + h * hd..i * d + (h + 1) * hd];
-                add_values(
+                add_values::<F16C>(
                     o,
                     &scores[row + from..row + to],
                     &values[(from - base) * kvd + g * hd..],
@@ -309,9 +320,18 @@ fn tile<const F16C: bool>(job: TileJob<'_>) {
 
 /// `out += Σ_j w[j] · v_j` where `v_j = values[j * stride..][..out.len()]`.
 /// 32 output lanes at a time stay in registers across the keys; each
-/// element still adds key after key, as a plain loop would.
+/// element still adds key after key, as a plain loop would. `AVX`: with
+/// AVX intrinsics (only inside [`tile_avx2`]), the same products and sums
+/// in the same order, so the same bits.
 #[inline(always)]
-fn add_values(out: &mut [f32], w: &[f32], values: &[f32], stride: usize) {
+fn add_values<const AVX: bool>(out: &mut [f32], w: &[f32], values: &[f32], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: `AVX` is true only inside `tile_avx2`, which runs on CPUs
+        // with AVX2.
+        unsafe { add_values_avx(out, w, values, stride) };
+        return;
+    }
     let mut at = 0;
     let mut wide = out.chunks_exact_mut(32);
     for o in &mut wide {
@@ -329,6 +349,45 @@ fn add_values(out: &mut [f32], w: &[f32], values: &[f32], stride: usize) {
     for (k, o) in wide.into_remainder().iter_mut().enumerate() {
         for (j, &wj) in w.iter().enumerate() {
             *o += wj * values[j * stride + at + k];
+        }
+    }
+}
+
+/// [`add_values`] with the 32 lanes in four AVX registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn add_values_avx(out: &mut [f32], w: &[f32], values: &[f32], stride: usize) {
+    use std::arch::x86_64::{
+        _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_storeu_ps,
+    };
+    let n = out.len();
+    let mut at = 0;
+    while at + 32 <= n {
+        let o = out.as_mut_ptr().add(at);
+        let mut acc = [
+            _mm256_loadu_ps(o),
+            _mm256_loadu_ps(o.add(8)),
+            _mm256_loadu_ps(o.add(16)),
+            _mm256_loadu_ps(o.add(24)),
+        ];
+        for (j, &wj) in w.iter().enumerate() {
+            let v = &values[j * stride + at..j * stride + at + 32];
+            let wv = _mm256_set1_ps(wj);
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_add_ps(
+                    *a,
+                    _mm256_mul_ps(wv, _mm256_loadu_ps(v.as_ptr().add(8 * k))),
+                );
+            }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(o.add(8 * k), *a);
+        }
+        at += 32;
+    }
+    for k in at..n {
+        for (j, &wj) in w.iter().enumerate() {
+            out[k] += wj * values[j * stride + k];
         }
     }
 }
@@ -372,6 +431,48 @@ fn pad<const H: usize>(lanes: [[f32; BLOCK]; H]) -> [[f32; BLOCK]; 4] {
     out
 }
 
+/// [`qk_block`], with AVX intrinsics when `AVX` (only inside
+/// [`tile_avx2`]): the same products and sums in the same order, so the
+/// same bits. (The compiler left the plain loop scalar for 3 heads, the
+/// group size of SmolLM2, and attention was two thirds of a long prefill.)
+#[inline(always)]
+fn qk<const H: usize, const AVX: bool>(q: [&[f32]; H], kt: &[f32]) -> [[f32; BLOCK]; H] {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: `AVX` is true only inside `tile_avx2`, which runs on CPUs
+        // with AVX2.
+        return unsafe { qk_block_avx::<H>(q, kt) };
+    }
+    qk_block::<H>(q, kt)
+}
+
+/// [`qk_block`] with each head's 16 lanes in two AVX registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn qk_block_avx<const H: usize>(q: [&[f32]; H], kt: &[f32]) -> [[f32; BLOCK]; H] {
+    use std::arch::x86_64::{
+        _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps,
+        _mm256_storeu_ps,
+    };
+    let mut lo = [_mm256_setzero_ps(); H];
+    let mut hi = [_mm256_setzero_ps(); H];
+    for (dim, k) in kt.chunks_exact(BLOCK).enumerate() {
+        let k0 = _mm256_loadu_ps(k.as_ptr());
+        let k1 = _mm256_loadu_ps(k.as_ptr().add(8));
+        for h in 0..H {
+            let qd = _mm256_set1_ps(q[h][dim]);
+            lo[h] = _mm256_add_ps(lo[h], _mm256_mul_ps(qd, k0));
+            hi[h] = _mm256_add_ps(hi[h], _mm256_mul_ps(qd, k1));
+        }
+    }
+    let mut out = [[0.0f32; BLOCK]; H];
+    for h in 0..H {
+        _mm256_storeu_ps(out[h].as_mut_ptr(), lo[h]);
+        _mm256_storeu_ps(out[h].as_mut_ptr().add(8), hi[h]);
+    }
+    out
+}
+
 /// `q_h · k` for `H` query heads and the 16 keys of a transposed block
 /// (`kt[dim][key]`), one lane per key, accumulated over the head dimension.
 #[inline(always)]
@@ -388,17 +489,49 @@ fn qk_block<const H: usize>(q: [&[f32]; H], kt: &[f32]) -> [[f32; BLOCK]; H] {
     acc
 }
 
+/// Normalizes scores into weights. The exponentials are [`exp_neg`],
+/// plain arithmetic that vectorizes (a call to libm's `expf` per score was
+/// a fifth of a long prefill) and gives the same bits on every CPU path.
 #[inline(always)]
 fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
+        *v = exp_neg(*v - max);
+    }
+    let mut sum = 0.0;
+    for v in x.iter() {
         sum += *v;
     }
     for v in x.iter_mut() {
         *v /= sum;
     }
+}
+
+/// `e^x` for `x <= 0` (softmax's shifted scores), within 2 ulp of the
+/// exact value over f32's normal range and 0 below it (-87.3). Cephes'
+/// `expf`: `x = n ln 2 + r` with `|r| <= ln 2 / 2`, a degree-5
+/// polynomial for `(e^r - 1 - r) / r^2`, and `2^n` written into the
+/// exponent bits. No branches, so loops over it vectorize.
+#[inline(always)]
+fn exp_neg(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // n is in [-126, 0] (a NaN score stays NaN, as with libm).
+    let x = x.clamp(-87.0, 0.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e = p * (r * r) + r + 1.0;
+    // 2^n, a normal f32: adding 2^23 leaves the integer n + 127 in the low
+    // mantissa bits, which become the exponent field (no float-to-int
+    // conversion, which would not vectorize).
+    let biased = (n + (8_388_608.0 + 127.0))
+        .to_bits()
+        .wrapping_sub(0x4B00_0000);
+    e * f32::from_bits(biased << 23)
 }
 
 #[cfg(test)]
@@ -407,6 +540,71 @@ mod tests {
 
     fn slot(seq: usize, pos: usize) -> TokenSlot {
         TokenSlot { seq, pos }
+    }
+
+    /// The AVX score and value loops give the same bits as the plain ones
+    /// (same products, same order of sums), for every head count.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx_loops_give_the_plain_loops_bits() {
+        assert!(
+            std::arch::is_x86_feature_detected!("avx2"),
+            "this test checks the AVX2 path, which every machine of this project has"
+        );
+        let mut seed = 12345u32;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        let hd = 64;
+        let kt: Vec<f32> = (0..hd * BLOCK).map(|_| rnd()).collect();
+        let qs: Vec<Vec<f32>> = (0..4).map(|_| (0..hd).map(|_| rnd()).collect()).collect();
+        let q = |h: usize| qs[h].as_slice();
+        let bits = |rows: &[[f32; BLOCK]]| -> Vec<u32> {
+            rows.iter().flatten().map(|x| x.to_bits()).collect()
+        };
+        // SAFETY: AVX2 is present (asserted above).
+        unsafe {
+            assert_eq!(
+                bits(&qk_block_avx::<1>([q(0)], &kt)),
+                bits(&qk_block::<1>([q(0)], &kt))
+            );
+            assert_eq!(
+                bits(&qk_block_avx::<3>([q(0), q(1), q(2)], &kt)),
+                bits(&qk_block::<3>([q(0), q(1), q(2)], &kt))
+            );
+            assert_eq!(
+                bits(&qk_block_avx::<4>([q(0), q(1), q(2), q(3)], &kt)),
+                bits(&qk_block::<4>([q(0), q(1), q(2), q(3)], &kt))
+            );
+        }
+        // 80 lanes: two 32-lane chunks and a remainder; 11 keys, stride 96.
+        let (n, keys, stride) = (80, 11, 96);
+        let values: Vec<f32> = (0..keys * stride).map(|_| rnd()).collect();
+        let w: Vec<f32> = (0..keys).map(|_| rnd()).collect();
+        let start: Vec<f32> = (0..n).map(|_| rnd()).collect();
+        let (mut plain, mut avx) = (start.clone(), start);
+        add_values::<false>(&mut plain, &w, &values, stride);
+        // SAFETY: AVX2 is present.
+        unsafe { add_values_avx(&mut avx, &w, &values, stride) };
+        let b = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(b(&avx), b(&plain));
+    }
+
+    /// The softmax exponential stays within 2 ulp of libm's over the
+    /// range softmax feeds it, and is 0 (not garbage) far below it.
+    #[test]
+    fn exp_neg_is_within_two_ulp_of_libm() {
+        let mut worst = 0u32;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let (a, b) = (exp_neg(x), x.exp());
+            worst = worst.max(a.to_bits().abs_diff(b.to_bits()));
+        }
+        assert!(worst <= 2, "{worst} ulp");
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert!(exp_neg(-1e30) >= 0.0 && exp_neg(-1e30) < 1e-37);
+        assert!(exp_neg(f32::NEG_INFINITY) < 1e-37);
     }
 
     #[test]
