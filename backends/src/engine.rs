@@ -46,6 +46,10 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     /// Tokens per step (decode tokens plus prompt chunks).
     pub max_step_tokens: usize,
+    /// Prompt tokens a step may carry on top of the decode tokens of
+    /// running sequences (see
+    /// [`SchedulerConfig::prefill_tokens_while_decoding`]).
+    pub prefill_tokens_while_decoding: usize,
     /// KV cache pool of this model, in bytes, shared by all its sequences
     /// (in blocks of 16 positions).
     pub kv_budget_bytes: usize,
@@ -73,6 +77,7 @@ impl Default for EngineConfig {
             max_running: 16,
             max_waiting: 64,
             max_step_tokens: 256,
+            prefill_tokens_while_decoding: 32,
             kv_budget_bytes: 512 << 20,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ctx_size: None,
@@ -422,6 +427,7 @@ impl Engine {
             max_running: cfg.max_running.max(1),
             max_waiting: cfg.max_waiting,
             max_step_tokens: cfg.max_step_tokens.max(1),
+            prefill_tokens_while_decoding: cfg.prefill_tokens_while_decoding.max(1),
             block_size: kv.block_size(),
             num_blocks: kv.num_blocks(),
             watermark_blocks: SchedulerConfig::default_watermark(kv.num_blocks()),

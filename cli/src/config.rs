@@ -120,6 +120,8 @@ pub struct EngineSection {
     pub max_waiting: usize,
     /// Tokens per engine step.
     pub max_step_tokens: usize,
+    /// Prompt tokens per step while other sequences decode.
+    pub prefill_tokens_while_decoding: usize,
     /// KV cache pool per model, in MiB.
     pub kv_budget_mib: usize,
     /// Compute threads per model (default: all cores).
@@ -137,6 +139,7 @@ impl Default for EngineSection {
             max_running: d.max_running,
             max_waiting: d.max_waiting,
             max_step_tokens: d.max_step_tokens,
+            prefill_tokens_while_decoding: d.prefill_tokens_while_decoding,
             kv_budget_mib: d.kv_budget_bytes >> 20,
             threads: None,
             ctx_size: None,
@@ -151,6 +154,7 @@ impl EngineSection {
             max_running: self.max_running,
             max_waiting: self.max_waiting,
             max_step_tokens: self.max_step_tokens,
+            prefill_tokens_while_decoding: self.prefill_tokens_while_decoding,
             kv_budget_bytes: self.kv_budget_mib.saturating_mul(1 << 20),
             threads: self
                 .threads

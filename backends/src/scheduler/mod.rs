@@ -16,7 +16,8 @@
 //!    prefix cache where possible) when it is readmitted;
 //! 2. sequences still in their prompt get chunks, interactive ones first,
 //!    oldest first within a class, within the step's token budget (their
-//!    blocks were taken at admission);
+//!    blocks were taken at admission), which is smaller when the step
+//!    decodes too ([`SchedulerConfig::prefill_tokens_while_decoding`]);
 //! 3. waiting requests are admitted while there is a running slot, token
 //!    budget, and blocks for the part of their prompt not already cached,
 //!    keeping a small watermark of blocks for running sequences to grow
@@ -53,6 +54,13 @@ pub struct SchedulerConfig {
     pub max_waiting: usize,
     /// Tokens processed per step across all sequences (decode tokens plus prompt chunks).
     pub max_step_tokens: usize,
+    /// Prompt tokens a step may add to the decode tokens of running
+    /// sequences: a step is as slow as the tokens it processes, so this
+    /// bounds the pause decoding sequences see when prompts arrive, and
+    /// lets waiting prompts take turns (each gets its first token after its
+    /// own chunks) instead of all finishing together at the end of one
+    /// large step. Steps without decode tokens use `max_step_tokens`.
+    pub prefill_tokens_while_decoding: usize,
     /// Token positions per KV block.
     pub block_size: usize,
     /// Blocks in the KV pool.
@@ -382,6 +390,9 @@ impl Scheduler {
         let mut plan = StepPlan::default();
         let mut budget = self.cfg.max_step_tokens.max(1);
         self.plan_decodes(&mut plan, &mut budget);
+        if !plan.items.is_empty() {
+            budget = budget.min(self.cfg.prefill_tokens_while_decoding.max(1));
+        }
         self.plan_prefills(&mut plan, &mut budget, Priority::Interactive);
         self.admit(&mut plan, &mut budget, Some(Priority::Interactive));
         self.plan_prefills(&mut plan, &mut budget, Priority::Batch);

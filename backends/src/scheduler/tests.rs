@@ -10,6 +10,7 @@ fn cfg() -> SchedulerConfig {
         max_running: 4,
         max_waiting: 4,
         max_step_tokens: 64,
+        prefill_tokens_while_decoding: 64,
         block_size: 4,
         num_blocks: 16,
         watermark_blocks: 1,
@@ -231,6 +232,49 @@ fn preemption_picks_the_youngest_and_it_resumes_with_all_its_tokens() {
         &[300, 301, 302, 303, 304, 305, 306, 307, 1][..]
     );
     assert_eq!(s.counters().preemptions, 1);
+}
+
+/// While a sequence decodes, prompts get at most
+/// `prefill_tokens_while_decoding` tokens a step and take turns: the first
+/// waiting prompt is finished (and samples) before the next one starts. A
+/// step with nothing to decode uses the whole `max_step_tokens`.
+#[test]
+fn prompts_take_small_turns_while_others_decode() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_step_tokens: 32,
+        prefill_tokens_while_decoding: 8,
+        num_blocks: 32,
+        ..cfg()
+    });
+    s.enqueue(1, toks(20, 0), b"", INTERACTIVE).unwrap();
+    let p = s.plan();
+    assert_eq!(
+        p.items,
+        vec![item(1, 0, 20, true)],
+        "alone: the whole budget"
+    );
+    run(&mut s, &p, 1);
+    s.enqueue(2, toks(6, 100), b"", INTERACTIVE).unwrap();
+    s.enqueue(3, toks(6, 200), b"", INTERACTIVE).unwrap();
+    let p = s.plan();
+    assert_eq!(
+        p.items,
+        vec![
+            item(1, 20, 1, true),
+            item(2, 0, 6, true),
+            item(3, 0, 2, false)
+        ]
+    );
+    run(&mut s, &p, 1);
+    let p = s.plan();
+    assert_eq!(
+        p.items,
+        vec![
+            item(1, 21, 1, true),
+            item(2, 6, 1, true),
+            item(3, 2, 4, true)
+        ]
+    );
 }
 
 /// With one running slot taken, a batch request that queued first waits
@@ -487,6 +531,7 @@ mod properties {
                 max_running: 4,
                 max_waiting: 6,
                 max_step_tokens,
+                prefill_tokens_while_decoding: max_step_tokens / 2,
                 block_size: 4,
                 num_blocks,
                 watermark_blocks: 1,
