@@ -80,11 +80,31 @@ struct Page {
 /// the margin covers entries appended while reading).
 const MAX_PAGES: usize = 64;
 
+/// Reads of the whole trail started over when retention dropped entries
+/// not yet read (a busy trail trimmed between two pages).
+const MAX_RESTARTS: usize = 3;
+
+/// A read of the trail: the first page's checkpoint, whether the key saw
+/// only its tenant's entries, and the entries, oldest first.
+type Trail = (AuditCheckpoint, bool, Vec<AuditEntry>);
+
 /// Every entry matching `filters` (a query string, possibly empty), oldest
 /// first, with the checkpoint of the first page.
-fn read_all(t: &Target, filters: &str) -> anyhow::Result<(AuditCheckpoint, bool, Vec<AuditEntry>)> {
+fn read_all(t: &Target, filters: &str) -> anyhow::Result<Trail> {
+    for _ in 0..MAX_RESTARTS {
+        if let Some(read) = read_pages(t, filters)? {
+            return Ok(read);
+        }
+    }
+    bail!("retention kept dropping entries faster than they could be read; try again")
+}
+
+/// One read of the trail, page after page; `None` when retention dropped
+/// entries between two pages (the unfiltered trail then skips numbers),
+/// which would look like a break.
+fn read_pages(t: &Target, filters: &str) -> anyhow::Result<Option<Trail>> {
     let mut after = 0;
-    let mut entries = Vec::new();
+    let mut entries: Vec<AuditEntry> = Vec::new();
     let mut first: Option<(AuditCheckpoint, bool)> = None;
     for _ in 0..MAX_PAGES {
         let v = call(
@@ -95,6 +115,9 @@ fn read_all(t: &Target, filters: &str) -> anyhow::Result<(AuditCheckpoint, bool,
         )?;
         let page: Page = serde_json::from_value(v).context("unexpected audit page")?;
         let more = page.more;
+        if !continues(entries.last(), page.entries.first(), page.filtered) {
+            return Ok(None);
+        }
         if let Some(last) = page.entries.last() {
             after = last.seq;
         }
@@ -102,7 +125,7 @@ fn read_all(t: &Target, filters: &str) -> anyhow::Result<(AuditCheckpoint, bool,
         entries.extend(page.entries);
         if !more {
             let (checkpoint, filtered) = first.unwrap_or_default();
-            return Ok((checkpoint, filtered, entries));
+            return Ok(Some((checkpoint, filtered, entries)));
         }
     }
     bail!("the audit trail kept growing while it was read; try again")
@@ -162,6 +185,16 @@ pub fn run(a: AuditArgs) -> anyhow::Result<()> {
 
 /// How long to wait for a lagging (or just restarted) coordinator to
 /// reach the head and answer.
+/// Whether a page starting with `next` continues a read that ended with
+/// `prev`: the unfiltered trail numbers its entries without gaps, so a
+/// skipped number means retention dropped entries not yet read.
+fn continues(prev: Option<&AuditEntry>, next: Option<&AuditEntry>, filtered: bool) -> bool {
+    match (prev, next) {
+        (Some(prev), Some(next)) => filtered || next.seq == prev.seq + 1,
+        _ => true,
+    }
+}
+
 const CATCH_UP: Duration = Duration::from_secs(5);
 
 fn verify(t: &Target) -> anyhow::Result<()> {
@@ -237,5 +270,33 @@ mod tests {
         assert!(unix_now() - two_hours_ago >= 7_200);
         assert!(parse_since("yesterday").is_err());
         assert_eq!(rfc3339(1_796_083_200), "2026-12-01T00:00:00Z");
+    }
+
+    /// A page that skips numbers means retention dropped entries between
+    /// two pages: the read starts over instead of reporting a break. A
+    /// tenant's filtered trail skips numbers by design.
+    #[test]
+    fn a_trimmed_gap_between_pages_is_noticed() {
+        let entry = |seq| AuditEntry {
+            seq,
+            record: coordinator::state::audit::AuditRecord {
+                time_unix: 0,
+                kind: coordinator::state::audit::AuditKind::AdminWrite,
+                key_id: None,
+                tenant: None,
+                client: String::new(),
+                method: "POST".into(),
+                route: "/admin/v1/keys".into(),
+                status: 200,
+                count: 1,
+            },
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        assert!(continues(Some(&entry(7)), Some(&entry(8)), false));
+        assert!(!continues(Some(&entry(7)), Some(&entry(9)), false));
+        assert!(continues(Some(&entry(7)), Some(&entry(9)), true));
+        assert!(continues(None, Some(&entry(40)), false));
+        assert!(continues(Some(&entry(7)), None, false));
     }
 }
