@@ -17,7 +17,8 @@
 //! 2. sequences still in their prompt get chunks, interactive ones first,
 //!    oldest first within a class, within the step's token budget (their
 //!    blocks were taken at admission), which is smaller when the step
-//!    decodes too ([`SchedulerConfig::prefill_tokens_while_decoding`]);
+//!    decodes too or once its first prompt chunk is planned
+//!    ([`SchedulerConfig::prefill_tokens_while_decoding`]);
 //! 3. waiting requests are admitted while there is a running slot, token
 //!    budget, and blocks for the part of their prompt not already cached,
 //!    keeping a small watermark of blocks for running sequences to grow
@@ -55,11 +56,12 @@ pub struct SchedulerConfig {
     /// Tokens processed per step across all sequences (decode tokens plus prompt chunks).
     pub max_step_tokens: usize,
     /// Prompt tokens a step may add to the decode tokens of running
-    /// sequences: a step is as slow as the tokens it processes, so this
-    /// bounds the pause decoding sequences see when prompts arrive, and
-    /// lets waiting prompts take turns (each gets its first token after its
-    /// own chunks) instead of all finishing together at the end of one
-    /// large step. Steps without decode tokens use `max_step_tokens`.
+    /// sequences, or to the first prompt chunk of a step without them: a
+    /// step is as slow as the tokens it processes, so this bounds the pause
+    /// decoding sequences see when prompts arrive, and lets prompts that
+    /// arrive together take turns (each gets its first token after its own
+    /// chunks) instead of all finishing together at the end of one large
+    /// step. A prompt alone uses `max_step_tokens`.
     pub prefill_tokens_while_decoding: usize,
     /// Token positions per KV block.
     pub block_size: usize,
@@ -463,6 +465,7 @@ impl Scheduler {
     /// Prompt chunks for sequences of `class` still in their prompt,
     /// oldest first.
     fn plan_prefills(&mut self, plan: &mut StepPlan, budget: &mut usize, class: Priority) {
+        let cap = self.cfg.prefill_tokens_while_decoding.max(1);
         for e in self
             .running
             .iter_mut()
@@ -472,6 +475,7 @@ impl Scheduler {
                 return;
             }
             *budget -= chunk(e, *budget, &mut plan.items);
+            *budget = (*budget).min(cap);
         }
     }
 
@@ -550,6 +554,7 @@ impl Scheduler {
             }
             plan.admitted.push(e.id);
             *budget -= chunk(&mut e, *budget, &mut plan.items);
+            *budget = (*budget).min(self.cfg.prefill_tokens_while_decoding.max(1));
             self.running.push(e);
         }
     }

@@ -277,6 +277,36 @@ fn prompts_take_small_turns_while_others_decode() {
     );
 }
 
+/// Prompts that arrive together with nothing decoding: the first gets the
+/// whole budget, the others share at most `prefill_tokens_while_decoding`
+/// behind it, so the first one's token comes after its own work only.
+#[test]
+fn a_burst_of_prompts_takes_turns_too() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_step_tokens: 32,
+        prefill_tokens_while_decoding: 8,
+        num_blocks: 32,
+        ..cfg()
+    });
+    for id in 1..=3 {
+        s.enqueue(id, toks(12, 100 * id as u32), b"", INTERACTIVE)
+            .unwrap();
+    }
+    let p = s.plan();
+    assert_eq!(p.items, vec![item(1, 0, 12, true), item(2, 0, 8, false)]);
+    assert_eq!(p.admitted, vec![1, 2], "3 waits: no budget was left for it");
+    run(&mut s, &p, 1);
+    let p = s.plan();
+    assert_eq!(
+        p.items,
+        vec![
+            item(1, 12, 1, true),
+            item(2, 8, 4, true),
+            item(3, 0, 4, false)
+        ]
+    );
+}
+
 /// With one running slot taken, a batch request that queued first waits
 /// for an interactive one that came later; batch requests among
 /// themselves keep their order.
