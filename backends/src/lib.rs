@@ -6,6 +6,7 @@ pub mod engine;
 pub mod fl;
 pub mod frontend;
 pub mod gguf;
+pub mod grammar;
 pub mod kernels;
 pub mod model;
 pub mod perplexity;

@@ -106,6 +106,7 @@ fn request(model: &str, prompt: Prompt, max_tokens: u32, ignore_eos: bool) -> In
         cache_salt: String::new(),
         allow_special_tokens: false,
         priority: Default::default(),
+        constraint: None,
     }
 }
 

@@ -100,6 +100,34 @@ pub struct GenerateRequest {
     /// Scheduling class: waiting interactive requests are admitted before
     /// batch ones, and batch sequences are preempted first.
     pub priority: Priority,
+    /// The form the output must take; `None` leaves it free.
+    pub constraint: Option<OutputConstraint>,
+}
+
+/// A grammar the generated text must follow: only tokens that keep the
+/// output valid are sampled, and generation ends when it is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OutputConstraint {
+    /// Any JSON object (`response_format: {"type": "json_object"}`).
+    JsonObject,
+    /// A JSON value valid under this JSON Schema (the schema's JSON text).
+    JsonSchema(String),
+    /// Text matching this regular expression, whole.
+    Regex(String),
+    /// Text of this Lark grammar (llguidance's dialect).
+    Lark(String),
+}
+
+impl OutputConstraint {
+    /// What kind of constraint this is, as error messages name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OutputConstraint::JsonObject => "json_object",
+            OutputConstraint::JsonSchema(_) => "json_schema",
+            OutputConstraint::Regex(_) => "regex",
+            OutputConstraint::Lark(_) => "grammar",
+        }
+    }
 }
 
 /// A request's scheduling class (its tenant's, set by the coordinator).

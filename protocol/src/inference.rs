@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::generate::{ChatMessage, Priority, SamplingParams};
+use crate::generate::{ChatMessage, OutputConstraint, Priority, SamplingParams};
 
 /// The input of an inference request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +50,8 @@ pub struct InferenceRequest {
     pub allow_special_tokens: bool,
     /// Scheduling class at the node (the tenant's).
     pub priority: Priority,
+    /// The form the output must take (`response_format`, `grammar`).
+    pub constraint: Option<OutputConstraint>,
 }
 
 /// The state of one model replica on a node, as the node reports it.

@@ -36,6 +36,6 @@ pub use quic::QuicError;
 pub use tls::{ClusterCa, MemberIdentity, TlsError};
 
 pub use generate::{
-    ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, PrefixSpan, Priority,
-    SamplingParams, Usage, KEEPALIVE_AFTER,
+    ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, OutputConstraint,
+    PrefixSpan, Priority, SamplingParams, Usage, KEEPALIVE_AFTER,
 };

@@ -97,3 +97,75 @@ except openai.BadRequestError:
     pass
 
 print("openai client: ok")
+
+# Structured outputs: every answer under a JSON Schema validates, whole and
+# streamed, greedy and sampled; json_object gives an object; a schema that
+# does not compile is a 400 before any work.
+import json
+
+import jsonschema
+
+person = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "pets": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "kind": {"enum": ["cat", "dog", "fish"]},
+                    "name": {"type": "string", "maxLength": 16},
+                },
+                "required": ["kind", "name"],
+                "additionalProperties": False,
+            },
+            "minItems": 1,
+            "maxItems": 2,
+        },
+        "nickname": {"anyOf": [{"type": "string", "maxLength": 12}, {"type": "null"}]},
+    },
+    "required": ["name", "age", "pets", "nickname"],
+    "additionalProperties": False,
+}
+fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": person, "strict": True}}
+ask = [{"role": "user", "content": "Invent a person with pets, as JSON."}]
+for temperature in (0, 1):
+    r = client.chat.completions.create(
+        model=model, messages=ask, response_format=fmt, temperature=temperature, seed=3,
+        max_tokens=300,
+    )
+    assert r.choices[0].finish_reason == "stop", r
+    jsonschema.validate(json.loads(r.choices[0].message.content), person)
+    streamed = "".join(
+        ch.choices[0].delta.content or ""
+        for ch in client.chat.completions.create(
+            model=model, messages=ask, response_format=fmt, temperature=temperature, seed=3,
+            max_tokens=300, stream=True,
+        )
+        if ch.choices
+    )
+    jsonschema.validate(json.loads(streamed), person)
+    assert streamed == r.choices[0].message.content, (streamed, r.choices[0].message.content)
+
+obj = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Three fruits, as JSON."}],
+    response_format={"type": "json_object"}, temperature=0, max_tokens=200,
+)
+assert isinstance(json.loads(obj.choices[0].message.content), dict), obj
+
+digits = client.completions.create(
+    model=model, prompt="My PIN is", max_tokens=16, extra_body={"regex": "[0-9]{4}"},
+)
+assert len(digits.choices[0].text) == 4 and digits.choices[0].text.isdigit(), digits
+
+try:
+    client.chat.completions.create(
+        model=model, messages=ask, max_tokens=8,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "bad", "schema": {"type": "frobnicate"}}},
+    )
+    raise AssertionError("a schema that does not compile was accepted")
+except openai.BadRequestError as e:
+    assert "json_schema" in str(e), e

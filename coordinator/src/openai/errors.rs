@@ -44,6 +44,12 @@ impl ApiError {
         }
     }
 
+    /// The request field this error names.
+    #[cfg(test)]
+    pub fn param(&self) -> Option<&str> {
+        self.param.as_deref()
+    }
+
     /// 403: the key may not ask for this; `param` names the field.
     pub fn forbidden(message: impl Into<String>, param: &str) -> Self {
         Self {

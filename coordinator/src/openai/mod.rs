@@ -19,6 +19,7 @@
 mod backend;
 mod chunks;
 mod collect;
+mod constraint;
 mod dispatch;
 mod errors;
 mod handlers;

@@ -72,6 +72,19 @@ pub struct GenerationParams {
     /// Prefix-cache salt: requests with different salts never share cached
     /// KV blocks (vLLM extension).
     pub cache_salt: Option<String>,
+    /// The output format: `{"type":"text"}`, `{"type":"json_object"}` or
+    /// `{"type":"json_schema","json_schema":{...}}`.
+    pub response_format: Option<Value>,
+    /// Extension: a Lark grammar (llguidance's dialect) the output follows.
+    pub grammar: Option<String>,
+    /// Extension: a regular expression the whole output matches.
+    pub regex: Option<String>,
+    /// Function tools (not served yet: a non-empty list is refused).
+    pub tools: Option<Vec<Value>>,
+    /// Token log-probabilities (not served yet: `true` is refused).
+    pub logprobs: Option<Value>,
+    /// Alternatives per token (not served yet: above 0 is refused).
+    pub top_logprobs: Option<i64>,
 }
 
 /// `stream_options`.

@@ -181,6 +181,7 @@ fn chat_message(index: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError>
 }
 
 fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validated, ApiError> {
+    refuse_unserved(&p)?;
     if let Some(n) = p.n {
         if n != 1 {
             return Err(ApiError::invalid(
@@ -271,6 +272,7 @@ fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validate
             Some("cache_salt"),
         ));
     }
+    let constraint = super::constraint::parse(p.response_format, p.grammar, p.regex)?;
     let stream = p.stream.unwrap_or(false);
     let include_usage = stream
         && p.stream_options
@@ -287,10 +289,36 @@ fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validate
             cache_salt,
             allow_special_tokens: false,
             priority: Default::default(),
+            constraint,
         },
         stream,
         include_usage,
     })
+}
+
+/// Fields this server does not serve yet: asking for them is a 400 naming
+/// the field, never an answer that silently ignores them.
+fn refuse_unserved(p: &GenerationParams) -> Result<(), ApiError> {
+    let unserved = if p.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        Some("tools")
+    } else if p
+        .logprobs
+        .as_ref()
+        .is_some_and(|l| !matches!(l, Value::Bool(false) | Value::Null))
+    {
+        Some("logprobs")
+    } else if p.top_logprobs.is_some_and(|n| n != 0) {
+        Some("top_logprobs")
+    } else {
+        None
+    };
+    match unserved {
+        Some(param) => Err(ApiError::invalid(
+            format!("'{param}' is not supported by this server yet."),
+            Some(param),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `value` (or `default`) if it lies in `min..=max` (`(min, max]` when

@@ -164,6 +164,7 @@ impl Router {
             prompt: protocol::Prompt::Text("Hello".into()),
             allow_special_tokens: false,
             priority: Default::default(),
+            constraint: None,
             max_tokens: Some(1),
             sampling: protocol::SamplingParams::greedy(),
             stop: Vec::new(),

@@ -216,6 +216,7 @@ pub(crate) async fn prepare(
     let salt = req.cache_salt;
     let specials = req.allow_special_tokens;
     let priority = req.priority;
+    let constraint = req.constraint;
     // Tokenizing a long prompt is CPU work: keep it off the async threads.
     let (tokens, prefix_spans, salt) = tokio::task::spawn_blocking(move || {
         let tokens = match &prompt {
@@ -238,6 +239,7 @@ pub(crate) async fn prepare(
         cache_salt: salt,
         prefix_spans,
         priority,
+        constraint,
     };
     node.generate(&req.model, request).await
 }

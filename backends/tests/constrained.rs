@@ -1,0 +1,171 @@
+//! Constrained decoding on the real default model: outputs under a JSON
+//! Schema, `json_object` and a regex are always valid, batched and
+//! sampled too, and a grammar that does not compile is refused before
+//! anything is queued.
+
+mod common;
+
+use backends::engine::{spawn_engine, EngineConfig, EngineHandle};
+use common::collect;
+use protocol::{
+    ChatMessage, FinishReason, GenerateError, GenerateRequest, OutputConstraint, SamplingParams,
+};
+use serde_json::Value;
+
+fn engine() -> EngineHandle {
+    spawn_engine(
+        &inferno_cluster_tests::test_model(),
+        &EngineConfig::default(),
+    )
+    .expect("model loads")
+    .0
+}
+
+fn constrained(
+    h: &EngineHandle,
+    ask: &str,
+    constraint: OutputConstraint,
+    sampling: SamplingParams,
+) -> GenerateRequest {
+    GenerateRequest {
+        prompt_tokens: h
+            .frontend()
+            .chat_prompt(&[ChatMessage::new("user", ask)])
+            .expect("chat prompt"),
+        max_tokens: Some(256),
+        sampling,
+        constraint: Some(constraint),
+        ..GenerateRequest::default()
+    }
+}
+
+const PERSON_SCHEMA: &str = r#"{
+  "type": "object",
+  "properties": {
+    "name": {"type": "string", "minLength": 1, "maxLength": 24},
+    "age": {"type": "integer", "minimum": 0, "maximum": 150},
+    "role": {"enum": ["engineer", "artist", "doctor"]},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 12},
+             "minItems": 1, "maxItems": 3}
+  },
+  "required": ["name", "age", "role", "tags"],
+  "additionalProperties": false
+}"#;
+
+/// Checks a person by hand against [`PERSON_SCHEMA`].
+fn assert_person(text: &str) {
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    let o = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {text}"));
+    let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["age", "name", "role", "tags"], "{text}");
+    let name = o["name"].as_str().expect("name is a string");
+    assert!((1..=24).contains(&name.chars().count()), "{text}");
+    let age = o["age"].as_i64().expect("age is an integer");
+    assert!((0..=150).contains(&age), "{text}");
+    let role = o["role"].as_str().expect("role is a string");
+    assert!(["engineer", "artist", "doctor"].contains(&role), "{text}");
+    let tags = o["tags"].as_array().expect("tags is an array");
+    assert!((1..=3).contains(&tags.len()), "{text}");
+    assert!(
+        tags.iter()
+            .all(|t| t.as_str().is_some_and(|s| s.chars().count() <= 12)),
+        "{text}"
+    );
+}
+
+#[test]
+fn json_schema_outputs_validate_greedy_and_sampled_in_one_batch() {
+    let h = engine();
+    let schema = OutputConstraint::JsonSchema(PERSON_SCHEMA.into());
+    let ask = "Invent a person and describe them as JSON.";
+    let mut streams = vec![h
+        .submit(constrained(
+            &h,
+            ask,
+            schema.clone(),
+            SamplingParams::greedy(),
+        ))
+        .expect("admitted")];
+    for seed in 0..4 {
+        let sampling = SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        };
+        streams.push(
+            h.submit(constrained(&h, ask, schema.clone(), sampling))
+                .expect("admitted"),
+        );
+    }
+    for rx in streams {
+        let out = collect(rx);
+        assert_eq!(out.error, None);
+        assert_eq!(out.finish, Some(FinishReason::Stop), "{:?}", out.text);
+        assert_person(&out.text);
+    }
+}
+
+#[test]
+fn json_object_gives_an_object() {
+    let h = engine();
+    let out = collect(
+        h.submit(constrained(
+            &h,
+            "List three fruits.",
+            OutputConstraint::JsonObject,
+            SamplingParams::greedy(),
+        ))
+        .expect("admitted"),
+    );
+    assert_eq!(out.finish, Some(FinishReason::Stop), "{:?}", out.text);
+    let v: Value = serde_json::from_str(&out.text).expect("valid JSON");
+    assert!(v.is_object(), "{}", out.text);
+    // Compact separators, no free whitespace between values.
+    assert!(!out.text.contains('\n'), "{:?}", out.text);
+}
+
+#[test]
+fn regex_output_matches_whole_and_ends_there() {
+    let h = engine();
+    let out = collect(
+        h.submit(constrained(
+            &h,
+            "Give me a phone number.",
+            OutputConstraint::Regex("[0-9]{3}-[0-9]{4}".into()),
+            SamplingParams::default(),
+        ))
+        .expect("admitted"),
+    );
+    assert_eq!(out.finish, Some(FinishReason::Stop));
+    let t = out.text.as_bytes();
+    assert_eq!(t.len(), 8, "{:?}", out.text);
+    assert!(t[..3].iter().chain(&t[4..]).all(u8::is_ascii_digit) && t[3] == b'-');
+}
+
+#[test]
+fn grammars_that_do_not_compile_are_refused_before_queuing() {
+    let h = engine();
+    let bad = [
+        OutputConstraint::JsonSchema("{\"type\": \"frobnicate\"}".into()),
+        OutputConstraint::JsonSchema("not json".into()),
+        OutputConstraint::Regex("([0-9]".into()),
+        OutputConstraint::Lark("start: undefined_rule".into()),
+    ];
+    for constraint in bad {
+        let kind = constraint.kind();
+        match h.submit(constrained(&h, "Hi", constraint, SamplingParams::greedy())) {
+            Err(GenerateError::InvalidRequest(m)) => {
+                assert!(m.contains(kind), "{kind}: {m}")
+            }
+            Err(other) => panic!("{kind}: {other}"),
+            Ok(_) => panic!("{kind}: accepted"),
+        }
+    }
+    assert_eq!(
+        h.stats().waiting.load(std::sync::atomic::Ordering::Acquire),
+        0
+    );
+}
