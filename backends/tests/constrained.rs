@@ -169,3 +169,54 @@ fn grammars_that_do_not_compile_are_refused_before_queuing() {
         0
     );
 }
+
+#[test]
+fn constrained_outputs_survive_preemption_unchanged() {
+    // 16 blocks of 16 positions for 8 sequences of ~40 prompt tokens that
+    // each grow past 100: some are preempted and recomputed.
+    let cfg = EngineConfig {
+        kv_budget_bytes: 16 * 16 * 23_040,
+        max_running: 8,
+        max_step_tokens: 64,
+        ..EngineConfig::default()
+    };
+    let schema = OutputConstraint::JsonSchema(PERSON_SCHEMA.into());
+    let asks: Vec<String> = (0..8)
+        .map(|i| format!("Invent person number {i} and describe them as JSON."))
+        .collect();
+    let h = spawn_engine(&inferno_cluster_tests::test_model(), &cfg)
+        .expect("model loads")
+        .0;
+    let solo: Vec<String> = asks
+        .iter()
+        .map(|a| {
+            let out = collect(
+                h.submit(constrained(&h, a, schema.clone(), SamplingParams::greedy()))
+                    .expect("admitted"),
+            );
+            out.text
+        })
+        .collect();
+    let h = spawn_engine(&inferno_cluster_tests::test_model(), &cfg)
+        .expect("model loads")
+        .0;
+    let streams: Vec<_> = asks
+        .iter()
+        .map(|a| {
+            h.submit(constrained(&h, a, schema.clone(), SamplingParams::greedy()))
+                .expect("admitted")
+        })
+        .collect();
+    let together: Vec<String> = streams.into_iter().map(|rx| collect(rx).text).collect();
+    assert!(
+        h.stats()
+            .preemptions
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0,
+        "the pool was meant to run out"
+    );
+    for (alone, batched) in solo.iter().zip(&together) {
+        assert_person(batched);
+        assert_eq!(alone, batched);
+    }
+}

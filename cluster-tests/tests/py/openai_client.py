@@ -150,9 +150,10 @@ for temperature in (0, 1):
     assert streamed == r.choices[0].message.content, (streamed, r.choices[0].message.content)
 
 obj = client.chat.completions.create(
-    model=model, messages=[{"role": "user", "content": "Three fruits, as JSON."}],
+    model=model, messages=[{"role": "user", "content": "Describe a cat as a JSON object with keys name and age."}],
     response_format={"type": "json_object"}, temperature=0, max_tokens=200,
 )
+assert obj.choices[0].finish_reason == "stop", obj
 assert isinstance(json.loads(obj.choices[0].message.content), dict), obj
 
 digits = client.completions.create(
@@ -169,3 +170,59 @@ try:
     raise AssertionError("a schema that does not compile was accepted")
 except openai.BadRequestError as e:
     assert "json_schema" in str(e), e
+
+# 30 schemas of increasing difficulty, greedy and sampled: every answer
+# validates (formats included).
+# Numbers are bounded, fractions by multipleOf: without bounds a number is a
+# valid prefix forever (a small model at temperature 0 writes 1000000... or
+# 1.1111... until max_tokens).
+S, B = {"type": "string", "maxLength": 20}, {"type": "boolean"}
+I = {"type": "integer", "minimum": -1000, "maximum": 1000}
+N = {"type": "number", "minimum": -100, "maximum": 100, "multipleOf": 0.01}
+
+
+def obj(props, required=None):
+    return {"type": "object", "properties": props,
+            "required": list(props) if required is None else required,
+            "additionalProperties": False}
+
+
+schemas = [
+    S, I, B, {"enum": ["red", "green", "blue"]},
+    {"type": "integer", "minimum": 10, "maximum": 20},
+    {"type": "number", "minimum": -1.5, "exclusiveMaximum": 2.5, "multipleOf": 0.25},
+    {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"},
+    {"type": "string", "format": "date"}, {"type": "string", "format": "email", "maxLength": 40},
+    {"type": "string", "format": "uuid"}, {"type": "string", "format": "ipv4"},
+    obj({"a": S}), obj({"a": I, "b": B}), obj({"a": S, "b": I}, required=["a"]),
+    {"type": "array", "items": I, "minItems": 2, "maxItems": 4},
+    {"type": "array", "items": {"enum": ["x", "y"]}, "maxItems": 3},
+    obj({"list": {"type": "array", "items": S, "minItems": 1, "maxItems": 3}}),
+    obj({"inner": obj({"x": N, "y": N})}),
+    obj({"v": {"anyOf": [I, S]}}), obj({"v": {"anyOf": [{"type": "null"}, obj({"k": I})]}}),
+    obj({"when": {"type": "string", "format": "date"}, "who": {"type": "string", "format": "email", "maxLength": 40}}),
+    obj({"score": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.1}, "ok": B}),
+    {"type": "array", "items": obj({"id": I, "tag": {"enum": ["a", "b"]}}), "minItems": 1, "maxItems": 2},
+    obj({"a": obj({"b": obj({"c": obj({"d": S})})})}),
+    obj({"name": S, "age": {"type": "integer", "minimum": 0, "maximum": 120}, "email": {"type": "string", "format": "email", "maxLength": 40}}, required=["name"]),
+    {"$defs": {"pt": obj({"x": I, "y": I})}, **obj({"from": {"$ref": "#/$defs/pt"}, "to": {"$ref": "#/$defs/pt"}})},
+    obj({"kind": {"const": "circle"}, "r": {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "multipleOf": 0.5}}),
+    {"oneOf": [obj({"cat": S}), obj({"dog": I})]},
+    obj({"matrix": {"type": "array", "items": {"type": "array", "items": I, "maxItems": 3}, "maxItems": 3}}),
+    obj({"order": obj({"id": {"type": "string", "format": "uuid"}, "items": {"type": "array", "items": obj({"sku": {"type": "string", "pattern": "^[0-9]{4}$"}, "qty": {"type": "integer", "minimum": 1, "maximum": 9}}), "minItems": 1, "maxItems": 3}, "paid": B, "note": {"anyOf": [S, {"type": "null"}]}})}),
+]
+assert len(schemas) == 30
+checker = jsonschema.FormatChecker()
+for i, schema in enumerate(schemas):
+    for temperature in (0, 1):
+        r = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Answer with JSON."}],
+            response_format={"type": "json_schema", "json_schema": {"name": f"s{i}", "schema": schema, "strict": True}},
+            temperature=temperature, seed=i, max_tokens=400,
+        )
+        text = r.choices[0].message.content
+        assert r.choices[0].finish_reason == "stop", (i, temperature, text)
+        try:
+            jsonschema.validate(json.loads(text), schema, format_checker=checker)
+        except Exception as e:
+            raise AssertionError(f"schema {i} at temperature {temperature}: {text!r}: {e}")
