@@ -52,24 +52,34 @@ struct CreateKeyBody {
 
 impl CreateKeyBody {
     fn limits(&self) -> Result<KeyLimits, ApiError> {
-        for (name, v) in [
-            ("rpm", self.rpm),
-            ("tpm", self.tpm),
-            ("max_concurrent", self.max_concurrent),
-        ] {
-            if v == Some(0) {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("{name} must be at least 1 (leave it out for no limit)"),
-                ));
-            }
-        }
-        Ok(KeyLimits {
-            rpm: self.rpm,
-            tpm: self.tpm,
-            max_concurrent: self.max_concurrent,
-        })
+        limits_from(self.rpm, self.tpm, self.max_concurrent)
     }
+}
+
+/// Limits as a request body gives them (keys' and tenants'): each absent
+/// (no limit) or at least 1.
+pub(super) fn limits_from(
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+    max_concurrent: Option<u32>,
+) -> Result<KeyLimits, ApiError> {
+    for (name, v) in [
+        ("rpm", rpm),
+        ("tpm", tpm),
+        ("max_concurrent", max_concurrent),
+    ] {
+        if v == Some(0) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{name} must be at least 1 (leave it out for no limit)"),
+            ));
+        }
+    }
+    Ok(KeyLimits {
+        rpm,
+        tpm,
+        max_concurrent,
+    })
 }
 
 fn not_yours(tenant: &str) -> ApiError {

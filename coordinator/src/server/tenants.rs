@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::admin::{parse_body, read, write, Admin, ApiError};
 use crate::auth::{sees_tenant, Principal};
-use crate::state::{KeyLimits, TenantSettings, DEFAULT_TENANT};
+use crate::state::{TenantSettings, DEFAULT_TENANT};
 
 /// Body of `PUT /admin/v1/tenants/{name}`: the whole setting, each limit
 /// absent for none.
@@ -43,24 +43,8 @@ struct SetTenantBody {
 
 impl SetTenantBody {
     fn settings(&self) -> Result<TenantSettings, ApiError> {
-        for (name, v) in [
-            ("rpm", self.rpm),
-            ("tpm", self.tpm),
-            ("max_concurrent", self.max_concurrent),
-        ] {
-            if v == Some(0) {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("{name} must be at least 1 (leave it out for no limit)"),
-                ));
-            }
-        }
         Ok(TenantSettings {
-            limits: KeyLimits {
-                rpm: self.rpm,
-                tpm: self.tpm,
-                max_concurrent: self.max_concurrent,
-            },
+            limits: super::keys::limits_from(self.rpm, self.tpm, self.max_concurrent)?,
             priority: self.priority,
         })
     }
