@@ -23,6 +23,12 @@ pub enum FrontendError {
     /// The model has no chat template, so chat requests cannot be served.
     #[error("this model has no chat template")]
     NoChatTemplate,
+    /// Tools were offered to a model whose chat template has no tool support.
+    #[error("this model does not support tools: its chat template has no tool support")]
+    NoToolSupport,
+    /// The tool definitions or a tool call are not acceptable.
+    #[error("{0}")]
+    BadTools(String),
     /// The prompt's text is so long that it cannot fit the context
     /// whatever it tokenizes to: refused before tokenizing it.
     #[error(
@@ -125,10 +131,58 @@ impl ModelFrontend {
     /// turn opened) and tokenizes it. Special-token text inside message
     /// contents stays text: only the template's own markup becomes special
     /// tokens, so a message cannot end its turn or open another role's.
-    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, FrontendError> {
+    ///
+    /// `tools` (a JSON array of OpenAI tool definitions) is offered to the
+    /// template. Tool definitions and the calls in earlier assistant turns
+    /// are rendered as the template chooses, not as literal text, so they
+    /// must not hold special-token text at all.
+    pub fn chat_prompt(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&str>,
+    ) -> Result<Vec<u32>, FrontendError> {
         let chat = self.chat.as_ref().ok_or(FrontendError::NoChatTemplate)?;
-        self.refuse_surely_too_long(messages.iter().map(|m| m.content.len()).sum())?;
-        let (text, literals) = chat.render_with_literals(messages, true)?;
+        let calls = || messages.iter().flat_map(|m| &m.tool_calls);
+        let bytes = messages.iter().map(|m| m.content.len()).sum::<usize>()
+            + tools.map_or(0, str::len)
+            + calls()
+                .map(|c| c.name.len() + c.arguments.len())
+                .sum::<usize>();
+        self.refuse_surely_too_long(bytes)?;
+        let tools = match tools {
+            None => None,
+            Some(_) if chat.tool_format().is_none() => return Err(FrontendError::NoToolSupport),
+            Some(json) => {
+                self.refuse_special_text("the tool definitions", json)?;
+                Some(
+                    serde_json::from_str::<serde_json::Value>(json).map_err(|e| {
+                        FrontendError::BadTools(format!("the tool definitions are not JSON: {e}"))
+                    })?,
+                )
+            }
+        };
+        for call in calls() {
+            self.refuse_special_text("a tool call", &call.name)?;
+            self.refuse_special_text("a tool call", &call.arguments)?;
+        }
+        let (text, literals) = chat.render_with_literals(messages, tools.as_ref(), true)?;
         Ok(self.tokenizer.encode_with_literals(&text, &literals)?)
+    }
+
+    /// Refuses `text` if any of it would tokenize as a special token.
+    fn refuse_special_text(&self, what: &str, text: &str) -> Result<(), FrontendError> {
+        let ids = self.tokenizer.encode(text)?;
+        match ids.iter().find(|id| self.tokenizer.is_special(**id)) {
+            Some(id) => Err(FrontendError::BadTools(format!(
+                "{what} may not contain special-token text ({:?})",
+                self.tokenizer.decode(&[*id]).unwrap_or_default()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// How this model calls tools; `None` if its template has no tool support.
+    pub fn tool_format(&self) -> Option<protocol::ToolFormat> {
+        self.chat.as_ref().and_then(ChatTemplate::tool_format)
     }
 }

@@ -1,12 +1,14 @@
 //! Model math for Inferno nodes: GGUF LLMs with their own tokenizer and chat
 //! template, sampling, and the continuous-batching engine.
 
+pub mod card;
 pub mod chat;
 pub mod engine;
 pub mod fl;
 pub mod frontend;
 pub mod gguf;
 pub mod grammar;
+mod jinja_json;
 pub mod kernels;
 pub mod model;
 pub mod perplexity;

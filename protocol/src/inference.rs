@@ -50,8 +50,12 @@ pub struct InferenceRequest {
     pub allow_special_tokens: bool,
     /// Scheduling class at the node (the tenant's).
     pub priority: Priority,
-    /// The form the output must take (`response_format`, `grammar`).
+    /// The form the output must take (`response_format`, `grammar`, tool calls).
     pub constraint: Option<OutputConstraint>,
+    /// The function tools offered to the model, as the JSON array of
+    /// OpenAI tool definitions the chat template receives as `tools`;
+    /// `None` offers none.
+    pub tools: Option<String>,
 }
 
 /// The state of one model replica on a node, as the node reports it.
@@ -110,6 +114,40 @@ pub struct ServableModel {
     pub name: String,
     /// Size of the weights, in bytes.
     pub size_bytes: u64,
+    /// What the file's header says about the model; `None` when the node
+    /// could not read it (the model still loads, or fails, when assigned).
+    pub card: Option<ModelCard>,
+}
+
+/// A model's description, read from its file's header by the node that
+/// serves it (the coordinator has no model files): what `/v1/models`
+/// reports, and what the API checks requests against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// The architecture (`general.architecture`: `llama`, `qwen2`, `gemma3`).
+    pub architecture: String,
+    /// Context length in tokens (`max_model_len`).
+    pub context_length: u32,
+    /// The weights' dominant quantization (`Q4_K_M`, `Q5_0`, `F16`, ...).
+    pub quantization: String,
+    /// Parameter count.
+    pub parameters: u64,
+    /// Size of the file, in bytes.
+    pub size_bytes: u64,
+    /// Whether the file ships a chat template (`/v1/chat/completions`).
+    pub chat_template: bool,
+    /// How its chat template offers tools and how the model calls them;
+    /// `None` when the template has no tool support.
+    pub tool_format: Option<ToolFormat>,
+}
+
+/// How a model family writes function calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolFormat {
+    /// Hermes-style calls (Qwen2.5, Hermes, many fine-tunes): each call is
+    /// `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`.
+    Hermes,
 }
 
 /// A node's registration and heartbeat, sent to every coordinator.

@@ -29,13 +29,14 @@ pub mod tls;
 pub use frame::{FrameError, MAX_FRAME_BYTES};
 pub use handshake::{HandshakeError, Hello, PROTOCOL_VERSION};
 pub use inference::{
-    HeartbeatReply, InferenceRequest, KvCacheReport, NodeHeartbeat, NodeRequest, NodeResponse,
-    NodeStreamRequest, Prompt, ReplicaReport, ReplicaState, ServableModel, MAX_NODE_FRAME_BYTES,
+    HeartbeatReply, InferenceRequest, KvCacheReport, ModelCard, NodeHeartbeat, NodeRequest,
+    NodeResponse, NodeStreamRequest, Prompt, ReplicaReport, ReplicaState, ServableModel,
+    ToolFormat, MAX_NODE_FRAME_BYTES,
 };
 pub use quic::QuicError;
 pub use tls::{ClusterCa, MemberIdentity, TlsError};
 
 pub use generate::{
     ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, OutputConstraint,
-    PrefixSpan, Priority, SamplingParams, Usage, KEEPALIVE_AFTER,
+    PrefixSpan, Priority, SamplingParams, ToolCall, Usage, KEEPALIVE_AFTER,
 };

@@ -48,7 +48,16 @@ fn pieces(prompt: &Prompt) -> Vec<&[u8]> {
         Prompt::Chat(messages) => {
             let mut out: Vec<&[u8]> = vec![b"C"];
             for m in messages {
-                out.extend([m.role.as_bytes(), b"\x1f", m.content.as_bytes(), b"\x1e"]);
+                out.extend([m.role.as_bytes(), b"\x1f", m.content.as_bytes()]);
+                for call in &m.tool_calls {
+                    out.extend([
+                        b"\x1d",
+                        call.name.as_bytes(),
+                        b"\x1f",
+                        call.arguments.as_bytes(),
+                    ]);
+                }
+                out.push(b"\x1e");
             }
             out
         }
