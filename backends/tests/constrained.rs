@@ -30,7 +30,7 @@ fn constrained(
     GenerateRequest {
         prompt_tokens: h
             .frontend()
-            .chat_prompt(&[ChatMessage::new("user", ask)])
+            .chat_prompt(&[ChatMessage::new("user", ask)], None)
             .expect("chat prompt"),
         max_tokens: Some(256),
         sampling,

@@ -39,7 +39,7 @@ fn open_request(prompt_tokens: Vec<u32>) -> GenerateRequest {
 
 fn chat(h: &EngineHandle, text: &str) -> Vec<u32> {
     h.frontend()
-        .chat_prompt(&[ChatMessage::new("user", text)])
+        .chat_prompt(&[ChatMessage::new("user", text)], None)
         .unwrap()
 }
 
@@ -491,10 +491,13 @@ fn prefix_cache_hit_gives_the_cold_answer_and_salts_keep_caches_apart() {
     let ask = |h: &EngineHandle, q: &str, salt: &str| {
         let prompt = h
             .frontend()
-            .chat_prompt(&[
-                ChatMessage::new("system", system.clone()),
-                ChatMessage::new("user", q),
-            ])
+            .chat_prompt(
+                &[
+                    ChatMessage::new("system", system.clone()),
+                    ChatMessage::new("user", q),
+                ],
+                None,
+            )
             .unwrap();
         let mut r = request(prompt, 24, SamplingParams::greedy());
         r.cache_salt = salt.into();

@@ -19,7 +19,7 @@ use backends::engine::{spawn_engine, EngineConfig};
 use backends::gguf::GgufFile;
 use backends::model::Transformer;
 use backends::tokenizer::GgufTokenizer;
-use protocol::{ChatMessage, GenerateRequest, SamplingParams};
+use protocol::{ChatMessage, GenerateRequest, SamplingParams, ToolCall};
 
 #[derive(serde::Deserialize)]
 struct Reference {
@@ -62,8 +62,50 @@ fn chat_prompts_equal_llama_server() {
     let cases = reference().templates;
     assert!(cases.len() >= 3);
     for c in &cases {
-        assert_eq!(chat.render(&c.messages, true).unwrap(), c.prompt);
+        assert_eq!(chat.render(&c.messages, None, true).unwrap(), c.prompt);
     }
+}
+
+/// Tools reach the model the way Qwen2.5 was trained on them: the
+/// definitions in the system turn, earlier calls as `<tool_call>` blocks in
+/// the assistant turn and results as `<tool_response>` blocks.
+#[test]
+fn the_template_offers_tools_and_renders_calls_and_results() {
+    let file = GgufFile::open(&inferno_cluster_tests::qwen_model()).unwrap();
+    let tok = tokenizer(&file);
+    let chat = ChatTemplate::from_gguf(&file.content, &tok)
+        .unwrap()
+        .unwrap();
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let mut call = ChatMessage::new("assistant", "");
+    call.tool_calls = vec![ToolCall {
+        id: "call_1".into(),
+        name: "get_weather".into(),
+        arguments: "{\"city\": \"Paris\"}".into(),
+    }];
+    let mut result = ChatMessage::new("tool", "18 C");
+    result.tool_call_id = Some("call_1".into());
+    let messages = [ChatMessage::new("user", "Weather in Paris?"), call, result];
+    let prompt = chat.render(&messages, Some(&tools), true).unwrap();
+    assert!(
+        prompt
+            .contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains(
+            "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>"
+        ),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("<|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>"),
+        "{prompt}"
+    );
+    assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
+    let without = chat.render(&messages[..1], None, true).unwrap();
+    assert!(!without.contains("<tools>"), "{without}");
 }
 
 /// `llama-perplexity -m <qwen 0.5B> -f /usr/share/common-licenses/GPL-3 -c 256

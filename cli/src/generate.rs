@@ -80,7 +80,7 @@ async fn generate(node: &Node, name: &str, a: &GenerateArgs) -> anyhow::Result<(
     node.wait_ready(name, Duration::from_secs(60)).await?;
     let frontend = node.frontend(name).await?;
     let prompt_tokens = if a.chat {
-        frontend.chat_prompt(&[ChatMessage::new("user", a.prompt.clone())])?
+        frontend.chat_prompt(&[ChatMessage::new("user", a.prompt.clone())], None)?
     } else {
         frontend.encode(&a.prompt)?
     };

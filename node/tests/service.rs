@@ -107,6 +107,7 @@ fn request(model: &str, prompt: Prompt, max_tokens: u32, ignore_eos: bool) -> In
         allow_special_tokens: false,
         priority: Default::default(),
         constraint: None,
+        tools: None,
     }
 }
 

@@ -217,19 +217,26 @@ pub(crate) async fn prepare(
     let specials = req.allow_special_tokens;
     let priority = req.priority;
     let constraint = req.constraint;
-    // Tokenizing a long prompt is CPU work: keep it off the async threads.
-    let (tokens, prefix_spans, salt) = tokio::task::spawn_blocking(move || {
+    let tools = req.tools;
+    // Tokenizing a long prompt and compiling a new grammar are CPU work:
+    // keep them off the async threads and off the model's scheduler (the
+    // engine then takes the compiled grammar from the cache).
+    let (tokens, prefix_spans, salt, constraint) = tokio::task::spawn_blocking(move || {
         let tokens = match &prompt {
             Prompt::Text(text) if specials => frontend.encode(text),
             Prompt::Text(text) => frontend.encode_as_text(text),
-            Prompt::Chat(messages) => frontend.chat_prompt(messages),
-        }?;
+            Prompt::Chat(messages) => frontend.chat_prompt(messages, tools.as_deref()),
+        }
+        .map_err(|e| e.to_string())?;
+        if let Some(c) = &constraint {
+            frontend.constraint(c).map_err(|e| e.to_string())?;
+        }
         let spans = prefix_spans(&prompt, &salt, tokens.len());
-        Ok::<_, backends::frontend::FrontendError>((tokens, spans, salt))
+        Ok::<_, String>((tokens, spans, salt, constraint))
     })
     .await
     .map_err(|e| GenerateError::Unavailable(format!("tokenizer task failed: {e}")))?
-    .map_err(|e| GenerateError::InvalidRequest(e.to_string()))?;
+    .map_err(GenerateError::InvalidRequest)?;
     let request = GenerateRequest {
         prompt_tokens: tokens,
         max_tokens: req.max_tokens,

@@ -148,9 +148,17 @@ impl NodeService {
             if files.insert(m.name.clone(), m.path.clone()).is_some() {
                 return Err(ServiceError::DuplicateModel(m.name.clone()));
             }
+            let card = match backends::card::read(&m.path) {
+                Ok(card) => Some(card),
+                Err(e) => {
+                    tracing::warn!(model = %m.name, "could not read the model's header: {e}");
+                    None
+                }
+            };
             servable.push(ServableModel {
                 name: m.name.clone(),
                 size_bytes: meta.len(),
+                card,
             });
         }
         let ca = cfg.identity.ca_cert_der()?;
