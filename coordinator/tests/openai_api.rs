@@ -67,6 +67,15 @@ impl InferenceBackend for Fake {
         vec![ModelEntry {
             id: MODEL.into(),
             ready_replicas: 1,
+            card: Some(protocol::ModelCard {
+                architecture: "qwen2".into(),
+                context_length: 32768,
+                quantization: "Q4_K_M".into(),
+                parameters: 494_000_000,
+                size_bytes: 491_400_064,
+                chat_template: true,
+                tool_format: Some(protocol::ToolFormat::Hermes),
+            }),
         }]
     }
 
@@ -851,4 +860,285 @@ async fn allow_special_tokens_is_for_admin_keys_only() {
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert!(fake.last_request().allow_special_tokens);
+}
+
+/// A weather tool, as an application offers it.
+fn weather_tools() -> Value {
+    json!([{
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }])
+}
+
+/// A Hermes call, cut into uneven pieces as a tokenizer would.
+fn weather_call_script() -> Script {
+    let text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let mut events: Vec<GenerateEvent> = Vec::new();
+    let mut rest = text;
+    for n in [11, 1, 3, 9, 2, 17, 5, 4].iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, tail) = rest.split_at((*n).min(rest.len()));
+        events.push(token(piece));
+        rest = tail;
+    }
+    events.push(finished());
+    Script::Events(events)
+}
+
+#[tokio::test]
+async fn openai_tools_answer_with_parsed_calls() {
+    let fake = Fake::new(weather_call_script());
+    let (app, _) = make_app(&fake);
+    let a = post(
+        app,
+        "/v1/chat/completions",
+        chat_body(json!({"tools": weather_tools()})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let v = a.json();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    assert_eq!(choice["message"]["content"], Value::Null, "{v}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert!(call["id"].as_str().unwrap().starts_with("call_"), "{v}");
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "Paris"}));
+
+    // The node got the definitions for the template and a grammar that
+    // allows text or calls.
+    let req = fake.last_request();
+    let tools: Value = serde_json::from_str(req.tools.as_deref().unwrap()).unwrap();
+    assert_eq!(tools[0]["function"]["name"], "get_weather");
+    match req.constraint {
+        Some(protocol::OutputConstraint::Lark(grammar)) => {
+            assert!(
+                grammar.starts_with("start: calls | body | TEXT"),
+                "{grammar}"
+            );
+            assert!(grammar.contains("get_weather"), "{grammar}");
+        }
+        other => panic!("expected a Lark grammar, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn openai_tools_stream_as_deltas_that_reassemble_to_the_call() {
+    let fake = Fake::new(weather_call_script());
+    let (app, _) = make_app(&fake);
+    let a = post(
+        app,
+        "/v1/chat/completions",
+        chat_body(json!({"tools": weather_tools(), "stream": true})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let chunks = a.chunks();
+    let mut name = None;
+    let mut id = None;
+    let mut arguments = String::new();
+    let mut content = String::new();
+    for c in &chunks {
+        let delta = &c["choices"][0]["delta"];
+        if let Some(text) = delta["content"].as_str() {
+            content.push_str(text);
+        }
+        if let Some(calls) = delta["tool_calls"].as_array() {
+            for call in calls {
+                assert_eq!(call["index"], 0, "{c}");
+                if let Some(n) = call["function"]["name"].as_str() {
+                    assert!(name.is_none(), "the name comes once: {c}");
+                    name = Some(n.to_string());
+                    id = call["id"].as_str().map(str::to_string);
+                    assert_eq!(call["type"], "function");
+                }
+                arguments.push_str(call["function"]["arguments"].as_str().unwrap());
+            }
+        }
+    }
+    assert_eq!(content, "", "no call text leaks into the content");
+    assert_eq!(name.as_deref(), Some("get_weather"));
+    assert!(id.unwrap().starts_with("call_"));
+    let args: Value = serde_json::from_str(&arguments).unwrap();
+    assert_eq!(args, json!({"city": "Paris"}));
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "tool_calls", "{last}");
+    assert_eq!(a.events().last().unwrap(), "[DONE]");
+}
+
+#[tokio::test]
+async fn openai_tools_required_or_named_constrain_the_whole_answer() {
+    for choice in [
+        json!("required"),
+        json!({"type": "function", "function": {"name": "get_weather"}}),
+    ] {
+        let fake = Fake::new(weather_call_script());
+        let (app, _) = make_app(&fake);
+        let a = post(
+            app,
+            "/v1/chat/completions",
+            chat_body(json!({"tools": weather_tools(), "tool_choice": choice,
+                             "parallel_tool_calls": false})),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        match fake.last_request().constraint {
+            Some(protocol::OutputConstraint::Lark(grammar)) => {
+                assert!(
+                    grammar.starts_with("start: calls | body\ncalls: call\n"),
+                    "{grammar}"
+                )
+            }
+            other => panic!("expected a Lark grammar, got {other:?}"),
+        }
+    }
+    // "none": the tools are not offered and the text is free.
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let a = post(
+        app,
+        "/v1/chat/completions",
+        chat_body(json!({"tools": weather_tools(), "tool_choice": "none"})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.json()["choices"][0]["message"]["content"], "Hello world");
+    let req = fake.last_request();
+    assert_eq!((req.tools, req.constraint), (None, None));
+}
+
+#[tokio::test]
+async fn openai_tool_results_reach_the_model_as_messages() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let messages = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"},
+        }]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"},
+    ]);
+    let a = post(
+        app,
+        "/v1/chat/completions",
+        chat_body(json!({"tools": weather_tools(), "messages": messages})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello world");
+    assert!(
+        v["choices"][0]["message"].get("tool_calls").is_none(),
+        "{v}"
+    );
+    let Prompt::Chat(sent) = fake.last_request().prompt else {
+        panic!("expected a chat prompt");
+    };
+    assert_eq!(sent[1].tool_calls.len(), 1);
+    assert_eq!(sent[1].tool_calls[0].name, "get_weather");
+    assert_eq!(sent[1].tool_calls[0].arguments, "{\"city\": \"Paris\"}");
+    assert_eq!(sent[2].role, "tool");
+    assert_eq!(sent[2].tool_call_id.as_deref(), Some("call_1"));
+    assert_eq!(sent[2].content, "18 C, sunny");
+}
+
+#[tokio::test]
+async fn openai_bad_tool_requests_are_400s_naming_the_field() {
+    let cases = [
+        (
+            "/v1/chat/completions",
+            chat_body(json!({"tools": weather_tools(),
+                             "response_format": {"type": "json_object"}})),
+            "tools",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "x", "tools": weather_tools()}),
+            "tools",
+        ),
+        (
+            "/v1/chat/completions",
+            chat_body(json!({"tools": [{"type": "function", "function": {"name": "bad name"}}]})),
+            "tools[0].function.name",
+        ),
+        (
+            "/v1/chat/completions",
+            chat_body(json!({"tools": weather_tools(),
+                             "tool_choice": {"type": "function", "function": {"name": "other"}}})),
+            "tool_choice",
+        ),
+        (
+            "/v1/chat/completions",
+            chat_body(json!({"messages": [{"role": "tool", "content": "18 C"}]})),
+            "messages[0].tool_call_id",
+        ),
+        (
+            "/v1/chat/completions",
+            chat_body(json!({"messages": [{"role": "assistant", "tool_calls": [{
+                "id": "c", "type": "function",
+                "function": {"name": "f", "arguments": "not json"}}]}]})),
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+    ];
+    for (uri, body, param) in cases {
+        let fake = Fake::new(hello_world());
+        let (app, _) = make_app(&fake);
+        post(app, uri, body)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, Some(param));
+        assert!(
+            fake.requests.lock().unwrap().is_empty(),
+            "{param}: nothing is routed"
+        );
+    }
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let a = post(
+        app,
+        "/v1/chat/completions",
+        json!({"model": "nope", "messages": [{"role": "user", "content": "x"}],
+               "tools": weather_tools()}),
+    )
+    .await;
+    a.assert_error(StatusCode::NOT_FOUND, Some("model"));
+}
+
+#[tokio::test]
+async fn openai_models_report_what_the_file_says() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let a = send(app.clone(), "GET", "/v1/models", "").await;
+    let m = &a.json()["data"][0];
+    assert_eq!(m["max_model_len"], 32768, "{m}");
+    assert_eq!(m["architecture"], "qwen2");
+    assert_eq!(m["quantization"], "Q4_K_M");
+    assert_eq!(m["parameters"], 494_000_000u64);
+    assert_eq!(m["size_bytes"], 491_400_064u64);
+    assert_eq!(m["ready_replicas"], 1);
+    assert_eq!(
+        m["capabilities"],
+        json!({"completions": true, "chat": true, "tools": true, "json_schema": true,
+               "embeddings": false})
+    );
+    let one = send(app.clone(), "GET", &format!("/v1/models/{MODEL}"), "").await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(&one.json(), m);
+    send(app, "GET", "/v1/models/nope", "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, Some("model"));
 }

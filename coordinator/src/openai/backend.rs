@@ -14,6 +14,8 @@ pub struct ModelEntry {
     pub id: String,
     /// Replicas of it that are ready to serve.
     pub ready_replicas: u32,
+    /// What its file says about it, if a node has reported it.
+    pub card: Option<protocol::ModelCard>,
 }
 
 /// A request that a replica accepted.

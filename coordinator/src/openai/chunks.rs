@@ -1,11 +1,12 @@
 //! Builds the response bodies and stream chunks of one request.
 
-use protocol::FinishReason;
+use protocol::{FinishReason, ToolFormat};
 
 use super::response::{
-    ChatChoiceOut, ChatCompletionOut, DeltaOut, MessageOut, TextChoiceOut, TextCompletionOut,
-    UsageOut,
+    ChatChoiceOut, ChatCompletionOut, DeltaOut, FunctionCallOut, FunctionDeltaOut, MessageOut,
+    TextChoiceOut, TextCompletionOut, ToolCallDeltaOut, ToolCallOut, UsageOut,
 };
+use super::tools::{self, ToolEvent};
 
 /// Which endpoint a request came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,7 @@ pub(crate) struct Shape {
     created: u64,
     model: String,
     include_usage: bool,
+    tool_format: Option<ToolFormat>,
 }
 
 /// A JSON-serializable body or chunk.
@@ -49,26 +51,57 @@ impl Shape {
             created: super::dispatch::unix_now(),
             model,
             include_usage,
+            tool_format: None,
         }
+    }
+
+    /// The same shape for an answer that may hold tool calls in `format`.
+    pub(crate) fn with_tools(mut self, format: Option<ToolFormat>) -> Self {
+        self.tool_format = format;
+        self
+    }
+
+    /// The tool call format the answer's text is parsed in, if any.
+    pub(crate) fn tool_format(&self) -> Option<ToolFormat> {
+        self.tool_format
     }
 
     /// The whole non-streaming response.
     pub(crate) fn complete(&self, text: String, reason: FinishReason, usage: UsageOut) -> Body {
         match self.endpoint {
-            Endpoint::Chat => Body::Chat(self.chat(
-                "chat.completion",
-                vec![ChatChoiceOut {
-                    index: 0,
-                    message: Some(MessageOut {
-                        role: "assistant",
-                        content: text,
-                    }),
-                    delta: None,
-                    logprobs: None,
-                    finish_reason: Some(reason.as_str()),
-                }],
-                Some(Some(usage)),
-            )),
+            Endpoint::Chat => {
+                let (content, calls) = match self.tool_format {
+                    None => (Some(text), Vec::new()),
+                    Some(ToolFormat::Hermes) => tools::parse::collect(&text),
+                };
+                let reason = calls_finish(reason, !calls.is_empty());
+                let tool_calls = calls
+                    .into_iter()
+                    .map(|c| ToolCallOut {
+                        id: c.id,
+                        kind: "function",
+                        function: FunctionCallOut {
+                            name: c.name,
+                            arguments: c.arguments,
+                        },
+                    })
+                    .collect();
+                Body::Chat(self.chat(
+                    "chat.completion",
+                    vec![ChatChoiceOut {
+                        index: 0,
+                        message: Some(MessageOut {
+                            role: "assistant",
+                            content,
+                            tool_calls,
+                        }),
+                        delta: None,
+                        logprobs: None,
+                        finish_reason: Some(reason.as_str()),
+                    }],
+                    Some(Some(usage)),
+                ))
+            }
             Endpoint::Text => {
                 Body::Text(self.text(vec![text_choice(text, Some(reason))], Some(Some(usage))))
             }
@@ -82,6 +115,7 @@ impl Shape {
                 DeltaOut {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    tool_calls: None,
                 },
                 None,
             )),
@@ -96,6 +130,7 @@ impl Shape {
                 DeltaOut {
                     role: None,
                     content: Some(text),
+                    tool_calls: None,
                 },
                 None,
             ),
@@ -105,10 +140,46 @@ impl Shape {
         }
     }
 
-    /// The chunk that carries the finish reason.
-    pub(crate) fn finish_chunk(&self, reason: FinishReason) -> Body {
+    /// The chunk of one parsed piece of a chat answer that may hold tool
+    /// calls.
+    pub(crate) fn tool_event_chunk(&self, event: ToolEvent) -> Body {
+        let call = match event {
+            ToolEvent::Content(text) => return self.content_chunk(text),
+            ToolEvent::CallStart { index, id, name } => ToolCallDeltaOut {
+                index,
+                id: Some(id),
+                kind: Some("function"),
+                function: FunctionDeltaOut {
+                    name: Some(name),
+                    arguments: String::new(),
+                },
+            },
+            ToolEvent::CallArgs { index, delta } => ToolCallDeltaOut {
+                index,
+                id: None,
+                kind: None,
+                function: FunctionDeltaOut {
+                    name: None,
+                    arguments: delta,
+                },
+            },
+        };
+        self.chat_chunk(
+            DeltaOut {
+                tool_calls: Some(vec![call]),
+                ..DeltaOut::default()
+            },
+            None,
+        )
+    }
+
+    /// The chunk that carries the finish reason; `called` when the answer
+    /// made tool calls.
+    pub(crate) fn finish_chunk(&self, reason: FinishReason, called: bool) -> Body {
         match self.endpoint {
-            Endpoint::Chat => self.chat_chunk(DeltaOut::default(), Some(reason)),
+            Endpoint::Chat => {
+                self.chat_chunk(DeltaOut::default(), Some(calls_finish(reason, called)))
+            }
             Endpoint::Text => Body::Text(self.text(
                 vec![text_choice(String::new(), Some(reason))],
                 self.usage_slot(),
@@ -177,6 +248,15 @@ impl Shape {
             choices,
             usage,
         }
+    }
+}
+
+/// An answer that made calls and stopped on its own finished to call them.
+fn calls_finish(reason: FinishReason, called: bool) -> FinishReason {
+    if called && reason == FinishReason::Stop {
+        FinishReason::ToolCalls
+    } else {
+        reason
     }
 }
 

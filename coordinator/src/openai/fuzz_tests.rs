@@ -57,6 +57,10 @@ const FIELDS: &[&str] = &[
     "n",
     "logprobs",
     "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "tool_calls",
+    "tool_call_id",
     "response_format",
 ];
 

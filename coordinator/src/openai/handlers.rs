@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,14 +14,14 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::backend::InferenceBackend;
+use super::backend::{InferenceBackend, ModelEntry};
 use super::chunks::{Endpoint, Shape};
 use super::errors::ApiError;
 use super::metrics::Metrics;
 use super::request::{ChatCompletionRequest, CompletionRequest};
 use super::tracker::{Account, RequestTracker};
 use super::validate::{self, Validated};
-use super::{collect, dispatch, stream};
+use super::{collect, dispatch, stream, tools};
 use crate::auth::{presented_key, Principal};
 use crate::quota::TokenMeter;
 
@@ -80,6 +80,7 @@ pub fn router_with_config<B: InferenceBackend>(
     });
     Router::new()
         .route("/v1/models", get(models::<B>))
+        .route("/v1/models/{id}", get(model::<B>))
         .route("/v1/chat/completions", post(chat_completions::<B>))
         .route("/v1/completions", post(completions::<B>))
         .route("/health", get(health))
@@ -94,17 +95,48 @@ async fn models<B: InferenceBackend>(State(s): State<Arc<AppState<B>>>) -> Respo
     let data: Vec<_> = s
         .backend
         .models()
-        .into_iter()
-        .map(|m| {
-            json!({
-                "id": m.id,
-                "object": "model",
-                "created": s.created,
-                "owned_by": "inferno",
-            })
-        })
+        .iter()
+        .map(|m| model_object(m, s.created))
         .collect();
     Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+/// `GET /v1/models/{id}`: one model, or 404.
+async fn model<B: InferenceBackend>(
+    State(s): State<Arc<AppState<B>>>,
+    Path(id): Path<String>,
+) -> Response {
+    match s.backend.models().iter().find(|m| m.id == id) {
+        Some(m) => Json(model_object(m, s.created)).into_response(),
+        None => ApiError::model_not_found(&id).into_response(),
+    }
+}
+
+/// A model object: OpenAI's fields, vLLM's `max_model_len`, and what the
+/// model's file says about it (architecture, quantization, parameters)
+/// and what it can do; the file's facts are `null` until a node serving
+/// the model has reported them.
+fn model_object(m: &ModelEntry, created: u64) -> serde_json::Value {
+    let card = m.card.as_ref();
+    json!({
+        "id": m.id,
+        "object": "model",
+        "created": created,
+        "owned_by": "inferno",
+        "max_model_len": card.map(|c| c.context_length),
+        "ready_replicas": m.ready_replicas,
+        "architecture": card.map(|c| c.architecture.clone()),
+        "quantization": card.map(|c| c.quantization.clone()),
+        "parameters": card.map(|c| c.parameters),
+        "size_bytes": card.map(|c| c.size_bytes),
+        "capabilities": card.map(|c| json!({
+            "completions": true,
+            "chat": c.chat_template,
+            "tools": c.chat_template && c.tool_format.is_some(),
+            "json_schema": true,
+            "embeddings": false,
+        })),
+    })
 }
 
 async fn chat_completions<B: InferenceBackend>(
@@ -222,14 +254,24 @@ async fn serve<B: InferenceBackend>(
         _ => UNKNOWN_MODEL_LABEL.to_string(),
     };
     let mut tracker = RequestTracker::new(s.metrics.clone(), label, account);
-    let v = match parsed {
-        Ok(v) => v,
+    let prepared = parsed.and_then(|mut v| {
+        let models = s.backend.models();
+        let entry = models.iter().find(|e| e.id == v.request.model);
+        if v.tools.is_some() && entry.is_none() {
+            return Err(ApiError::model_not_found(&v.request.model));
+        }
+        let format = tools::apply(&mut v, entry.and_then(|e| e.card.as_ref()))?;
+        Ok((v, format))
+    });
+    let (v, tool_format) = match prepared {
+        Ok(prepared) => prepared,
         Err(e) => {
             tracker.failed(&e);
             return e.into_response();
         }
     };
-    let shape = Shape::new(endpoint, v.request.model.clone(), v.include_usage);
+    let shape =
+        Shape::new(endpoint, v.request.model.clone(), v.include_usage).with_tools(tool_format);
     let total_deadline = arrived + s.config.total_timeout;
     let route_deadline = total_deadline.min(arrived + s.config.route_timeout);
     // Streams wait for their first token as long as the replica keeps

@@ -27,6 +27,7 @@ mod metrics;
 mod request;
 mod response;
 mod stream;
+mod tools;
 mod tracker;
 mod validate;
 

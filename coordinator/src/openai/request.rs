@@ -79,8 +79,12 @@ pub struct GenerationParams {
     pub grammar: Option<String>,
     /// Extension: a regular expression the whole output matches.
     pub regex: Option<String>,
-    /// Function tools (not served yet: a non-empty list is refused).
+    /// Function tools the model may call (chat only).
     pub tools: Option<Vec<Value>>,
+    /// `"none"`, `"auto"`, `"required"` or `{"type":"function","function":{"name":...}}`.
+    pub tool_choice: Option<Value>,
+    /// Whether the model may make several calls in one answer (default true).
+    pub parallel_tool_calls: Option<bool>,
     /// Token log-probabilities (not served yet: `true` is refused).
     pub logprobs: Option<Value>,
     /// Alternatives per token (not served yet: above 0 is refused).
@@ -103,6 +107,33 @@ pub struct ChatMessageIn {
     /// The text; `null` for assistant messages that only made tool calls.
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// The calls an assistant message made.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// The call a `tool` message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+/// A call an earlier assistant message made, as the client sends it back.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCallIn {
+    /// The call's id.
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// The function and its arguments.
+    pub function: FunctionCallIn,
+}
+
+/// The function half of [`ToolCallIn`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCallIn {
+    /// The function called.
+    pub name: String,
+    /// Its arguments, JSON text.
+    pub arguments: String,
 }
 
 /// A message's content: a string or an array of content parts.

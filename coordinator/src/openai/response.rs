@@ -56,7 +56,7 @@ pub struct ChatChoiceOut {
     pub delta: Option<DeltaOut>,
     /// Always `null`.
     pub logprobs: Option<Value>,
-    /// `stop`, `length`, or `null` while streaming.
+    /// `stop`, `length`, `tool_calls`, or `null` while streaming.
     pub finish_reason: Option<&'static str>,
 }
 
@@ -65,8 +65,58 @@ pub struct ChatChoiceOut {
 pub struct MessageOut {
     /// `assistant`.
     pub role: &'static str,
-    /// The generated text.
-    pub content: String,
+    /// The generated text; `null` when the answer is only tool calls.
+    pub content: Option<String>,
+    /// The calls the model made, absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+/// One tool call of an answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallOut {
+    /// `call_...`.
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The function and its arguments.
+    pub function: FunctionCallOut,
+}
+
+/// The function half of [`ToolCallOut`].
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCallOut {
+    /// The function called.
+    pub name: String,
+    /// Its arguments, JSON text.
+    pub arguments: String,
+}
+
+/// A piece of a tool call in a streaming delta: the first piece of a call
+/// has its id, type and name; later pieces extend its arguments.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallDeltaOut {
+    /// Which call of the answer (from 0).
+    pub index: u32,
+    /// `call_...`, in the call's first piece.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function`, in the call's first piece.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// The name (first piece) and the next piece of the arguments.
+    pub function: FunctionDeltaOut,
+}
+
+/// The function half of [`ToolCallDeltaOut`].
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionDeltaOut {
+    /// The function called, in the call's first piece.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The next piece of the arguments (JSON text).
+    pub arguments: String,
 }
 
 /// A streaming delta.
@@ -78,6 +128,9 @@ pub struct DeltaOut {
     /// New text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// New pieces of tool calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDeltaOut>>,
 }
 
 /// A text completion (`text_completion`), whole or as a stream chunk.

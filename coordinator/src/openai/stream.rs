@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::chunks::{Body, Shape};
 use super::dispatch::Started;
 use super::errors::ApiError;
+use super::tools::ToolCallParser;
 use super::tracker::RequestTracker;
 
 /// What the stream owns between two polls.
@@ -29,6 +30,8 @@ struct State {
     idle_timeout: Duration,
     pending: VecDeque<Event>,
     done: bool,
+    /// Parses tool calls out of the text, when the request offered tools.
+    calls: Option<ToolCallParser>,
 }
 
 /// The SSE response of a started request. Every wait for the next event
@@ -46,6 +49,7 @@ pub(crate) fn respond(
         events,
         first,
     } = started;
+    let calls = shape.tool_format().map(|_| ToolCallParser::new());
     let mut state = State {
         events,
         node,
@@ -54,6 +58,7 @@ pub(crate) fn respond(
         idle_timeout,
         pending: VecDeque::new(),
         done: false,
+        calls,
     };
     if let Some(chunk) = state.shape.role_chunk() {
         state.pending.push_back(json_event(&chunk));
@@ -92,14 +97,33 @@ impl State {
         match event {
             GenerateEvent::Token { text, token_ids } => {
                 self.tracker.tokens(token_ids.len());
-                if !text.is_empty() {
-                    let chunk = self.shape.content_chunk(text);
-                    self.pending.push_back(json_event(&chunk));
+                if text.is_empty() {
+                    return;
+                }
+                match &mut self.calls {
+                    None => {
+                        let chunk = self.shape.content_chunk(text);
+                        self.pending.push_back(json_event(&chunk));
+                    }
+                    Some(parser) => {
+                        for event in parser.push(&text) {
+                            let chunk = self.shape.tool_event_chunk(event);
+                            self.pending.push_back(json_event(&chunk));
+                        }
+                    }
                 }
             }
             GenerateEvent::Finished { reason, usage } => {
                 self.tracker.finished(&self.node, usage);
-                let finish = self.shape.finish_chunk(reason);
+                let mut called = false;
+                if let Some(parser) = &mut self.calls {
+                    for event in parser.finish() {
+                        let chunk = self.shape.tool_event_chunk(event);
+                        self.pending.push_back(json_event(&chunk));
+                    }
+                    called = parser.calls() > 0;
+                }
+                let finish = self.shape.finish_chunk(reason, called);
                 self.pending.push_back(json_event(&finish));
                 if let Some(chunk) = self.shape.usage_chunk(usage.into()) {
                     self.pending.push_back(json_event(&chunk));

@@ -1,21 +1,28 @@
 //! Turns OpenAI request bodies into [`InferenceRequest`]s, with 400
 //! messages that name the offending parameter.
 
-use protocol::{ChatMessage, InferenceRequest, Prompt, SamplingParams};
+use protocol::{ChatMessage, InferenceRequest, Prompt, SamplingParams, ToolCall};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::errors::ApiError;
 use super::request::{
     ChatCompletionRequest, ChatMessageIn, CompletionRequest, GenerationParams, MessageContent,
-    PromptIn, StopIn,
+    PromptIn, StopIn, ToolCallIn,
 };
+use super::tools::{self, ToolPlan};
 
 /// Most stop strings one request may carry.
 const MAX_STOP_STRINGS: usize = 16;
 
 /// Longest `cache_salt`, in bytes.
 const MAX_CACHE_SALT_BYTES: usize = 256;
+
+/// Most tool calls one assistant message may carry.
+const MAX_CALLS_PER_MESSAGE: usize = 128;
+
+/// Longest tool call id, in bytes.
+const MAX_CALL_ID_BYTES: usize = 256;
 
 /// A validated request and how to answer it.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +33,9 @@ pub struct Validated {
     pub stream: bool,
     /// Streaming: end with a chunk that carries the usage.
     pub include_usage: bool,
+    /// The tools offered, checked; their grammar and definitions are added
+    /// once the model's tool format is known.
+    pub tools: Option<ToolPlan>,
 }
 
 /// Parses a JSON body into `T`; malformed JSON and wrong types are 400s
@@ -80,8 +90,13 @@ fn expectation(param: &str) -> Option<&'static str> {
 }
 
 /// Validates a chat completion request.
-pub fn chat(req: ChatCompletionRequest) -> Result<Validated, ApiError> {
+pub fn chat(mut req: ChatCompletionRequest) -> Result<Validated, ApiError> {
     let model = model(req.model)?;
+    let plan = tools::spec::parse(
+        req.params.tools.take(),
+        req.params.tool_choice.take(),
+        req.params.parallel_tool_calls.take(),
+    )?;
     let Some(messages) = req.messages else {
         return Err(ApiError::invalid(
             "Missing required parameter: 'messages'.",
@@ -99,12 +114,39 @@ pub fn chat(req: ChatCompletionRequest) -> Result<Validated, ApiError> {
         .enumerate()
         .map(|(i, m)| chat_message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
-    finish(model, Prompt::Chat(messages), req.params)
+    let constrained = req.params.response_format.is_some()
+        || req.params.grammar.is_some()
+        || req.params.regex.is_some();
+    if plan.is_some() && constrained {
+        return Err(ApiError::invalid(
+            "'tools' cannot be combined with 'response_format', 'grammar' or 'regex': \
+             tool calls have their own grammar. Use tool_choice \"none\" to constrain text.",
+            Some("tools"),
+        ));
+    }
+    let mut v = finish(model, Prompt::Chat(messages), req.params)?;
+    v.tools = plan;
+    Ok(v)
 }
 
 /// Validates a text completion request.
 pub fn completion(req: CompletionRequest) -> Result<Validated, ApiError> {
     let model = model(req.model)?;
+    for (param, given) in [
+        ("tools", req.params.tools.is_some()),
+        ("tool_choice", req.params.tool_choice.is_some()),
+        (
+            "parallel_tool_calls",
+            req.params.parallel_tool_calls.is_some(),
+        ),
+    ] {
+        if given {
+            return Err(ApiError::invalid(
+                format!("'{param}' is only supported by /v1/chat/completions."),
+                Some(param),
+            ));
+        }
+    }
     let prompt = match req.prompt {
         None => {
             return Err(ApiError::invalid(
@@ -145,11 +187,12 @@ fn chat_message(index: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError>
         "system" | "developer" => "system",
         "user" => "user",
         "assistant" => "assistant",
+        "tool" => "tool",
         other => {
             return Err(ApiError::invalid(
                 format!(
                     "Unsupported role '{other}' in {param}; expected system, developer, \
-                     user or assistant."
+                     user, assistant or tool."
                 ),
                 Some(&format!("{param}.role")),
             ))
@@ -177,7 +220,92 @@ fn chat_message(index: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError>
             texts.join("\n")
         }
     };
-    Ok(ChatMessage::new(role, content))
+    let mut message = ChatMessage::new(role, content);
+    message.tool_calls = tool_calls(&param, role, m.tool_calls)?;
+    message.tool_call_id = tool_call_id(&param, role, m.tool_call_id)?;
+    Ok(message)
+}
+
+/// The calls of an assistant message: only assistants make them, each a
+/// function call whose arguments are a JSON object.
+fn tool_calls(
+    param: &str,
+    role: &str,
+    calls: Option<Vec<ToolCallIn>>,
+) -> Result<Vec<ToolCall>, ApiError> {
+    let calls = calls.unwrap_or_default();
+    if calls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let at = |what: &str| format!("{param}.tool_calls{what}");
+    if role != "assistant" {
+        return Err(ApiError::invalid(
+            format!("Only assistant messages may carry 'tool_calls' ({param} is {role})."),
+            Some(&at("")),
+        ));
+    }
+    if calls.len() > MAX_CALLS_PER_MESSAGE {
+        return Err(ApiError::invalid(
+            format!("A message may carry at most {MAX_CALLS_PER_MESSAGE} tool calls."),
+            Some(&at("")),
+        ));
+    }
+    calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.kind.as_deref().is_some_and(|k| k != "function") {
+                return Err(ApiError::invalid(
+                    format!("Only 'function' tool calls are supported in {param}."),
+                    Some(&at(&format!("[{i}].type"))),
+                ));
+            }
+            if c.id.len() > MAX_CALL_ID_BYTES {
+                return Err(ApiError::invalid(
+                    format!("A tool call id may be at most {MAX_CALL_ID_BYTES} bytes long."),
+                    Some(&at(&format!("[{i}].id"))),
+                ));
+            }
+            let arguments_ok =
+                serde_json::from_str::<Value>(&c.function.arguments).is_ok_and(|v| v.is_object());
+            if !arguments_ok {
+                return Err(ApiError::invalid(
+                    format!(
+                        "The arguments of {param}'s tool call {i} must be a JSON object, \
+                         encoded as a string."
+                    ),
+                    Some(&at(&format!("[{i}].function.arguments"))),
+                ));
+            }
+            Ok(ToolCall {
+                id: c.id,
+                name: c.function.name,
+                arguments: c.function.arguments,
+            })
+        })
+        .collect()
+}
+
+/// The id of the call a `tool` message answers: required there, refused
+/// elsewhere.
+fn tool_call_id(param: &str, role: &str, id: Option<String>) -> Result<Option<String>, ApiError> {
+    let at = format!("{param}.tool_call_id");
+    match (role, id) {
+        ("tool", None) => Err(ApiError::invalid(
+            format!("A tool message needs the 'tool_call_id' of the call it answers ({param})."),
+            Some(&at),
+        )),
+        ("tool", Some(id)) if id.len() > MAX_CALL_ID_BYTES => Err(ApiError::invalid(
+            format!("A tool call id may be at most {MAX_CALL_ID_BYTES} bytes long."),
+            Some(&at),
+        )),
+        ("tool", Some(id)) => Ok(Some(id)),
+        (_, None) => Ok(None),
+        (_, Some(_)) => Err(ApiError::invalid(
+            format!("Only tool messages may carry 'tool_call_id' ({param} is {role})."),
+            Some(&at),
+        )),
+    }
 }
 
 fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validated, ApiError> {
@@ -290,18 +418,18 @@ fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validate
             allow_special_tokens: false,
             priority: Default::default(),
             constraint,
+            tools: None,
         },
         stream,
         include_usage,
+        tools: None,
     })
 }
 
 /// Fields this server does not serve yet: asking for them is a 400 naming
 /// the field, never an answer that silently ignores them.
 fn refuse_unserved(p: &GenerationParams) -> Result<(), ApiError> {
-    let unserved = if p.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        Some("tools")
-    } else if p
+    let unserved = if p
         .logprobs
         .as_ref()
         .is_some_and(|l| !matches!(l, Value::Bool(false) | Value::Null))

@@ -223,6 +223,7 @@ mod tests {
             servable: vec![ServableModel {
                 name: "m".into(),
                 size_bytes: GIB / 10,
+                card: None,
             }],
             replicas: replicas
                 .iter()

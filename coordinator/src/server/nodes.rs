@@ -156,6 +156,23 @@ impl NodeRegistry {
         }
     }
 
+    /// The card of `model` as the first node that has a file for it
+    /// describes it.
+    pub fn card(&self, model: &str) -> Option<protocol::ModelCard> {
+        let nodes = self.lock();
+        let mut ids: Vec<&String> = nodes.keys().collect();
+        ids.sort();
+        ids.into_iter().find_map(|id| {
+            nodes
+                .get(id)?
+                .1
+                .heartbeat
+                .servable
+                .iter()
+                .find_map(|m| (m.name == model).then(|| m.card.clone()).flatten())
+        })
+    }
+
     /// Every node heard from, by id.
     pub fn snapshot(&self) -> BTreeMap<String, SeenNode> {
         self.lock()

@@ -145,6 +145,7 @@ impl Router {
                 let ready = self.replicas(&id).map_or(0, |r| r.len());
                 ModelEntry {
                     ready_replicas: u32::try_from(ready).unwrap_or(u32::MAX),
+                    card: self.registry.card(&id),
                     id,
                 }
             })
@@ -165,6 +166,7 @@ impl Router {
             allow_special_tokens: false,
             priority: Default::default(),
             constraint: None,
+            tools: None,
             max_tokens: Some(1),
             sampling: protocol::SamplingParams::greedy(),
             stop: Vec::new(),
