@@ -68,6 +68,17 @@ impl LocalUp {
     /// Starts `inferno up` with the test model and `extra` arguments, and
     /// waits (at most `timeout`) until it prints that the cluster is ready.
     pub fn start(nodes: usize, replicas: u32, extra: &[&str], timeout: Duration) -> LocalUp {
+        Self::start_with_model(&crate::test_model(), nodes, replicas, extra, timeout)
+    }
+
+    /// [`start`](Self::start) with the model file `model`.
+    pub fn start_with_model(
+        model: &std::path::Path,
+        nodes: usize,
+        replicas: u32,
+        extra: &[&str],
+        timeout: Duration,
+    ) -> LocalUp {
         let dir = tempfile::tempdir().expect("tempdir");
         let api = free_tcp();
         let mut child = crate::inferno()
@@ -81,7 +92,7 @@ impl LocalUp {
             .arg("--replicas")
             .arg(replicas.to_string())
             .arg("--model")
-            .arg(crate::test_model())
+            .arg(model)
             .args(extra)
             .env(
                 "INFERNO_LOG",

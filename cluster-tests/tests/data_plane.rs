@@ -83,6 +83,25 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
         assert_eq!(r.status, 200, "{}", r.body);
     }
 
+    // The models list says what the file says; SmolLM2's template has no
+    // tool format, so a request with tools is refused rather than ignored.
+    let r = http::request(up.api, up.key(), "GET", "/v1/models", None, T).expect("models");
+    let m = &r.json()["data"][0];
+    assert_eq!(
+        (
+            &m["architecture"],
+            &m["max_model_len"],
+            &m["capabilities"]["tools"]
+        ),
+        (&json!("llama"), &json!(8192), &json!(false)),
+        "{m}"
+    );
+    let mut body = chat_body(&model, "Weather in Paris?", 8);
+    body["tools"] = json!([{"type": "function", "function": {"name": "get_weather"}}]);
+    let r = post(up.api, up.key(), "/v1/chat/completions", &body).expect("tools");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("does not support tools"), "{}", r.body);
+
     // Streaming: SSE chunks ending with [DONE].
     let mut body = chat_body(&model, "Count to three.", 6);
     body["stream"] = json!(true);

@@ -1,0 +1,53 @@
+//! Function tools end to end: `inferno up` on Qwen2.5-Coder-0.5B (whose
+//! chat template offers tools), driven by the official `openai` Python
+//! package (`tests/py/openai_tools.py`): required, named and automatic
+//! calls that validate against their schemas, a two-turn conversation with
+//! the tool's result, parallel calls, and streamed call deltas. Also what
+//! `/v1/models` says about the model, read from its file.
+
+use std::time::Duration;
+
+use inferno_cluster_tests::local_up::LocalUp;
+use inferno_cluster_tests::{http, qwen_model};
+
+const STARTUP: Duration = Duration::from_secs(240);
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn qwen_calls_tools_through_the_official_client() {
+    let up = LocalUp::start_with_model(&qwen_model(), 1, 1, &[], STARTUP);
+    let r = http::request(up.api, up.key(), "GET", "/v1/models", None, T).expect("models");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = r.json()["data"][0].clone();
+    let model = m["id"].as_str().expect("model id").to_string();
+    assert_eq!(m["architecture"], "qwen2", "{m}");
+    assert_eq!(m["quantization"], "Q4_K_M", "{m}");
+    assert_eq!(m["max_model_len"], 32768, "{m}");
+    assert_eq!(m["size_bytes"], 491_400_064u64, "{m}");
+    assert_eq!(m["capabilities"]["tools"], true, "{m}");
+    let r = http::request(
+        up.api,
+        up.key(),
+        "GET",
+        &format!("/v1/models/{model}"),
+        None,
+        T,
+    )
+    .expect("one model");
+    assert_eq!((r.status, r.json()), (200, m), "{}", r.body);
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/openai_tools.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{}/v1", up.api))
+        .arg(&model)
+        .arg(&up.api_key)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "openai tools client failed (pip install openai jsonschema?):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
