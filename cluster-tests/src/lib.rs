@@ -147,3 +147,23 @@ pub fn test_model_name() -> String {
         .map(str::to_ascii_lowercase)
         .unwrap_or_default()
 }
+
+/// Runs the Python client `tests/py/SCRIPT` with `args` (it drives a
+/// cluster with the official `openai` package) and fails the test with its
+/// output unless it exits 0.
+pub fn run_python_client(script: &str, args: &[&str]) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{script} failed (pip install openai jsonschema?):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use inferno_cluster_tests::local_up::{signal, LocalUp};
-use inferno_cluster_tests::{http, metric_sum, test_model_name as model_name, wait_until};
+use inferno_cluster_tests::{
+    http, metric_sum, run_python_client, test_model_name as model_name, wait_until,
+};
 use serde_json::{json, Value};
 
 const STARTUP: Duration = Duration::from_secs(240);
@@ -512,20 +514,8 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
     assert_eq!(r.status, 403, "{}", r.body);
 
     // The official client.
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/openai_client.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(format!("http://{}/v1", up.coordinator_apis()[1]))
-        .arg(&model)
-        .arg(&up.api_key)
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "openai client failed (pip install openai?):\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("http://{}/v1", up.coordinator_apis()[1]);
+    run_python_client("openai_client.py", &[&url, &model, &up.api_key]);
 
     // A client that goes away mid-stream frees its slot at the node.
     let conn = open_long_stream(up.api, up.key(), &model);

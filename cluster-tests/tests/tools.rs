@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use inferno_cluster_tests::local_up::LocalUp;
-use inferno_cluster_tests::{http, qwen_model};
+use inferno_cluster_tests::{http, qwen_model, run_python_client};
 
 const STARTUP: Duration = Duration::from_secs(240);
 const T: Duration = Duration::from_secs(60);
@@ -36,18 +36,6 @@ fn qwen_calls_tools_through_the_official_client() {
     .expect("one model");
     assert_eq!((r.status, r.json()), (200, m), "{}", r.body);
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/openai_tools.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(format!("http://{}/v1", up.api))
-        .arg(&model)
-        .arg(&up.api_key)
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "openai tools client failed (pip install openai jsonschema?):\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("http://{}/v1", up.api);
+    run_python_client("openai_tools.py", &[&url, &model, &up.api_key]);
 }

@@ -220,13 +220,7 @@ impl ToolCallParser {
                 true
             }
             Header::Complete { name, len } => {
-                let index = self.calls;
-                self.calls += 1;
-                out.push(ToolEvent::CallStart {
-                    index,
-                    id: response_id("call_"),
-                    name,
-                });
+                let index = self.start_call(out, name);
                 self.pending.drain(..len);
                 self.phase = Phase::Arguments { index, sent: 0 };
                 true
@@ -276,6 +270,18 @@ impl ToolCallParser {
         true
     }
 
+    /// Announces the next call, calling `name`; its index.
+    fn start_call(&mut self, out: &mut Vec<ToolEvent>, name: String) -> u32 {
+        let index = self.calls;
+        self.calls += 1;
+        out.push(ToolEvent::CallStart {
+            index,
+            id: response_id("call_"),
+            name,
+        });
+        index
+    }
+
     /// Where the call being read closes, if it has; a call without tags
     /// closes only with the answer.
     fn close(&self) -> Option<usize> {
@@ -303,13 +309,7 @@ impl ToolCallParser {
             });
         match parsed {
             Some((name, arguments)) => {
-                let index = self.calls;
-                self.calls += 1;
-                out.push(ToolEvent::CallStart {
-                    index,
-                    id: response_id("call_"),
-                    name,
-                });
+                let index = self.start_call(out, name);
                 out.push(ToolEvent::CallArgs {
                     index,
                     delta: arguments,
