@@ -104,6 +104,50 @@ fn openai_api_on_every_coordinator_errors_and_abandoned_streams() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("does not support tools"), "{}", r.body);
 
+    // /tokenize counts what generation is given; /detokenize inverts it.
+    let chat = post(
+        up.api,
+        up.key(),
+        "/v1/chat/completions",
+        &chat_body(&model, "Say hello.", 4),
+    )
+    .expect("chat");
+    let messages = &chat_body(&model, "Say hello.", 4)["messages"];
+    let r = post(
+        up.api,
+        up.key(),
+        "/tokenize",
+        &json!({"model": model, "messages": messages}),
+    )
+    .expect("tokenize");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["count"],
+        chat.json()["usage"]["prompt_tokens"],
+        "{}",
+        r.body
+    );
+    let text = "Hello, wörld! <|im_end|>";
+    let ids = post(
+        up.api,
+        up.key(),
+        "/tokenize",
+        &json!({"model": model, "prompt": text}),
+    )
+    .expect("tokenize text")
+    .json()["tokens"]
+        .clone();
+    let r = post(
+        up.api,
+        up.key(),
+        "/detokenize",
+        &json!({"model": model, "tokens": ids}),
+    )
+    .expect("detokenize");
+    assert_eq!(r.json()["prompt"], text, "{}", r.body);
+    let r = post(up.api, None, "/tokenize", &json!({"prompt": text})).expect("no key");
+    assert_eq!(r.status, 401, "{}", r.body);
+
     // Streaming: SSE chunks ending with [DONE].
     let mut body = chat_body(&model, "Count to three.", 6);
     body["stream"] = json!(true);

@@ -9,7 +9,8 @@ use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use futures_util::StreamExt;
 use protocol::{
-    ChatMessage, FinishReason, GenerateError, GenerateEvent, InferenceRequest, Prompt, Usage,
+    ChatMessage, FinishReason, GenerateError, GenerateEvent, InferenceRequest, Prompt,
+    TokenizeOutput, TokenizeRequest, Usage,
 };
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -118,6 +119,41 @@ impl InferenceBackend for Fake {
 
     async fn ready(&self) -> Result<(), RouteError> {
         self.ready.clone()
+    }
+
+    /// One token per byte of text (and per message role and content);
+    /// ids decode back to bytes, and ids above 255 are out of vocabulary.
+    async fn tokenize(&self, req: TokenizeRequest) -> Result<TokenizeOutput, RouteError> {
+        if req.model() != MODEL {
+            return Err(RouteError::UnknownModel(req.model().into()));
+        }
+        match req {
+            TokenizeRequest::Encode { prompt, .. } => {
+                let text = match prompt {
+                    Prompt::Text(t) => t,
+                    Prompt::Chat(ms) => ms
+                        .iter()
+                        .map(|m| format!("{}{}", m.role, m.content))
+                        .collect(),
+                };
+                Ok(TokenizeOutput::Tokens(
+                    text.bytes().map(u32::from).collect(),
+                ))
+            }
+            TokenizeRequest::Decode { tokens, .. } => {
+                let bytes = tokens
+                    .iter()
+                    .map(|&t| {
+                        u8::try_from(t).map_err(|_| {
+                            RouteError::Invalid(format!("token id {t} is out of range"))
+                        })
+                    })
+                    .collect::<Result<Vec<u8>, _>>()?;
+                Ok(TokenizeOutput::Text(
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ))
+            }
+        }
     }
 }
 
@@ -1141,4 +1177,97 @@ async fn openai_models_report_what_the_file_says() {
     send(app, "GET", "/v1/models/nope", "")
         .await
         .assert_error(StatusCode::NOT_FOUND, Some("model"));
+}
+
+#[tokio::test]
+async fn tokenize_and_detokenize_in_vllm_and_llama_server_shapes() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    // vLLM: model and prompt; count, max_model_len and tokens.
+    let a = post(
+        app.clone(),
+        "/tokenize",
+        json!({"model": MODEL, "prompt": "Hi!"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        a.json(),
+        json!({"count": 3, "max_model_len": 32768, "tokens": [72, 105, 33]})
+    );
+    // llama-server: content, no model (the cluster serves one).
+    let a = post(app.clone(), "/tokenize", json!({"content": "Hi!"})).await;
+    assert_eq!(a.json()["tokens"], json!([72, 105, 33]), "{}", a.body);
+    // A conversation goes through the template.
+    let a = post(
+        app.clone(),
+        "/tokenize",
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    assert_eq!(a.json()["count"], 6, "{}", a.body);
+    let a = post(
+        app.clone(),
+        "/detokenize",
+        json!({"model": MODEL, "tokens": [72, 105]}),
+    )
+    .await;
+    assert_eq!(
+        a.json(),
+        json!({"prompt": "Hi", "content": "Hi"}),
+        "{}",
+        a.body
+    );
+
+    let bad = [
+        (
+            "/tokenize",
+            json!({"model": MODEL}),
+            StatusCode::BAD_REQUEST,
+            "prompt",
+        ),
+        (
+            "/tokenize",
+            json!({"model": "nope", "prompt": "x"}),
+            StatusCode::NOT_FOUND,
+            "model",
+        ),
+        (
+            "/tokenize",
+            json!({"prompt": "x", "add_special_tokens": false}),
+            StatusCode::BAD_REQUEST,
+            "add_special_tokens",
+        ),
+        (
+            "/tokenize",
+            json!({"prompt": "x", "with_pieces": true}),
+            StatusCode::BAD_REQUEST,
+            "with_pieces",
+        ),
+        (
+            "/tokenize",
+            json!({"messages": [{"role": "robot", "content": "x"}]}),
+            StatusCode::BAD_REQUEST,
+            "messages[0].role",
+        ),
+        (
+            "/detokenize",
+            json!({"model": MODEL}),
+            StatusCode::BAD_REQUEST,
+            "tokens",
+        ),
+        (
+            "/detokenize",
+            json!({"tokens": [-1]}),
+            StatusCode::BAD_REQUEST,
+            "tokens",
+        ),
+    ];
+    for (uri, body, status, param) in bad {
+        post(app.clone(), uri, body)
+            .await
+            .assert_error(status, Some(param));
+    }
+    let a = post(app, "/detokenize", json!({"tokens": [70000]})).await;
+    a.assert_error(StatusCode::BAD_REQUEST, None);
 }

@@ -200,6 +200,49 @@ pub enum NodeStreamRequest {
     /// Train one federated round: answered with one
     /// [`FlTrainResponse`](crate::fl::FlTrainResponse) frame.
     FlTrain(crate::fl::FlTrainRequest),
+    /// Tokenize or detokenize with a model's tokenizer: answered with one
+    /// `Result<TokenizeOutput, GenerateError>` frame.
+    Tokenize(TokenizeRequest),
+}
+
+/// A tokenizer round trip (`/tokenize`, `/detokenize`): no generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TokenizeRequest {
+    /// The prompt's tokens, exactly as a generation request with this
+    /// prompt (and these tools, as JSON) would be given them.
+    Encode {
+        /// The model whose tokenizer and template to use.
+        model: String,
+        /// The text or conversation.
+        prompt: Prompt,
+        /// The tool definitions a chat prompt offers, if any.
+        tools: Option<String>,
+    },
+    /// The text of these token ids.
+    Decode {
+        /// The model whose tokenizer to use.
+        model: String,
+        /// The ids.
+        tokens: Vec<u32>,
+    },
+}
+
+impl TokenizeRequest {
+    /// The model it names.
+    pub fn model(&self) -> &str {
+        match self {
+            TokenizeRequest::Encode { model, .. } | TokenizeRequest::Decode { model, .. } => model,
+        }
+    }
+}
+
+/// The answer to a [`TokenizeRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenizeOutput {
+    /// The ids of an `Encode`.
+    Tokens(Vec<u32>),
+    /// The text of a `Decode`.
+    Text(String),
 }
 
 /// A request from a node to a coordinator, one per QUIC stream

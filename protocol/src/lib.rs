@@ -31,7 +31,7 @@ pub use handshake::{HandshakeError, Hello, PROTOCOL_VERSION};
 pub use inference::{
     HeartbeatReply, InferenceRequest, KvCacheReport, ModelCard, NodeHeartbeat, NodeRequest,
     NodeResponse, NodeStreamRequest, Prompt, ReplicaReport, ReplicaState, ServableModel,
-    ToolFormat, MAX_NODE_FRAME_BYTES,
+    TokenizeOutput, TokenizeRequest, ToolFormat, MAX_NODE_FRAME_BYTES,
 };
 pub use quic::QuicError;
 pub use tls::{ClusterCa, MemberIdentity, TlsError};

@@ -70,4 +70,10 @@ pub trait InferenceBackend: Send + Sync + 'static {
     /// A real round trip to a replica (e.g. a one-token generation), for
     /// `GET /ready`.
     fn ready(&self) -> impl Future<Output = Result<(), RouteError>> + Send;
+
+    /// Tokenizes or detokenizes with the model's tokenizer, on a replica.
+    fn tokenize(
+        &self,
+        req: protocol::TokenizeRequest,
+    ) -> impl Future<Output = Result<protocol::TokenizeOutput, RouteError>> + Send;
 }

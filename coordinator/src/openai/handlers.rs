@@ -19,6 +19,7 @@ use super::chunks::{Endpoint, Shape};
 use super::errors::ApiError;
 use super::metrics::Metrics;
 use super::request::{ChatCompletionRequest, CompletionRequest};
+use super::tokenize::{DetokenizeBody, TokenizeBody};
 use super::tracker::{Account, RequestTracker};
 use super::validate::{self, Validated};
 use super::{collect, dispatch, stream, tools};
@@ -83,6 +84,8 @@ pub fn router_with_config<B: InferenceBackend>(
         .route("/v1/models/{id}", get(model::<B>))
         .route("/v1/chat/completions", post(chat_completions::<B>))
         .route("/v1/completions", post(completions::<B>))
+        .route("/tokenize", post(tokenize::<B>))
+        .route("/detokenize", post(detokenize::<B>))
         .route("/health", get(health))
         .route("/ready", get(ready::<B>))
         .route("/metrics", get(metrics_text::<B>))
@@ -160,6 +163,51 @@ async fn chat_completions<B: InferenceBackend>(
         account(principal, meter),
     )
     .await
+}
+
+/// `POST /tokenize` ([`super::tokenize`]).
+async fn tokenize<B: InferenceBackend>(
+    State(s): State<Arc<AppState<B>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let answer = match read_body(body, s.config.max_body_bytes)
+        .and_then(|b| validate::parse_body::<TokenizeBody>(&b))
+    {
+        Ok(body) => bounded(&s, super::tokenize::tokenize(&*s.backend, body)).await,
+        Err(e) => Err(e),
+    };
+    json_or_error(answer)
+}
+
+/// `POST /detokenize` ([`super::tokenize`]).
+async fn detokenize<B: InferenceBackend>(
+    State(s): State<Arc<AppState<B>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let answer = match read_body(body, s.config.max_body_bytes)
+        .and_then(|b| validate::parse_body::<DetokenizeBody>(&b))
+    {
+        Ok(body) => bounded(&s, super::tokenize::detokenize(&*s.backend, body)).await,
+        Err(e) => Err(e),
+    };
+    json_or_error(answer)
+}
+
+/// `work`, given up after the route timeout.
+async fn bounded<B, T>(
+    s: &AppState<B>,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(s.config.route_timeout, work)
+        .await
+        .map_err(|_| ApiError::timeout("No replica answered in time."))?
+}
+
+fn json_or_error(answer: Result<serde_json::Value, ApiError>) -> Response {
+    match answer {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn completions<B: InferenceBackend>(

@@ -4,8 +4,9 @@
 //! [`InferenceBackend`] (the coordinator's request router, or a fake in
 //! tests):
 //!
-//! - `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`
-//!   (streaming as server-sent events or whole);
+//! - `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions`,
+//!   `POST /v1/completions` (streaming as server-sent events or whole);
+//! - `POST /tokenize`, `POST /detokenize`;
 //! - `GET /health`, `GET /ready` (a round trip to a replica) and
 //!   `GET /metrics` (Prometheus, from a [`Metrics`] registry).
 //!
@@ -27,6 +28,7 @@ mod metrics;
 mod request;
 mod response;
 mod stream;
+mod tokenize;
 mod tools;
 mod tracker;
 mod validate;

@@ -181,7 +181,7 @@ fn model(model: Option<String>) -> Result<String, ApiError> {
     }
 }
 
-fn chat_message(index: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
+pub(crate) fn chat_message(index: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
     let param = format!("messages[{index}]");
     let role = match m.role.as_str() {
         "system" | "developer" => "system",

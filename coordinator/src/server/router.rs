@@ -19,7 +19,7 @@ use protocol::quic::{self, STREAM_ERROR_BAD_FRAME};
 use protocol::tls::CertRole;
 use protocol::{
     frame, GenerateError, GenerateEvent, InferenceRequest, NodeHeartbeat, NodeStreamRequest,
-    MAX_NODE_FRAME_BYTES,
+    TokenizeOutput, TokenizeRequest, MAX_NODE_FRAME_BYTES,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
@@ -312,6 +312,58 @@ impl Router {
         )))
     }
 
+    /// Tokenizes or detokenizes on a ready replica of the request's model
+    /// (the coordinator has no tokenizer); a replica that cannot answer is
+    /// dropped and the next one tried.
+    pub async fn tokenize(&self, req: TokenizeRequest) -> Result<TokenizeOutput, RouteError> {
+        let mut errors = Vec::new();
+        for Candidate { node, addr, .. } in self.replicas(req.model())?.into_iter().take(2) {
+            match self.tokenize_on(&node, &addr, &req).await {
+                Ok(Ok(out)) => return Ok(out),
+                Ok(Err(GenerateError::Unavailable(m))) => errors.push(format!("{node}: {m}")),
+                Ok(Err(GenerateError::InvalidRequest(m))) => return Err(RouteError::Invalid(m)),
+                Ok(Err(GenerateError::UnknownModel(m))) => return Err(RouteError::UnknownModel(m)),
+                Ok(Err(GenerateError::Overloaded(_))) => {
+                    return Err(RouteError::Overloaded { retry_after_s: 1 })
+                }
+                Err(e) => {
+                    self.forget(&node);
+                    errors.push(format!("{node}: {e}"));
+                }
+            }
+        }
+        Err(RouteError::Unavailable(format!(
+            "replicas failed: {}",
+            errors.join("; ")
+        )))
+    }
+
+    async fn tokenize_on(
+        &self,
+        node: &str,
+        addr: &str,
+        req: &TokenizeRequest,
+    ) -> Result<Result<TokenizeOutput, GenerateError>, String> {
+        let conn = self.connection(node, addr).await?;
+        let (mut send, mut recv) = tokio::time::timeout(self.cfg.connect_timeout, conn.open_bi())
+            .await
+            .map_err(|_| "timed out opening a stream".to_string())?
+            .map_err(|e| e.to_string())?;
+        let first = NodeStreamRequest::Tokenize(req.clone());
+        frame::write_frame(
+            &mut send,
+            &first,
+            MAX_NODE_FRAME_BYTES,
+            self.cfg.connect_timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        frame::read_frame(&mut recv, MAX_NODE_FRAME_BYTES, self.cfg.event_timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     fn release_node(&self, slot: &mut Slot) {
         let mut out = self.outstanding();
         if let Some(n) = out.get_mut(&slot.node) {
@@ -477,5 +529,13 @@ impl InferenceBackend for RouterBackend {
     fn ready(&self) -> impl std::future::Future<Output = Result<(), RouteError>> + Send {
         let router = self.0.clone();
         async move { router.round_trip().await }
+    }
+
+    fn tokenize(
+        &self,
+        req: TokenizeRequest,
+    ) -> impl std::future::Future<Output = Result<TokenizeOutput, RouteError>> + Send {
+        let router = self.0.clone();
+        async move { router.tokenize(req).await }
     }
 }

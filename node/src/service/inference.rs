@@ -15,7 +15,7 @@ use protocol::prefix;
 use protocol::quic;
 use protocol::{
     GenerateError, GenerateEvent, GenerateRequest, InferenceRequest, NodeStreamRequest, PrefixSpan,
-    Prompt, MAX_NODE_FRAME_BYTES,
+    Prompt, TokenizeOutput, TokenizeRequest, MAX_NODE_FRAME_BYTES,
 };
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, watch};
@@ -126,6 +126,23 @@ pub(crate) async fn serve_stream(
         };
     let req = match first {
         NodeStreamRequest::Inference(req) => req,
+        NodeStreamRequest::Tokenize(req) => {
+            let answer = tokenize(&node, req).await;
+            match frame::write_frame(
+                &mut send,
+                &answer,
+                MAX_NODE_FRAME_BYTES,
+                EVENT_WRITE_TIMEOUT,
+            )
+            .await
+            {
+                Ok(()) => {
+                    let _ = send.finish();
+                }
+                Err(e) => tracing::debug!("cannot send the tokenizer's answer: {e}"),
+            }
+            return;
+        }
         NodeStreamRequest::FlTrain(req) => {
             let answer = node.train_round(&fl, req).await;
             match frame::write_frame(&mut send, &answer, MAX_FL_FRAME_BYTES, REQUEST_READ_TIMEOUT)
@@ -204,6 +221,31 @@ pub(crate) async fn serve_stream(
 
 async fn write_event(send: &mut SendStream, ev: &GenerateEvent) -> Result<(), FrameError> {
     frame::write_frame(send, ev, MAX_NODE_FRAME_BYTES, EVENT_WRITE_TIMEOUT).await
+}
+
+/// Answers a tokenizer round trip with the model's own tokenizer and
+/// template, exactly as [`prepare`] would tokenize the same prompt.
+pub(crate) async fn tokenize(
+    node: &Node,
+    req: TokenizeRequest,
+) -> Result<TokenizeOutput, GenerateError> {
+    let frontend = node.frontend(req.model()).await?;
+    tokio::task::spawn_blocking(move || match req {
+        TokenizeRequest::Encode { prompt, tools, .. } => match &prompt {
+            Prompt::Text(text) => frontend.encode_as_text(text),
+            Prompt::Chat(messages) => frontend.chat_prompt(messages, tools.as_deref()),
+        }
+        .map(TokenizeOutput::Tokens)
+        .map_err(|e| e.to_string()),
+        TokenizeRequest::Decode { tokens, .. } => frontend
+            .tokenizer
+            .decode(&tokens)
+            .map(TokenizeOutput::Text)
+            .map_err(|e| e.to_string()),
+    })
+    .await
+    .map_err(|e| GenerateError::Unavailable(format!("tokenizer task failed: {e}")))?
+    .map_err(GenerateError::InvalidRequest)
 }
 
 /// Renders and tokenizes a request and submits it to the model.
