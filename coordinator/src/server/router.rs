@@ -344,20 +344,8 @@ impl Router {
         addr: &str,
         req: &TokenizeRequest,
     ) -> Result<Result<TokenizeOutput, GenerateError>, String> {
-        let conn = self.connection(node, addr).await?;
-        let (mut send, mut recv) = tokio::time::timeout(self.cfg.connect_timeout, conn.open_bi())
-            .await
-            .map_err(|_| "timed out opening a stream".to_string())?
-            .map_err(|e| e.to_string())?;
         let first = NodeStreamRequest::Tokenize(req.clone());
-        frame::write_frame(
-            &mut send,
-            &first,
-            MAX_NODE_FRAME_BYTES,
-            self.cfg.connect_timeout,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = self.send_first(node, addr, &first).await?;
         let _ = send.finish();
         frame::read_frame(&mut recv, MAX_NODE_FRAME_BYTES, self.cfg.event_timeout)
             .await
@@ -433,22 +421,33 @@ impl Router {
         addr: &str,
         req: &InferenceRequest,
     ) -> Result<(SendStream, RecvStream, GenerateEvent), String> {
+        let first = NodeStreamRequest::Inference(req.clone());
+        let (send, mut recv) = self.send_first(node, addr, &first).await?;
+        let first = self.next_event(node, &mut recv).await?;
+        Ok((send, recv, first))
+    }
+
+    /// Opens a stream to `node` and sends its first frame.
+    async fn send_first(
+        &self,
+        node: &str,
+        addr: &str,
+        first: &NodeStreamRequest,
+    ) -> Result<(SendStream, RecvStream), String> {
         let conn = self.connection(node, addr).await?;
-        let (mut send, mut recv) = tokio::time::timeout(self.cfg.connect_timeout, conn.open_bi())
+        let (mut send, recv) = tokio::time::timeout(self.cfg.connect_timeout, conn.open_bi())
             .await
             .map_err(|_| "timed out opening a stream".to_string())?
             .map_err(|e| e.to_string())?;
-        let first = NodeStreamRequest::Inference(req.clone());
         frame::write_frame(
             &mut send,
-            &first,
+            first,
             MAX_NODE_FRAME_BYTES,
             self.cfg.connect_timeout,
         )
         .await
         .map_err(|e| e.to_string())?;
-        let first = self.next_event(node, &mut recv).await?;
-        Ok((send, recv, first))
+        Ok((send, recv))
     }
 
     /// The next event from `node`, failing if the node goes silent
