@@ -394,6 +394,8 @@ struct Sequence {
     stop: StopMatcher,
     /// The grammar the output follows, if the request asked for one.
     constraint: Option<TokenConstraint>,
+    /// How many alternatives to report log-probabilities of, if any.
+    logprobs: Option<u8>,
     sink: EventSink,
 }
 
@@ -550,6 +552,7 @@ impl Engine {
                     decoder: StreamDecoder::default(),
                     stop: StopMatcher::new(&request.stop),
                     constraint,
+                    logprobs: request.logprobs.map(|k| k.min(protocol::MAX_TOP_LOGPROBS)),
                     sink,
                 };
                 if let Err(e) = enqueued {
@@ -670,10 +673,14 @@ impl Engine {
                 continue;
             }
             let token = seq.sampler.sample(logits);
+            // `logits` now holds what the sampler drew from.
+            let logprob = seq
+                .logprobs
+                .map(|k| token_logprob(logits, token, k, &self.frontend));
             seq.sampler.accept(token);
             seq.generated += 1;
             self.sched.append_token(it.id, token);
-            if emit_token(seq, token, &self.frontend) {
+            if emit_token(seq, token, logprob, &self.frontend) {
                 finished.push(it.id);
             }
         }
@@ -706,7 +713,13 @@ impl Engine {
                     generated = seq.generated,
                     "a sequence filled the whole KV cache; ending it"
                 );
-                finish(&mut seq, String::new(), Vec::new(), FinishReason::Length);
+                finish(
+                    &mut seq,
+                    String::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    FinishReason::Length,
+                );
             }
         }
         self.publish_load();
@@ -757,10 +770,47 @@ impl Engine {
     }
 }
 
-/// Streams one sampled token to its client; returns whether the sequence is finished.
-fn emit_token(seq: &mut Sequence, token: u32, frontend: &ModelFrontend) -> bool {
+/// The log-probabilities of a sampled token and of the step's `top` most
+/// likely tokens, with their bytes.
+fn token_logprob(
+    logits: &[f32],
+    token: u32,
+    top: u8,
+    frontend: &ModelFrontend,
+) -> protocol::TokenLogprob {
+    let step = crate::logprobs::step_logprobs(logits, token, usize::from(top));
+    let bytes = |id: u32| frontend.tokenizer.token_bytes(id).unwrap_or_default();
+    protocol::TokenLogprob {
+        bytes: bytes(token),
+        logprob: step.chosen,
+        top: step
+            .top
+            .into_iter()
+            .map(|(token_id, logprob)| protocol::TopLogprob {
+                token_id,
+                bytes: bytes(token_id),
+                logprob,
+            })
+            .collect(),
+    }
+}
+
+/// Streams one sampled token (with its log-probabilities, if asked for) to
+/// its client; returns whether the sequence is finished.
+fn emit_token(
+    seq: &mut Sequence,
+    token: u32,
+    logprob: Option<protocol::TokenLogprob>,
+    frontend: &ModelFrontend,
+) -> bool {
     if !seq.ignore_eos && frontend.tokenizer.eog_ids().contains(&token) {
-        finish(seq, String::new(), Vec::new(), FinishReason::Stop);
+        finish(
+            seq,
+            String::new(),
+            Vec::new(),
+            Vec::new(),
+            FinishReason::Stop,
+        );
         return true;
     }
     let mut complete = false;
@@ -774,6 +824,7 @@ fn emit_token(seq: &mut Sequence, token: u32, frontend: &ModelFrontend) -> bool 
         }
         complete = c.is_complete();
     }
+    let logprobs: Vec<_> = logprob.into_iter().collect();
     let piece = seq.decoder.push(&frontend.tokenizer, token);
     let out = seq.stop.push(&piece);
     if out.stopped {
@@ -781,6 +832,7 @@ fn emit_token(seq: &mut Sequence, token: u32, frontend: &ModelFrontend) -> bool 
             seq.sink.send(GenerateEvent::Token {
                 text: out.emit,
                 token_ids: vec![token],
+                logprobs,
             });
         }
         let usage = seq.usage();
@@ -791,24 +843,31 @@ fn emit_token(seq: &mut Sequence, token: u32, frontend: &ModelFrontend) -> bool 
         return true;
     }
     if complete {
-        finish(seq, out.emit, vec![token], FinishReason::Stop);
+        finish(seq, out.emit, vec![token], logprobs, FinishReason::Stop);
         return true;
     }
     if seq.generated < seq.max_new {
         seq.sink.send(GenerateEvent::Token {
             text: out.emit,
             token_ids: vec![token],
+            logprobs,
         });
         return false;
     }
-    finish(seq, out.emit, vec![token], FinishReason::Length);
+    finish(seq, out.emit, vec![token], logprobs, FinishReason::Length);
     true
 }
 
 /// Ends a stream: flushes the text the detokenizer and the stop matcher
 /// held back (unless it completes a stop string, which then is the
-/// reason), sends it with `token_ids`, then `Finished`.
-fn finish(seq: &mut Sequence, mut text: String, token_ids: Vec<u32>, reason: FinishReason) {
+/// reason), sends it with `token_ids` and their `logprobs`, then `Finished`.
+fn finish(
+    seq: &mut Sequence,
+    mut text: String,
+    token_ids: Vec<u32>,
+    logprobs: Vec<protocol::TokenLogprob>,
+    reason: FinishReason,
+) {
     let tail = seq.decoder.finish();
     let out = seq.stop.push(&tail);
     text.push_str(&out.emit);
@@ -819,7 +878,11 @@ fn finish(seq: &mut Sequence, mut text: String, token_ids: Vec<u32>, reason: Fin
         reason
     };
     if !text.is_empty() || !token_ids.is_empty() {
-        seq.sink.send(GenerateEvent::Token { text, token_ids });
+        seq.sink.send(GenerateEvent::Token {
+            text,
+            token_ids,
+            logprobs,
+        });
     }
     let usage = seq.usage();
     seq.sink.finish(GenerateEvent::Finished { reason, usage });

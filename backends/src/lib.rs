@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod grammar;
 mod jinja_json;
 pub mod kernels;
+pub mod logprobs;
 pub mod model;
 pub mod perplexity;
 pub mod prefix_index;

@@ -63,6 +63,48 @@ fn greedy_completion_is_sensible() {
 }
 
 #[test]
+fn greedy_tokens_are_their_steps_most_likely_with_consistent_logprobs() {
+    let h = engine(EngineConfig::default());
+    let prompt = h
+        .frontend()
+        .encode("Monday, Tuesday, Wednesday, Thursday,")
+        .unwrap();
+    let mut req = request(prompt, 8, SamplingParams::greedy());
+    req.logprobs = Some(5);
+    let out = collect(h.submit(req).unwrap());
+    assert_eq!(out.finish, Some(FinishReason::Length));
+    assert_eq!(out.logprobs.len(), out.tokens.len(), "one entry per token");
+    let mut bytes = Vec::new();
+    for (lp, &token) in out.logprobs.iter().zip(&out.tokens) {
+        assert_eq!(lp.top.len(), 5);
+        // Greedy: the sampled token is the most likely one.
+        assert_eq!(lp.top[0].token_id, token);
+        assert_eq!(lp.top[0].logprob, lp.logprob);
+        assert_eq!(lp.top[0].bytes, lp.bytes);
+        assert!(lp.logprob <= 0.0 && lp.logprob.is_finite());
+        assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        let mass: f32 = lp.top.iter().map(|t| t.logprob.exp()).sum();
+        assert!(mass <= 1.0 + 1e-4, "top-5 mass {mass}");
+        bytes.extend_from_slice(&lp.bytes);
+    }
+    assert_eq!(String::from_utf8_lossy(&bytes), out.text);
+    // " Friday" is next, and the model is sure of it.
+    assert!(out.logprobs[0].logprob > -0.7, "{:?}", out.logprobs[0]);
+}
+
+#[test]
+fn logprobs_are_not_sent_unless_asked_for() {
+    let h = engine(EngineConfig::default());
+    let prompt = h.frontend().encode("One, two,").unwrap();
+    let out = collect(
+        h.submit(request(prompt, 4, SamplingParams::greedy()))
+            .unwrap(),
+    );
+    assert_eq!(out.tokens.len(), 4);
+    assert!(out.logprobs.is_empty());
+}
+
+#[test]
 fn chat_answer_ends_at_end_of_turn() {
     let h = engine(EngineConfig::default());
     let prompt = chat(&h, "Say hello.");

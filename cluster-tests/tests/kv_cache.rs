@@ -1,7 +1,8 @@
 //! The paged KV cache through `inferno up` (3 coordinators, 2 node
 //! processes): requests that share a long system prompt reuse its KV
 //! blocks wherever they enter the cluster, and many clients that set no
-//! `max_tokens` all run at once and give every block back when they leave.
+//! `max_tokens` all run at once and give every block back when they leave;
+//! the `n` choices of one request prefill its prompt once.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -176,4 +177,40 @@ fn shared_prefixes_are_reused_across_coordinators_and_open_ended_streams_all_run
             .then_some(())
     });
     assert!(metric_sum(&metrics(up.api, up.key()), "inferno_kv_cache_cached_blocks") > 0.0);
+
+    // Four choices of one new prompt (`n`) prefill it once: the other
+    // three run on the same node and take its blocks from the cache.
+    let hits_before = metric_sum(
+        &metrics(up.api, up.key()),
+        "inferno_prefix_cache_hit_tokens_total",
+    );
+    let system = format!("Harbour two. {}", long_system_prompt());
+    let body = json!({"model": model, "max_tokens": 3, "n": 4, "seed": 5,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}]});
+    let r = http::request(
+        apis[2],
+        up.key(),
+        "POST",
+        "/v1/chat/completions",
+        Some(&body.to_string()),
+        T,
+    )
+    .expect("n=4 request");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"].as_array().map(Vec::len), Some(4), "{v}");
+    let prompt = v["usage"]["prompt_tokens"].as_f64().unwrap_or(0.0);
+    assert!(prompt > 1000.0, "{v}");
+    let hits = wait_until(
+        "three choices' prompts to come from the cache",
+        Duration::from_secs(10),
+        || {
+            let h = metric_sum(
+                &metrics(up.api, up.key()),
+                "inferno_prefix_cache_hit_tokens_total",
+            ) - hits_before;
+            (h >= 3.0 * (prompt - 32.0)).then_some(h)
+        },
+    );
+    eprintln!("n=4 over a {prompt}-token prompt: {hits} prompt tokens from the cache");
 }

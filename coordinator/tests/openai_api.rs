@@ -80,7 +80,11 @@ impl InferenceBackend for Fake {
         }]
     }
 
-    async fn generate(&self, req: InferenceRequest) -> Result<Routed, RouteError> {
+    async fn generate(
+        &self,
+        req: InferenceRequest,
+        _prefer: Option<String>,
+    ) -> Result<Routed, RouteError> {
         let model = req.model.clone();
         self.requests.lock().unwrap().push(req);
         if model != MODEL {
@@ -161,6 +165,7 @@ fn token(text: &str) -> GenerateEvent {
     GenerateEvent::Token {
         text: text.into(),
         token_ids: vec![1],
+        logprobs: Vec::new(),
     }
 }
 
@@ -462,13 +467,201 @@ async fn openai_content_parts() {
     a.assert_error(StatusCode::BAD_REQUEST, Some("messages[0].content"));
 }
 
+fn logprob_token(text: &str, lp: f32, alternatives: &[(&str, f32)]) -> GenerateEvent {
+    GenerateEvent::Token {
+        text: text.into(),
+        token_ids: vec![1],
+        logprobs: vec![protocol::TokenLogprob {
+            bytes: text.as_bytes().to_vec(),
+            logprob: lp,
+            top: alternatives
+                .iter()
+                .zip(1u32..)
+                .map(|(&(t, l), id)| protocol::TopLogprob {
+                    token_id: id,
+                    bytes: t.as_bytes().to_vec(),
+                    logprob: l,
+                })
+                .collect(),
+        }],
+    }
+}
+
+fn logprob_script() -> Script {
+    Script::Events(vec![
+        logprob_token("Hello", -0.25, &[("Hello", -0.25), ("Hi", -1.5)]),
+        logprob_token(" world", -0.5, &[(" world", -0.5), (" there", -1.0)]),
+        finished(),
+    ])
+}
+
 #[tokio::test]
-async fn openai_n_above_one_is_rejected() {
+async fn openai_n_choices_share_one_node_and_count_the_prompt_once() {
     let fake = Fake::new(hello_world());
     let (app, _) = make_app(&fake);
-    let a = post(app, "/v1/chat/completions", chat_body(json!({"n": 2}))).await;
-    let e = a.assert_error(StatusCode::BAD_REQUEST, Some("n"));
-    assert_eq!(e["type"], "invalid_request_error");
+    let a = post(
+        app.clone(),
+        "/v1/chat/completions",
+        chat_body(json!({"n": 3, "seed": 7})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let v = a.json();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["message"]["content"], "Hello world");
+    }
+    assert_eq!(v["usage"]["prompt_tokens"], 5);
+    assert_eq!(v["usage"]["completion_tokens"], 6);
+    // Choice i samples with seed + i, so a fixed seed fixes every choice.
+    let seeds: Vec<_> = fake
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.sampling.seed)
+        .collect();
+    assert_eq!(seeds, [Some(7), Some(8), Some(9)]);
+
+    // Streaming: every choice's chunks carry its index, one [DONE] ends all.
+    let a = post(
+        app,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "Hi", "n": 2, "stream": true,
+               "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.events().iter().filter(|e| *e == "[DONE]").count(), 1);
+    assert_eq!(a.events().last().map(String::as_str), Some("[DONE]"));
+    let chunks = a.chunks();
+    for i in 0..2 {
+        let text: String = chunks
+            .iter()
+            .flat_map(|c| c["choices"].as_array().unwrap().clone())
+            .filter(|c| c["index"] == i)
+            .map(|c| c["text"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(text, "Hello world", "choice {i}");
+        let finishes = chunks
+            .iter()
+            .flat_map(|c| c["choices"].as_array().unwrap().clone())
+            .filter(|c| c["index"] == i && c["finish_reason"] == "stop")
+            .count();
+        assert_eq!(finishes, 1, "choice {i}");
+    }
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 4, "{usage}");
+}
+
+#[tokio::test]
+async fn openai_n_out_of_range_is_rejected() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    for n in [json!(0), json!(17), json!(-1), json!(2.5)] {
+        let a = post(
+            app.clone(),
+            "/v1/chat/completions",
+            chat_body(json!({ "n": n })),
+        )
+        .await;
+        let e = a.assert_error(StatusCode::BAD_REQUEST, Some("n"));
+        assert_eq!(e["type"], "invalid_request_error");
+    }
+    assert!(fake.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn openai_chat_logprobs_in_openai_shape_whole_and_streamed() {
+    let fake = Fake::new(logprob_script());
+    let (app, _) = make_app(&fake);
+    let a = post(
+        app.clone(),
+        "/v1/chat/completions",
+        chat_body(json!({"logprobs": true, "top_logprobs": 2})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(fake.last_request().logprobs, Some(2));
+    let lp = &a.json()["choices"][0]["logprobs"];
+    assert_eq!(lp["refusal"], Value::Null);
+    let content = lp["content"].as_array().unwrap();
+    assert_eq!(content.len(), 2);
+    assert_eq!(content[0]["token"], "Hello");
+    assert_eq!(content[0]["logprob"], -0.25);
+    assert_eq!(content[0]["bytes"], json!([72, 101, 108, 108, 111]));
+    assert_eq!(content[1]["top_logprobs"][1]["token"], " there");
+    assert_eq!(content[1]["top_logprobs"][1]["logprob"], -1.0);
+
+    let a = post(
+        app.clone(),
+        "/v1/chat/completions",
+        chat_body(json!({"logprobs": true, "stream": true})),
+    )
+    .await;
+    let streamed: Vec<Value> = a
+        .chunks()
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(streamed.len(), 2, "{}", a.body);
+    assert_eq!(streamed[1]["token"], " world");
+
+    // Not asked for: null, and the node is not asked either.
+    let a = post(app, "/v1/chat/completions", chat_body(json!({}))).await;
+    assert_eq!(a.json()["choices"][0]["logprobs"], Value::Null);
+    assert_eq!(fake.last_request().logprobs, None);
+}
+
+#[tokio::test]
+async fn openai_completion_logprobs_in_the_legacy_shape() {
+    let fake = Fake::new(logprob_script());
+    let (app, _) = make_app(&fake);
+    let a = post(
+        app,
+        "/v1/completions",
+        json!({"model": MODEL, "prompt": "Say", "logprobs": 1}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(fake.last_request().logprobs, Some(1));
+    let lp = &a.json()["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"], json!(["Hello", " world"]));
+    assert_eq!(lp["token_logprobs"], json!([-0.25, -0.5]));
+    assert_eq!(lp["text_offset"], json!([0, 5]));
+    assert_eq!(lp["top_logprobs"][0]["Hi"], -1.5);
+}
+
+#[tokio::test]
+async fn openai_bad_logprobs_requests_name_the_parameter() {
+    let fake = Fake::new(logprob_script());
+    let (app, _) = make_app(&fake);
+    for (extra, param) in [
+        (json!({"logprobs": 3}), "logprobs"),
+        (
+            json!({"logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (json!({"top_logprobs": 2}), "top_logprobs"),
+    ] {
+        let a = post(app.clone(), "/v1/chat/completions", chat_body(extra)).await;
+        a.assert_error(StatusCode::BAD_REQUEST, Some(param));
+    }
+    for (extra, param) in [
+        (json!({"logprobs": 21}), "logprobs"),
+        (json!({"logprobs": true}), "logprobs"),
+        (json!({"logprobs": 2, "top_logprobs": 2}), "top_logprobs"),
+    ] {
+        let mut body = json!({"model": MODEL, "prompt": "Say"});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let a = post(app.clone(), "/v1/completions", body).await;
+        a.assert_error(StatusCode::BAD_REQUEST, Some(param));
+    }
     assert!(fake.requests.lock().unwrap().is_empty());
 }
 
@@ -818,7 +1011,7 @@ async fn openai_metrics_count_requests_tokens_and_latencies() {
     let a = post(
         app.clone(),
         "/v1/chat/completions",
-        chat_body(json!({"n": 3})),
+        chat_body(json!({"n": 17})),
     )
     .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);

@@ -108,6 +108,7 @@ fn request(model: &str, prompt: Prompt, max_tokens: u32, ignore_eos: bool) -> In
         priority: Default::default(),
         constraint: None,
         tools: None,
+        logprobs: None,
     }
 }
 

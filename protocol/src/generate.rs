@@ -121,6 +121,43 @@ pub struct GenerateRequest {
     pub priority: Priority,
     /// The form the output must take; `None` leaves it free.
     pub constraint: Option<OutputConstraint>,
+    /// Log-probabilities to report: `None` reports none, `Some(k)` reports
+    /// each generated token's and its `k` most likely alternatives' (`k`
+    /// at most [`MAX_TOP_LOGPROBS`]; nodes clamp larger values).
+    pub logprobs: Option<u8>,
+}
+
+/// Most alternatives a request may ask log-probabilities of per token
+/// (OpenAI's `top_logprobs` bound).
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+
+/// How likely the model found one generated token, and its most likely
+/// alternatives at that step.
+///
+/// Log-probabilities are natural logarithms of the distribution the
+/// sampler drew from before its filters: the model's logits after the
+/// repetition, presence and frequency penalties and the grammar's mask,
+/// at temperature 1 (as vLLM's and OpenAI's: they do not change with
+/// `temperature`, `top_k` or `top_p`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's bytes (a piece of UTF-8, possibly partial).
+    pub bytes: Vec<u8>,
+    /// The token's log-probability.
+    pub logprob: f32,
+    /// The most likely tokens at this step, most likely first (ties by id).
+    pub top: Vec<TopLogprob>,
+}
+
+/// One of the most likely tokens at a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    /// The token's id.
+    pub token_id: u32,
+    /// The token's bytes.
+    pub bytes: Vec<u8>,
+    /// Its log-probability.
+    pub logprob: f32,
 }
 
 /// A grammar the generated text must follow: only tokens that keep the
@@ -243,6 +280,9 @@ pub enum GenerateEvent {
         text: String,
         /// Token ids generated since the previous event.
         token_ids: Vec<u32>,
+        /// One entry per token of `token_ids` when the request asked for
+        /// log-probabilities; empty otherwise.
+        logprobs: Vec<TokenLogprob>,
     },
     /// Generation ended normally.
     Finished {

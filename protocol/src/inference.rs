@@ -56,6 +56,8 @@ pub struct InferenceRequest {
     /// OpenAI tool definitions the chat template receives as `tools`;
     /// `None` offers none.
     pub tools: Option<String>,
+    /// Log-probabilities to report (see [`crate::GenerateRequest::logprobs`]).
+    pub logprobs: Option<u8>,
 }
 
 /// The state of one model replica on a node, as the node reports it.

@@ -38,5 +38,6 @@ pub use tls::{ClusterCa, MemberIdentity, TlsError};
 
 pub use generate::{
     ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, OutputConstraint,
-    PrefixSpan, Priority, SamplingParams, ToolCall, Usage, KEEPALIVE_AFTER,
+    PrefixSpan, Priority, SamplingParams, TokenLogprob, ToolCall, TopLogprob, Usage,
+    KEEPALIVE_AFTER, MAX_TOP_LOGPROBS,
 };

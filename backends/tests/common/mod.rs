@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use protocol::{FinishReason, GenerateError, GenerateEvent};
+use protocol::{FinishReason, GenerateError, GenerateEvent, TokenLogprob};
 use tokio::sync::mpsc::Receiver;
 
 /// Everything one request's stream said.
@@ -12,6 +12,8 @@ pub struct Outcome {
     pub text: String,
     /// The streamed token ids.
     pub tokens: Vec<u32>,
+    /// Their log-probabilities, when the request asked for them.
+    pub logprobs: Vec<TokenLogprob>,
     /// Why it finished, if it did.
     pub finish: Option<FinishReason>,
     /// Why it failed, if it did.
@@ -25,9 +27,14 @@ pub fn collect(mut rx: Receiver<GenerateEvent>) -> Outcome {
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         match rx.blocking_recv() {
-            Some(GenerateEvent::Token { text, token_ids }) => {
+            Some(GenerateEvent::Token {
+                text,
+                token_ids,
+                logprobs,
+            }) => {
                 out.text.push_str(&text);
                 out.tokens.extend(token_ids);
+                out.logprobs.extend(logprobs);
             }
             Some(GenerateEvent::KeepAlive) => {}
             Some(GenerateEvent::Finished { reason, .. }) => {

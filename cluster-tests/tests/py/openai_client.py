@@ -226,3 +226,53 @@ for i, schema in enumerate(schemas):
             jsonschema.validate(json.loads(text), schema, format_checker=checker)
         except Exception as e:
             raise AssertionError(f"schema {i} at temperature {temperature}: {text!r}: {e}")
+
+# Log-probabilities: under greedy decoding the sampled token is its step's
+# most likely one, and the tokens spell the answer.
+r = client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Name a fruit."}],
+    max_tokens=8, temperature=0, logprobs=True, top_logprobs=3,
+)
+content = r.choices[0].logprobs.content
+assert len(content) == r.usage.completion_tokens, (len(content), r.usage)
+for t in content:
+    assert len(t.top_logprobs) == 3, t
+    assert t.top_logprobs[0].token == t.token and t.top_logprobs[0].logprob == t.logprob, t
+    assert t.logprob <= 0 and t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob, t
+assert bytes(b for t in content for b in t.bytes).decode("utf-8", "replace") == r.choices[0].message.content
+streamed = []
+for chunk in client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Name a fruit."}],
+    max_tokens=8, temperature=0, logprobs=True, top_logprobs=3, stream=True,
+):
+    if chunk.choices and chunk.choices[0].logprobs:
+        streamed += chunk.choices[0].logprobs.content
+assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+r = client.completions.create(model=model, prompt="One, two,", max_tokens=4, temperature=0, logprobs=2)
+lp = r.choices[0].logprobs
+assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 4, lp
+assert "".join(lp.tokens) == r.choices[0].text, lp
+
+# n choices: one answer holds them all, and a seed fixes every one of them.
+def four(seed):
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Tell me a short story."}],
+        max_tokens=12, temperature=1, seed=seed, n=4,
+    )
+    assert [c.index for c in r.choices] == [0, 1, 2, 3], r
+    # Every choice's tokens are counted; the prompt once.
+    assert 4 <= r.usage.completion_tokens <= 4 * 12, r.usage
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    return [c.message.content for c in r.choices]
+a, b = four(11), four(11)
+assert a == b, (a, b)
+assert len(set(a)) > 1, a
+assert four(12) != a
+chosen = {}
+for chunk in client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "Tell me a short story."}],
+    max_tokens=12, temperature=1, seed=11, n=4, stream=True,
+):
+    for c in chunk.choices:
+        chosen[c.index] = chosen.get(c.index, "") + (c.delta.content or "")
+assert [chosen[i] for i in range(4)] == a, (chosen, a)

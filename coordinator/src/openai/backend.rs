@@ -60,11 +60,14 @@ pub trait InferenceBackend: Send + Sync + 'static {
     /// Models that can be requested right now (registered in the cluster).
     fn models(&self) -> Vec<ModelEntry>;
 
-    /// Routes one request to a replica; resolves once a replica accepted it.
-    /// Dropping the returned receiver must cancel the request at the node.
+    /// Routes one request to a replica, to the node `prefer` names when it
+    /// has a ready one (so that the choices of one prompt share its cached
+    /// KV blocks); resolves once a replica accepted it. Dropping the
+    /// returned receiver must cancel the request at the node.
     fn generate(
         &self,
         req: InferenceRequest,
+        prefer: Option<String>,
     ) -> impl Future<Output = Result<Routed, RouteError>> + Send;
 
     /// A real round trip to a replica (e.g. a one-token generation), for

@@ -1,6 +1,7 @@
 //! Builds the response bodies and stream chunks of one request.
 
-use protocol::{FinishReason, ToolFormat};
+use protocol::{FinishReason, TokenLogprob, ToolFormat};
+use serde_json::Value;
 
 use super::response::{
     ChatChoiceOut, ChatCompletionOut, DeltaOut, FunctionCallOut, FunctionDeltaOut, MessageOut,
@@ -26,6 +27,18 @@ pub(crate) struct Shape {
     model: String,
     include_usage: bool,
     tool_format: Option<ToolFormat>,
+    logprobs: bool,
+}
+
+/// One finished choice of a non-streaming answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Choice {
+    /// All of its text.
+    pub text: String,
+    /// Why it ended.
+    pub reason: FinishReason,
+    /// Its tokens' log-probabilities (empty unless asked for).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// A JSON-serializable body or chunk.
@@ -52,7 +65,27 @@ impl Shape {
             model,
             include_usage,
             tool_format: None,
+            logprobs: false,
         }
+    }
+
+    /// The same shape for an answer that reports log-probabilities.
+    pub(crate) fn with_logprobs(mut self, on: bool) -> Self {
+        self.logprobs = on;
+        self
+    }
+
+    /// The `logprobs` value of a choice or chunk holding `tokens`, whose
+    /// text starts `offset` characters into its choice's text: `None`
+    /// unless the request asked for log-probabilities.
+    pub(crate) fn logprobs(&self, tokens: &[TokenLogprob], offset: usize) -> Option<Value> {
+        if !self.logprobs {
+            return None;
+        }
+        Some(match self.endpoint {
+            Endpoint::Chat => super::logprobs::chat(tokens),
+            Endpoint::Text => super::logprobs::completion(tokens, offset),
+        })
     }
 
     /// The same shape for an answer that may hold tool calls in `format`.
@@ -66,87 +99,114 @@ impl Shape {
         self.tool_format
     }
 
-    /// The whole non-streaming response.
-    pub(crate) fn complete(&self, text: String, reason: FinishReason, usage: UsageOut) -> Body {
+    /// The whole non-streaming response, its choices in order.
+    pub(crate) fn complete(&self, choices: Vec<Choice>, usage: UsageOut) -> Body {
         match self.endpoint {
             Endpoint::Chat => {
-                let (content, calls) = match self.tool_format {
-                    None => (Some(text), Vec::new()),
-                    Some(ToolFormat::Hermes) => tools::parse::collect(&text),
-                };
-                let reason = calls_finish(reason, !calls.is_empty());
-                let tool_calls = calls
+                let choices = choices
                     .into_iter()
-                    .map(|c| ToolCallOut {
-                        id: c.id,
-                        kind: "function",
-                        function: FunctionCallOut {
-                            name: c.name,
-                            arguments: c.arguments,
-                        },
-                    })
+                    .zip(0u32..)
+                    .map(|(c, index)| self.chat_choice(index, c))
                     .collect();
-                Body::Chat(self.chat(
-                    "chat.completion",
-                    vec![ChatChoiceOut {
-                        index: 0,
-                        message: Some(MessageOut {
-                            role: "assistant",
-                            content,
-                            tool_calls,
-                        }),
-                        delta: None,
-                        logprobs: None,
-                        finish_reason: Some(reason.as_str()),
-                    }],
-                    Some(Some(usage)),
-                ))
+                Body::Chat(self.chat("chat.completion", choices, Some(Some(usage))))
             }
             Endpoint::Text => {
-                Body::Text(self.text(vec![text_choice(text, Some(reason))], Some(Some(usage))))
+                let choices = choices
+                    .into_iter()
+                    .zip(0u32..)
+                    .map(|(c, index)| {
+                        let logprobs = self.logprobs(&c.logprobs, 0);
+                        text_choice(index, c.text, logprobs, Some(c.reason))
+                    })
+                    .collect();
+                Body::Text(self.text(choices, Some(Some(usage))))
             }
         }
     }
 
-    /// The first chat chunk, announcing the assistant role; `None` for text completions.
-    pub(crate) fn role_chunk(&self) -> Option<Body> {
+    /// One whole chat choice: its text parsed for tool calls when tools
+    /// were offered.
+    fn chat_choice(&self, index: u32, choice: Choice) -> ChatChoiceOut {
+        let logprobs = self.logprobs(&choice.logprobs, 0);
+        let (content, calls) = match self.tool_format {
+            None => (Some(choice.text), Vec::new()),
+            Some(ToolFormat::Hermes) => tools::parse::collect(&choice.text),
+        };
+        let reason = calls_finish(choice.reason, !calls.is_empty());
+        let tool_calls = calls
+            .into_iter()
+            .map(|c| ToolCallOut {
+                id: c.id,
+                kind: "function",
+                function: FunctionCallOut {
+                    name: c.name,
+                    arguments: c.arguments,
+                },
+            })
+            .collect();
+        ChatChoiceOut {
+            index,
+            message: Some(MessageOut {
+                role: "assistant",
+                content,
+                tool_calls,
+            }),
+            delta: None,
+            logprobs,
+            finish_reason: Some(reason.as_str()),
+        }
+    }
+
+    /// The first chat chunk of choice `index`, announcing the assistant
+    /// role; `None` for text completions.
+    pub(crate) fn role_chunk(&self, index: u32) -> Option<Body> {
         match self.endpoint {
             Endpoint::Chat => Some(self.chat_chunk(
+                index,
                 DeltaOut {
                     role: Some("assistant"),
                     content: Some(String::new()),
                     tool_calls: None,
                 },
                 None,
+                None,
             )),
             Endpoint::Text => None,
         }
     }
 
-    /// A chunk of new text.
-    pub(crate) fn content_chunk(&self, text: String) -> Body {
+    /// A chunk of new text of choice `index`, with its tokens'
+    /// `logprobs` value (from [`Shape::logprobs`]).
+    pub(crate) fn content_chunk(&self, index: u32, text: String, logprobs: Option<Value>) -> Body {
         match self.endpoint {
             Endpoint::Chat => self.chat_chunk(
+                index,
                 DeltaOut {
                     role: None,
                     content: Some(text),
                     tool_calls: None,
                 },
+                logprobs,
                 None,
             ),
-            Endpoint::Text => {
-                Body::Text(self.text(vec![text_choice(text, None)], self.usage_slot()))
-            }
+            Endpoint::Text => Body::Text(self.text(
+                vec![text_choice(index, text, logprobs, None)],
+                self.usage_slot(),
+            )),
         }
     }
 
-    /// The chunk of one parsed piece of a chat answer that may hold tool
-    /// calls.
-    pub(crate) fn tool_event_chunk(&self, event: ToolEvent) -> Body {
+    /// The chunk of one parsed piece of choice `index` of a chat answer
+    /// that may hold tool calls.
+    pub(crate) fn tool_event_chunk(&self, index: u32, event: ToolEvent) -> Body {
         let call = match event {
-            ToolEvent::Content(text) => return self.content_chunk(text),
-            ToolEvent::CallStart { index, id, name } => ToolCallDeltaOut {
-                index,
+            ToolEvent::Content(text) => return self.content_chunk(index, text, None),
+            ToolEvent::CallStart {
+                index: call,
+                id,
+                name,
+            } => ToolCallDeltaOut {
+                index: call,
                 id: Some(id),
                 kind: Some("function"),
                 function: FunctionDeltaOut {
@@ -154,8 +214,8 @@ impl Shape {
                     arguments: String::new(),
                 },
             },
-            ToolEvent::CallArgs { index, delta } => ToolCallDeltaOut {
-                index,
+            ToolEvent::CallArgs { index: call, delta } => ToolCallDeltaOut {
+                index: call,
                 id: None,
                 kind: None,
                 function: FunctionDeltaOut {
@@ -165,23 +225,28 @@ impl Shape {
             },
         };
         self.chat_chunk(
+            index,
             DeltaOut {
                 tool_calls: Some(vec![call]),
                 ..DeltaOut::default()
             },
             None,
+            None,
         )
     }
 
-    /// The chunk that carries the finish reason; `called` when the answer
-    /// made tool calls.
-    pub(crate) fn finish_chunk(&self, reason: FinishReason, called: bool) -> Body {
+    /// The chunk that carries choice `index`'s finish reason; `called`
+    /// when the answer made tool calls.
+    pub(crate) fn finish_chunk(&self, index: u32, reason: FinishReason, called: bool) -> Body {
         match self.endpoint {
-            Endpoint::Chat => {
-                self.chat_chunk(DeltaOut::default(), Some(calls_finish(reason, called)))
-            }
+            Endpoint::Chat => self.chat_chunk(
+                index,
+                DeltaOut::default(),
+                None,
+                Some(calls_finish(reason, called)),
+            ),
             Endpoint::Text => Body::Text(self.text(
-                vec![text_choice(String::new(), Some(reason))],
+                vec![text_choice(index, String::new(), None, Some(reason))],
                 self.usage_slot(),
             )),
         }
@@ -205,14 +270,20 @@ impl Shape {
         self.include_usage.then_some(None)
     }
 
-    fn chat_chunk(&self, delta: DeltaOut, reason: Option<FinishReason>) -> Body {
+    fn chat_chunk(
+        &self,
+        index: u32,
+        delta: DeltaOut,
+        logprobs: Option<Value>,
+        reason: Option<FinishReason>,
+    ) -> Body {
         Body::Chat(self.chat(
             "chat.completion.chunk",
             vec![ChatChoiceOut {
-                index: 0,
+                index,
                 message: None,
                 delta: Some(delta),
-                logprobs: None,
+                logprobs,
                 finish_reason: reason.map(FinishReason::as_str),
             }],
             self.usage_slot(),
@@ -260,11 +331,16 @@ fn calls_finish(reason: FinishReason, called: bool) -> FinishReason {
     }
 }
 
-fn text_choice(text: String, reason: Option<FinishReason>) -> TextChoiceOut {
+fn text_choice(
+    index: u32,
+    text: String,
+    logprobs: Option<Value>,
+    reason: Option<FinishReason>,
+) -> TextChoiceOut {
     TextChoiceOut {
-        index: 0,
+        index,
         text,
-        logprobs: None,
+        logprobs,
         finish_reason: reason.map(FinishReason::as_str),
     }
 }

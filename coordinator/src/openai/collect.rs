@@ -1,56 +1,100 @@
-//! Non-streaming answers: events collected up to `Finished`.
+//! Non-streaming answers: the events of every choice collected up to its
+//! `Finished`.
+
+use std::collections::VecDeque;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use protocol::GenerateEvent;
+use futures_util::StreamExt;
+use protocol::{FinishReason, GenerateEvent, TokenLogprob, Usage};
 use tokio::time::{timeout_at, Instant};
 
-use super::chunks::Shape;
-use super::dispatch::Started;
+use super::chunks::{Choice, Shape};
+use super::dispatch::{self, Started};
 use super::errors::ApiError;
-use super::tracker::RequestTracker;
+use super::tracker::{add_choice, RequestTracker};
 
-/// Collects a started request's text until it finishes or `deadline`
-/// passes, and answers the whole completion.
+/// One choice while its events arrive.
+#[derive(Debug, Default)]
+struct Partial {
+    node: String,
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    reason: Option<FinishReason>,
+}
+
+/// Collects the started choices' text until each finishes or `deadline`
+/// passes, and answers the whole completion. The usage counts the prompt
+/// once and the tokens of every choice.
 pub(crate) async fn respond(
-    started: Started,
+    started: Vec<Started>,
     shape: Shape,
     tracker: &mut RequestTracker,
     deadline: Instant,
 ) -> Result<Response, ApiError> {
-    let Started {
-        node,
-        mut events,
-        first,
-    } = started;
-    let mut text = String::new();
-    let mut event = first;
-    loop {
+    let mut choices: Vec<Partial> = Vec::with_capacity(started.len());
+    let mut queued = VecDeque::new();
+    let mut receivers = Vec::new();
+    for (i, s) in started.into_iter().enumerate() {
+        choices.push(Partial {
+            node: s.node,
+            ..Partial::default()
+        });
+        queued.push_back((i, Some(s.first)));
+        receivers.push((i, s.events));
+    }
+    let mut events = dispatch::merge(receivers);
+    let mut usage: Option<Usage> = None;
+    let mut open = choices.len();
+    while open > 0 {
+        let (i, event) = match queued.pop_front() {
+            Some(next) => next,
+            None => match timeout_at(deadline, events.next()).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(_) => return Err(ApiError::timeout("The request did not finish in time.")),
+            },
+        };
+        let choice = &mut choices[i];
         match event {
-            GenerateEvent::Token {
-                text: piece,
+            Some(GenerateEvent::Token {
+                text,
                 token_ids,
-            } => {
+                logprobs,
+            }) => {
                 tracker.tokens(token_ids.len());
-                text.push_str(&piece);
+                choice.text.push_str(&text);
+                choice.logprobs.extend(logprobs);
             }
-            GenerateEvent::Finished { reason, usage } => {
-                tracker.finished(&node, usage);
-                let body = shape.complete(text, reason, usage.into());
-                return Ok((StatusCode::OK, Json(body)).into_response());
+            Some(GenerateEvent::Finished { reason, usage: u }) => {
+                tracker.finished(&choice.node, u);
+                choice.reason = Some(reason);
+                usage = Some(add_choice(usage, u));
+                open -= 1;
             }
-            GenerateEvent::Failed(e) => return Err(e.into()),
-            GenerateEvent::KeepAlive => {}
-        }
-        event = match timeout_at(deadline, events.recv()).await {
-            Ok(Some(event)) => event,
-            Ok(None) => {
+            Some(GenerateEvent::Failed(e)) => return Err(e.into()),
+            Some(GenerateEvent::KeepAlive) => {}
+            None if choice.reason.is_some() => {}
+            None => {
                 return Err(ApiError::unavailable(
                     "The replica ended the request before finishing.",
                 ))
             }
-            Err(_) => return Err(ApiError::timeout("The request did not finish in time.")),
-        };
+        }
     }
+    let choices = choices
+        .into_iter()
+        .map(|c| {
+            Ok(Choice {
+                text: c.text,
+                reason: c.reason.ok_or_else(|| {
+                    ApiError::unavailable("The replica ended the request before finishing.")
+                })?,
+                logprobs: c.logprobs,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let body = shape.complete(choices, usage.unwrap_or_default().into());
+    Ok((StatusCode::OK, Json(body)).into_response())
 }

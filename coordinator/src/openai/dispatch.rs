@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures_util::future::try_join_all;
+use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
 use protocol::{GenerateEvent, InferenceRequest};
 use tokio::sync::mpsc;
 use tokio::time::{timeout_at, Instant};
@@ -32,15 +34,61 @@ pub(crate) struct FirstWait {
     pub deadline: Option<Instant>,
 }
 
-/// Routes `req` (giving up at `route_deadline`) and waits for its first
-/// token or final event, as `first` allows.
+/// Starts the `n` choices of one request: choice 0 first; then, once its
+/// replica has computed the prompt (its first event), the others on the
+/// same node, where they find the prompt's KV blocks cached and prefill
+/// only what the cache lacks. Choice `i` samples with the request's seed
+/// plus `i`, so a fixed seed gives the same choices every time.
+pub(crate) async fn start_choices<B: InferenceBackend>(
+    backend: &B,
+    req: InferenceRequest,
+    n: u8,
+    route_deadline: Instant,
+    first: FirstWait,
+) -> Result<Vec<Started>, ApiError> {
+    let lead = start(backend, req.clone(), None, route_deadline, first).await?;
+    let node = lead.node.clone();
+    let others = try_join_all((1..n).map(|i| {
+        let mut choice = req.clone();
+        choice.sampling.seed = req.sampling.seed.map(|s| s.wrapping_add(u64::from(i)));
+        start(backend, choice, Some(node.clone()), route_deadline, first)
+    }))
+    .await?;
+    let mut all = Vec::with_capacity(usize::from(n));
+    all.push(lead);
+    all.extend(others);
+    Ok(all)
+}
+
+/// The events of several choices as one stream of `(choice, event)`; a
+/// choice whose events end yields `(choice, None)` once. Dropping it drops
+/// every receiver, which cancels the choices still running.
+pub(crate) type Merged = SelectAll<BoxStream<'static, (usize, Option<GenerateEvent>)>>;
+
+/// Merges the choices' event receivers (each with its choice's index).
+pub(crate) fn merge(receivers: Vec<(usize, mpsc::Receiver<GenerateEvent>)>) -> Merged {
+    stream::select_all(receivers.into_iter().map(|(choice, rx)| {
+        stream::unfold(Some(rx), move |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(event) => Some(((choice, Some(event)), Some(rx))),
+                None => Some(((choice, None), None)),
+            }
+        })
+        .boxed()
+    }))
+}
+
+/// Routes `req` (to `prefer` if it can; giving up at `route_deadline`) and
+/// waits for its first token or final event, as `first` allows.
 pub(crate) async fn start<B: InferenceBackend>(
     backend: &B,
     req: InferenceRequest,
+    prefer: Option<String>,
     route_deadline: Instant,
     first: FirstWait,
 ) -> Result<Started, ApiError> {
-    let Routed { node, mut events } = timeout_at(route_deadline, backend.generate(req))
+    let Routed { node, mut events } = timeout_at(route_deadline, backend.generate(req, prefer))
         .await
         .map_err(|_| ApiError::timeout("No replica accepted the request in time."))??;
     loop {

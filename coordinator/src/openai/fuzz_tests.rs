@@ -56,6 +56,7 @@ const FIELDS: &[&str] = &[
     "cache_salt",
     "n",
     "logprobs",
+    "top_logprobs",
     "tools",
     "tool_choice",
     "parallel_tool_calls",

@@ -318,8 +318,10 @@ async fn serve<B: InferenceBackend>(
             return e.into_response();
         }
     };
-    let shape =
-        Shape::new(endpoint, v.request.model.clone(), v.include_usage).with_tools(tool_format);
+    let shape = Shape::new(endpoint, v.request.model.clone(), v.include_usage)
+        .with_tools(tool_format)
+        .with_logprobs(v.request.logprobs.is_some());
+    let n = v.n;
     let total_deadline = arrived + s.config.total_timeout;
     let route_deadline = total_deadline.min(arrived + s.config.route_timeout);
     // Streams wait for their first token as long as the replica keeps
@@ -329,7 +331,9 @@ async fn serve<B: InferenceBackend>(
         deadline: (!v.stream).then_some(total_deadline),
     };
     if v.stream {
-        return match dispatch::start(&*s.backend, v.request, route_deadline, first_wait).await {
+        return match dispatch::start_choices(&*s.backend, v.request, n, route_deadline, first_wait)
+            .await
+        {
             Ok(started) => stream::respond(started, shape, tracker, s.config.idle_timeout),
             Err(e) => {
                 tracker.failed(&e);
@@ -347,8 +351,14 @@ async fn serve<B: InferenceBackend>(
         } else {
             total_deadline.min(Instant::now() + s.config.route_timeout)
         };
-        result = match dispatch::start(&*s.backend, v.request.clone(), route_deadline, first_wait)
-            .await
+        result = match dispatch::start_choices(
+            &*s.backend,
+            v.request.clone(),
+            n,
+            route_deadline,
+            first_wait,
+        )
+        .await
         {
             Ok(started) => {
                 collect::respond(started, shape.clone(), &mut tracker, total_deadline).await

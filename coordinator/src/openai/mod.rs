@@ -24,6 +24,7 @@ mod constraint;
 mod dispatch;
 mod errors;
 mod handlers;
+mod logprobs;
 mod metrics;
 mod request;
 mod response;

@@ -59,7 +59,7 @@ pub struct GenerationParams {
     pub stream: Option<bool>,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
-    /// Number of choices; only 1 is supported.
+    /// Number of choices, 1..=16.
     pub n: Option<i64>,
     /// Keep generating past end-of-sequence (vLLM extension).
     pub ignore_eos: Option<bool>,
@@ -85,10 +85,11 @@ pub struct GenerationParams {
     pub tool_choice: Option<Value>,
     /// Whether the model may make several calls in one answer (default true).
     pub parallel_tool_calls: Option<bool>,
-    /// Token log-probabilities (not served yet: `true` is refused).
+    /// Token log-probabilities: a boolean on chat, the number of
+    /// alternatives per token (0..=20) on completions.
     pub logprobs: Option<Value>,
-    /// Alternatives per token (not served yet: above 0 is refused).
-    pub top_logprobs: Option<i64>,
+    /// Alternatives per token on chat, 0..=20 (needs `logprobs: true`).
+    pub top_logprobs: Option<Value>,
 }
 
 /// `stream_options`.

@@ -46,7 +46,7 @@ pub struct ChatCompletionOut {
 /// One choice of a chat completion or chunk.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatChoiceOut {
-    /// Always 0.
+    /// The choice's position, 0..n.
     pub index: u32,
     /// The whole answer (non-streaming).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,7 +54,7 @@ pub struct ChatChoiceOut {
     /// The new part of the answer (streaming).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<DeltaOut>,
-    /// Always `null`.
+    /// The tokens' log-probabilities when asked for, `null` otherwise.
     pub logprobs: Option<Value>,
     /// `stop`, `length`, `tool_calls`, or `null` while streaming.
     pub finish_reason: Option<&'static str>,
@@ -154,11 +154,11 @@ pub struct TextCompletionOut {
 /// One choice of a text completion.
 #[derive(Debug, Clone, Serialize)]
 pub struct TextChoiceOut {
-    /// Always 0.
+    /// The choice's position, 0..n.
     pub index: u32,
     /// The generated text (or its new part while streaming).
     pub text: String,
-    /// Always `null`.
+    /// The tokens' log-probabilities when asked for, `null` otherwise.
     pub logprobs: Option<Value>,
     /// `stop`, `length`, or `null` while streaming.
     pub finish_reason: Option<&'static str>,

@@ -70,10 +70,18 @@ impl RequestTracker {
         self.last_token = Some(now);
     }
 
-    /// The request finished normally on `node`.
+    /// One choice of the request finished normally on `node` (the last
+    /// one to finish ends the request). The prompt is counted once.
     pub(crate) fn finished(&mut self, node: &str, usage: protocol::Usage) {
-        self.metrics.add_usage(&self.model, node, usage);
-        self.usage = Some(usage);
+        let counted = match self.usage {
+            None => usage,
+            Some(_) => protocol::Usage {
+                prompt_tokens: 0,
+                ..usage
+            },
+        };
+        self.metrics.add_usage(&self.model, node, counted);
+        self.usage = Some(add_choice(self.usage, usage));
         self.outcome = Some(("200".into(), None));
     }
 
@@ -109,5 +117,20 @@ impl Drop for RequestTracker {
         if let Some(meter) = &self.account.meter {
             meter.charge(prompt.saturating_add(completion));
         }
+    }
+}
+
+/// The usage of a request with one more finished choice: the prompt is
+/// counted once, every choice's completion tokens are added.
+pub(crate) fn add_choice(
+    total: Option<protocol::Usage>,
+    choice: protocol::Usage,
+) -> protocol::Usage {
+    match total {
+        None => choice,
+        Some(t) => protocol::Usage {
+            prompt_tokens: t.prompt_tokens,
+            completion_tokens: t.completion_tokens.saturating_add(choice.completion_tokens),
+        },
     }
 }

@@ -36,7 +36,12 @@ pub struct Validated {
     /// The tools offered, checked; their grammar and definitions are added
     /// once the model's tool format is known.
     pub tools: Option<ToolPlan>,
+    /// How many choices to generate for the prompt (`n`, 1..=[`MAX_CHOICES`]).
+    pub n: u8,
 }
+
+/// Most choices one request may ask for (`n`).
+pub const MAX_CHOICES: u8 = 16;
 
 /// Parses a JSON body into `T`; malformed JSON and wrong types are 400s
 /// naming the field when it can be found.
@@ -124,14 +129,21 @@ pub fn chat(mut req: ChatCompletionRequest) -> Result<Validated, ApiError> {
             Some("tools"),
         ));
     }
+    let logprobs =
+        super::logprobs::chat_param(req.params.logprobs.take(), req.params.top_logprobs.take())?;
     let mut v = finish(model, Prompt::Chat(messages), req.params)?;
     v.tools = plan;
+    v.request.logprobs = logprobs;
     Ok(v)
 }
 
 /// Validates a text completion request.
-pub fn completion(req: CompletionRequest) -> Result<Validated, ApiError> {
+pub fn completion(mut req: CompletionRequest) -> Result<Validated, ApiError> {
     let model = model(req.model)?;
+    let logprobs = super::logprobs::completion_param(
+        req.params.logprobs.take(),
+        req.params.top_logprobs.take(),
+    )?;
     for (param, given) in [
         ("tools", req.params.tools.is_some()),
         ("tool_choice", req.params.tool_choice.is_some()),
@@ -168,6 +180,7 @@ pub fn completion(req: CompletionRequest) -> Result<Validated, ApiError> {
     };
     let mut v = finish(model, Prompt::Text(prompt), req.params)?;
     v.request.allow_special_tokens = req.allow_special_tokens.unwrap_or(false);
+    v.request.logprobs = logprobs;
     Ok(v)
 }
 
@@ -309,15 +322,18 @@ fn tool_call_id(param: &str, role: &str, id: Option<String>) -> Result<Option<St
 }
 
 fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validated, ApiError> {
-    refuse_unserved(&p)?;
-    if let Some(n) = p.n {
-        if n != 1 {
-            return Err(ApiError::invalid(
-                format!("Only n=1 is supported, got n={n}."),
-                Some("n"),
-            ));
-        }
-    }
+    let n = match p.n {
+        None => 1,
+        Some(n) => match u8::try_from(n) {
+            Ok(n) if (1..=MAX_CHOICES).contains(&n) => n,
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("'n' must be an integer from 1 to {MAX_CHOICES}, got {n}."),
+                    Some("n"),
+                ))
+            }
+        },
+    };
     let temperature = in_range("temperature", p.temperature, 1.0, 0.0, 2.0, false)?;
     let top_p = in_range("top_p", p.top_p, 1.0, 0.0, 1.0, true)?;
     let presence_penalty = in_range(
@@ -419,34 +435,13 @@ fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validate
             priority: Default::default(),
             constraint,
             tools: None,
+            logprobs: None,
         },
         stream,
         include_usage,
         tools: None,
+        n,
     })
-}
-
-/// Fields this server does not serve yet: asking for them is a 400 naming
-/// the field, never an answer that silently ignores them.
-fn refuse_unserved(p: &GenerationParams) -> Result<(), ApiError> {
-    let unserved = if p
-        .logprobs
-        .as_ref()
-        .is_some_and(|l| !matches!(l, Value::Bool(false) | Value::Null))
-    {
-        Some("logprobs")
-    } else if p.top_logprobs.is_some_and(|n| n != 0) {
-        Some("top_logprobs")
-    } else {
-        None
-    };
-    match unserved {
-        Some(param) => Err(ApiError::invalid(
-            format!("'{param}' is not supported by this server yet."),
-            Some(param),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// `value` (or `default`) if it lies in `min..=max` (`(min, max]` when

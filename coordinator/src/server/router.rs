@@ -167,13 +167,14 @@ impl Router {
             priority: Default::default(),
             constraint: None,
             tools: None,
+            logprobs: None,
             max_tokens: Some(1),
             sampling: protocol::SamplingParams::greedy(),
             stop: Vec::new(),
             ignore_eos: true,
             cache_salt: String::new(),
         };
-        let mut routed = self.generate(req).await?;
+        let mut routed = self.generate(req, None).await?;
         loop {
             match routed.events.recv().await {
                 Some(GenerateEvent::Finished { .. }) => return Ok(()),
@@ -243,10 +244,15 @@ impl Router {
         pick.and_then(|i| candidates.into_iter().nth(i))
     }
 
-    /// Routes `req` to a ready replica and returns its event stream once
-    /// the node has answered with a first event. A node that fails before
-    /// that is dropped and the request tried once more on another replica.
-    pub async fn generate(self: &Arc<Self>, req: InferenceRequest) -> Result<Routed, RouteError> {
+    /// Routes `req` to a ready replica (first to `prefer`, when it is one)
+    /// and returns its event stream once the node has answered with a
+    /// first event. A node that fails before that is dropped and the
+    /// request tried once more on another replica.
+    pub async fn generate(
+        self: &Arc<Self>,
+        req: InferenceRequest,
+        prefer: Option<String>,
+    ) -> Result<Routed, RouteError> {
         let taken = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if taken >= self.cfg.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -270,7 +276,14 @@ impl Router {
                 Err(e) if errors.is_empty() => return Err(e),
                 Err(_) => break,
             };
-            let Some(Candidate { node, addr, .. }) = self.choose(candidates, &spans) else {
+            let preferred = prefer
+                .as_ref()
+                .and_then(|p| candidates.iter().position(|c| &c.node == p));
+            let pick = match preferred {
+                Some(i) => candidates.into_iter().nth(i),
+                None => self.choose(candidates, &spans),
+            };
+            let Some(Candidate { node, addr, .. }) = pick else {
                 break;
             };
             tried.push(node.clone());
@@ -520,9 +533,10 @@ impl InferenceBackend for RouterBackend {
     fn generate(
         &self,
         req: InferenceRequest,
+        prefer: Option<String>,
     ) -> impl std::future::Future<Output = Result<Routed, RouteError>> + Send {
         let router = self.0.clone();
-        async move { router.generate(req).await }
+        async move { router.generate(req, prefer).await }
     }
 
     fn ready(&self) -> impl std::future::Future<Output = Result<(), RouteError>> + Send {

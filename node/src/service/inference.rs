@@ -289,6 +289,7 @@ pub(crate) async fn prepare(
         prefix_spans,
         priority,
         constraint,
+        logprobs: req.logprobs,
     };
     node.generate(&req.model, request).await
 }
