@@ -150,8 +150,8 @@ pub fn test_model_name() -> String {
 
 /// Runs the Python client `tests/py/SCRIPT` with `args` (it drives a
 /// cluster with the official `openai` package) and fails the test with its
-/// output unless it exits 0.
-pub fn run_python_client(script: &str, args: &[&str]) {
+/// output unless it exits 0. Returns what it printed.
+pub fn run_python_client(script: &str, args: &[&str]) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/py")
         .join(script);
@@ -166,4 +166,5 @@ pub fn run_python_client(script: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -42,6 +42,7 @@ struct Fake {
     ready: Result<(), RouteError>,
     requests: Mutex<Vec<InferenceRequest>>,
     held: Mutex<Vec<mpsc::Sender<GenerateEvent>>>,
+    stored: Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
 
 impl Fake {
@@ -51,6 +52,7 @@ impl Fake {
             ready: Ok(()),
             requests: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
+            stored: Mutex::new(Default::default()),
         })
     }
 
@@ -123,6 +125,19 @@ impl InferenceBackend for Fake {
 
     async fn ready(&self) -> Result<(), RouteError> {
         self.ready.clone()
+    }
+
+    async fn save_response(&self, id: String, record: Vec<u8>) -> Result<(), RouteError> {
+        self.stored.lock().unwrap().insert(id, record);
+        Ok(())
+    }
+
+    async fn load_response(&self, id: String) -> Result<Option<Vec<u8>>, RouteError> {
+        Ok(self.stored.lock().unwrap().get(&id).cloned())
+    }
+
+    async fn delete_response(&self, id: String) -> Result<bool, RouteError> {
+        Ok(self.stored.lock().unwrap().remove(&id).is_some())
     }
 
     /// One token per byte of text (and per message role and content);
@@ -1463,4 +1478,271 @@ async fn tokenize_and_detokenize_in_vllm_and_llama_server_shapes() {
     }
     let a = post(app, "/detokenize", json!({"tokens": [70000]})).await;
     a.assert_error(StatusCode::BAD_REQUEST, None);
+}
+
+fn tenant_app(fake: &Arc<Fake>, tenant: &str) -> Router {
+    let principal = coordinator::auth::Principal {
+        key_id: format!("key-of-{tenant}"),
+        tenant: tenant.into(),
+        scope: coordinator::state::KeyScope::Inference,
+        limits: Default::default(),
+        tenant_settings: Default::default(),
+    };
+    make_app(fake).0.layer(axum::Extension(principal))
+}
+
+/// The chat messages a request sent to the backend.
+fn sent_messages(req: &InferenceRequest) -> Vec<(String, String)> {
+    match &req.prompt {
+        Prompt::Chat(ms) => ms
+            .iter()
+            .map(|m| (m.role.clone(), m.content.clone()))
+            .collect(),
+        Prompt::Text(t) => panic!("a text prompt: {t}"),
+    }
+}
+
+#[tokio::test]
+async fn responses_are_answered_stored_continued_and_deleted() {
+    let fake = Fake::new(hello_world());
+    let app = tenant_app(&fake, "acme");
+    let a = post(
+        app.clone(),
+        "/v1/responses",
+        json!({"model": MODEL, "input": "Say hello", "instructions": "Be brief.",
+               "max_output_tokens": 9}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let r = a.json();
+    let id = r["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("resp_"), "{r}");
+    assert_eq!(r["object"], "response");
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["output"][0]["type"], "message");
+    assert_eq!(r["output"][0]["content"][0]["type"], "output_text");
+    assert_eq!(r["output"][0]["content"][0]["text"], "Hello world");
+    assert_eq!(r["usage"]["input_tokens"], 5);
+    assert_eq!(r["usage"]["output_tokens"], 2);
+    assert_eq!(r["instructions"], "Be brief.");
+    let first = fake.last_request();
+    assert_eq!(first.max_tokens, Some(9));
+    assert_eq!(
+        sent_messages(&first),
+        [
+            ("system".into(), "Be brief.".into()),
+            ("user".into(), "Say hello".into())
+        ]
+    );
+
+    // GET gives the same object back.
+    let got = send(app.clone(), "GET", &format!("/v1/responses/{id}"), "").await;
+    assert_eq!((got.status, got.json()), (StatusCode::OK, r.clone()));
+
+    // A follow-up sees the whole conversation; instructions are not carried.
+    let a = post(
+        app.clone(),
+        "/v1/responses",
+        json!({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_text", "text": "Again"}]}],
+               "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.json()["previous_response_id"], id.as_str());
+    assert_eq!(
+        sent_messages(&fake.last_request()),
+        [
+            ("user".into(), "Say hello".into()),
+            ("assistant".into(), "Hello world".into()),
+            ("user".into(), "Again".into())
+        ]
+    );
+
+    // Another tenant cannot see, continue or delete it.
+    let other = tenant_app(&fake, "globex");
+    let a = send(other.clone(), "GET", &format!("/v1/responses/{id}"), "").await;
+    a.assert_error(StatusCode::NOT_FOUND, None);
+    let a = post(
+        other.clone(),
+        "/v1/responses",
+        json!({"model": MODEL, "input": "x", "previous_response_id": id}),
+    )
+    .await;
+    a.assert_error(StatusCode::NOT_FOUND, Some("previous_response_id"));
+    let a = send(other, "DELETE", &format!("/v1/responses/{id}"), "").await;
+    a.assert_error(StatusCode::NOT_FOUND, None);
+
+    // DELETE, then it is gone.
+    let a = send(app.clone(), "DELETE", &format!("/v1/responses/{id}"), "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.json()["deleted"], true);
+    let a = send(app.clone(), "GET", &format!("/v1/responses/{id}"), "").await;
+    a.assert_error(StatusCode::NOT_FOUND, None);
+
+    // store: false keeps nothing.
+    let a = post(
+        app.clone(),
+        "/v1/responses",
+        json!({"model": MODEL, "input": "x", "store": false}),
+    )
+    .await;
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(a.json()["store"], false);
+    let a = send(app, "GET", &format!("/v1/responses/{id}"), "").await;
+    a.assert_error(StatusCode::NOT_FOUND, None);
+}
+
+#[tokio::test]
+async fn responses_function_calls_whole_and_streamed() {
+    let fake = Fake::new(weather_call_script());
+    let (app, _) = make_app(&fake);
+    let tools = json!([{"type": "function", "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]);
+    let a = post(
+        app.clone(),
+        "/v1/responses",
+        json!({"model": MODEL, "input": "Weather in Paris?", "tools": tools, "tool_choice": "required"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let r = a.json();
+    let call = &r["output"][0];
+    assert_eq!(call["type"], "function_call", "{r}");
+    assert_eq!(call["name"], "get_weather");
+    assert_eq!(
+        serde_json::from_str::<Value>(call["arguments"].as_str().unwrap()).unwrap(),
+        json!({"city": "Paris"})
+    );
+    assert!(fake.last_request().constraint.is_some());
+    let call_id = call["call_id"].as_str().unwrap().to_string();
+
+    // The tool's answer continues the conversation.
+    let a = post(
+        app.clone(),
+        "/v1/responses",
+        json!({"model": MODEL, "previous_response_id": r["id"], "tools": tools,
+               "input": [{"type": "function_call_output", "call_id": call_id, "output": "sunny"}]}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let req = fake.last_request();
+    let Prompt::Chat(ms) = &req.prompt else {
+        panic!("not chat")
+    };
+    assert_eq!(ms[1].tool_calls[0].id, call_id);
+    assert_eq!(ms[2].role, "tool");
+    assert_eq!(ms[2].tool_call_id.as_deref(), Some(call_id.as_str()));
+
+    // Streamed: typed events in order, numbered, that add up to the call.
+    let a = post(
+        app,
+        "/v1/responses",
+        json!({"model": MODEL, "input": "Weather in Paris?", "tools": tools,
+               "tool_choice": "required", "stream": true}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let events = a.chunks();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds[..3],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added"
+        ],
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last(), Some(&"response.completed"));
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sequence_number"], i);
+    }
+    let args: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.function_call_arguments.delta")
+        .map(|e| e["delta"].as_str().unwrap().to_string())
+        .collect();
+    let done = events.last().unwrap();
+    assert_eq!(done["response"]["output"][0]["arguments"], args.as_str());
+    assert_eq!(done["response"]["status"], "completed");
+    // The SSE event names are the types.
+    assert!(
+        a.body.contains("event: response.output_item.done"),
+        "{}",
+        a.body
+    );
+}
+
+#[tokio::test]
+async fn responses_stream_text_deltas() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    let a = post(
+        app,
+        "/v1/responses",
+        json!({"model": MODEL, "input": "Say hello", "stream": true}),
+    )
+    .await;
+    let events = a.chunks();
+    let text: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "Hello world");
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for kind in [
+        "response.content_part.added",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+    }
+    let done = events.last().unwrap();
+    assert_eq!(done["type"], "response.completed");
+    assert_eq!(
+        done["response"]["output"][0]["content"][0]["text"],
+        "Hello world"
+    );
+}
+
+#[tokio::test]
+async fn bad_responses_requests_name_the_field() {
+    let fake = Fake::new(hello_world());
+    let (app, _) = make_app(&fake);
+    for (body, status, param) in [
+        (json!({"model": MODEL}), StatusCode::BAD_REQUEST, "input"),
+        (
+            json!({"model": MODEL, "input": [{"type": "reasoning"}]}),
+            StatusCode::BAD_REQUEST,
+            "input[0].type",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "tools": [{"type": "web_search"}]}),
+            StatusCode::BAD_REQUEST,
+            "tools[0].type",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "background": true}),
+            StatusCode::BAD_REQUEST,
+            "background",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "previous_response_id": "resp_nothere"}),
+            StatusCode::NOT_FOUND,
+            "previous_response_id",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "previous_response_id": "../etc"}),
+            StatusCode::NOT_FOUND,
+            "previous_response_id",
+        ),
+    ] {
+        let a = post(app.clone(), "/v1/responses", body.clone()).await;
+        a.assert_error(status, Some(param));
+    }
+    assert!(fake.requests.lock().unwrap().is_empty());
+    let a = post(app, "/v1/responses", json!({"model": "nope", "input": "x"})).await;
+    a.assert_error(StatusCode::NOT_FOUND, Some("model"));
 }

@@ -79,4 +79,22 @@ pub trait InferenceBackend: Send + Sync + 'static {
         &self,
         req: protocol::TokenizeRequest,
     ) -> impl Future<Output = Result<protocol::TokenizeOutput, RouteError>> + Send;
+
+    /// Stores a Responses API answer (an opaque record) where losing any
+    /// one coordinator does not lose it.
+    fn save_response(
+        &self,
+        id: String,
+        record: Vec<u8>,
+    ) -> impl Future<Output = Result<(), RouteError>> + Send;
+
+    /// A stored answer, or `None` if there is none (never stored, expired
+    /// or deleted).
+    fn load_response(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, RouteError>> + Send;
+
+    /// Deletes a stored answer; whether there was one.
+    fn delete_response(&self, id: String) -> impl Future<Output = Result<bool, RouteError>> + Send;
 }

@@ -3,14 +3,11 @@
 
 use std::collections::VecDeque;
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use futures_util::StreamExt;
 use protocol::{FinishReason, GenerateEvent, TokenLogprob, Usage};
 use tokio::time::{timeout_at, Instant};
 
-use super::chunks::{Choice, Shape};
+use super::chunks::{Body, Choice, Shape};
 use super::dispatch::{self, Started};
 use super::errors::ApiError;
 use super::tracker::{add_choice, RequestTracker};
@@ -25,14 +22,14 @@ struct Partial {
 }
 
 /// Collects the started choices' text until each finishes or `deadline`
-/// passes, and answers the whole completion. The usage counts the prompt
+/// passes, and builds the whole completion. The usage counts the prompt
 /// once and the tokens of every choice.
 pub(crate) async fn respond(
     started: Vec<Started>,
     shape: Shape,
     tracker: &mut RequestTracker,
     deadline: Instant,
-) -> Result<Response, ApiError> {
+) -> Result<Body, ApiError> {
     let mut choices: Vec<Partial> = Vec::with_capacity(started.len());
     let mut queued = VecDeque::new();
     let mut receivers = Vec::new();
@@ -95,6 +92,5 @@ pub(crate) async fn respond(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let body = shape.complete(choices, usage.unwrap_or_default().into());
-    Ok((StatusCode::OK, Json(body)).into_response())
+    Ok(shape.complete(choices, usage.unwrap_or_default().into()))
 }

@@ -130,6 +130,19 @@ impl ApiError {
         )
     }
 
+    /// 404: no stored response has this id (never stored, expired,
+    /// deleted, or another tenant's); `param` names where the id came from.
+    pub fn response_not_found(id: &str, param: Option<&str>) -> Self {
+        Self {
+            param: param.map(str::to_string),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("No response with id '{id}' was found."),
+            )
+        }
+    }
+
     /// 404 for a path this API does not serve.
     pub fn no_such_route(path: &str) -> Self {
         Self::new(

@@ -1,12 +1,14 @@
 //! Property-based fuzzing (proptest; cargo-fuzz needs a nightly compiler)
 //! of the OpenAI request parser and validation: arbitrary bytes, arbitrary
 //! JSON, and valid requests with arbitrary values in every field must give
-//! a 400-class error or a valid request, never a panic.
+//! a 400-class error or a valid request, never a panic. Responses API
+//! bodies go through their translation into chat requests too.
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use super::request::{ChatCompletionRequest, CompletionRequest};
+use super::responses::{self, translate::ResponsesBody};
 use super::validate::{chat, completion, parse_body};
 
 fn config() -> ProptestConfig {
@@ -34,7 +36,7 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-/// The fields of the two request types.
+/// The fields of the chat, completion and Responses request types.
 const FIELDS: &[&str] = &[
     "model",
     "messages",
@@ -63,6 +65,12 @@ const FIELDS: &[&str] = &[
     "tool_calls",
     "tool_call_id",
     "response_format",
+    "input",
+    "instructions",
+    "text",
+    "previous_response_id",
+    "metadata",
+    "max_output_tokens",
 ];
 
 fn check(body: &[u8]) {
@@ -71,6 +79,17 @@ fn check(body: &[u8]) {
     }
     if let Ok(req) = parse_body::<CompletionRequest>(body) {
         let _ = completion(req);
+    }
+    if let Ok(mut req) = parse_body::<ResponsesBody>(body) {
+        if let Ok(messages) = responses::translate::messages(req.input.take(), Vec::new()) {
+            if let Ok(chat_body) = responses::translate::chat_body(&req, messages) {
+                if let Ok(req) =
+                    parse_body::<ChatCompletionRequest>(chat_body.to_string().as_bytes())
+                {
+                    let _ = chat(req);
+                }
+            }
+        }
     }
 }
 
@@ -93,6 +112,7 @@ proptest! {
         for mut base in [
             json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
             json!({"model": "m", "prompt": "hi"}),
+            json!({"model": "m", "input": [{"role": "user", "content": "hi"}]}),
         ] {
             base[FIELDS[field]] = v.clone();
             check(base.to_string().as_bytes());

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::backend::{InferenceBackend, ModelEntry};
-use super::chunks::{Endpoint, Shape};
+use super::chunks::{Body, Endpoint, Shape};
 use super::errors::ApiError;
 use super::metrics::Metrics;
 use super::request::{ChatCompletionRequest, CompletionRequest};
@@ -54,11 +54,12 @@ impl Default for ApiConfig {
     }
 }
 
-struct AppState<B> {
-    backend: Arc<B>,
-    metrics: Arc<Metrics>,
-    config: ApiConfig,
-    created: u64,
+/// What every handler of the API shares.
+pub(crate) struct AppState<B> {
+    pub(crate) backend: Arc<B>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: ApiConfig,
+    pub(crate) created: u64,
 }
 
 /// The OpenAI API with the default [`ApiConfig`].
@@ -84,6 +85,11 @@ pub fn router_with_config<B: InferenceBackend>(
         .route("/v1/models/{id}", get(model::<B>))
         .route("/v1/chat/completions", post(chat_completions::<B>))
         .route("/v1/completions", post(completions::<B>))
+        .route("/v1/responses", post(super::responses::create::<B>))
+        .route(
+            "/v1/responses/{id}",
+            get(super::responses::retrieve::<B>).delete(super::responses::delete::<B>),
+        )
         .route("/tokenize", post(tokenize::<B>))
         .route("/detokenize", post(detokenize::<B>))
         .route("/health", get(health))
@@ -235,7 +241,7 @@ async fn completions<B: InferenceBackend>(
 }
 
 /// Who the request is accounted to.
-fn account(
+pub(crate) fn account(
     principal: Option<Extension<Principal>>,
     meter: Option<Extension<TokenMeter>>,
 ) -> Account {
@@ -265,7 +271,11 @@ fn special_tokens_allowed(
 /// the auth layer), or with the key it came with when auth is off, so that
 /// tenants never share cache blocks; and gives it its tenant's scheduling
 /// class (interactive when auth is off).
-fn keyed(mut v: Validated, principal: Option<&Principal>, headers: &HeaderMap) -> Validated {
+pub(crate) fn keyed(
+    mut v: Validated,
+    principal: Option<&Principal>,
+    headers: &HeaderMap,
+) -> Validated {
     let owner = match principal {
         Some(p) => format!("tenant:{}", p.tenant),
         None => presented_key(headers).map_or_else(String::new, |k| format!("key:{k}")),
@@ -277,7 +287,10 @@ fn keyed(mut v: Validated, principal: Option<&Principal>, headers: &HeaderMap) -
     v
 }
 
-fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) fn read_body(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::payload_too_large(limit)
@@ -287,14 +300,27 @@ fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes,
     })
 }
 
-/// Routes a validated request for `model` and answers it, streaming or whole.
-async fn serve<B: InferenceBackend>(
+/// A validated request ready to be routed, with how to answer it.
+pub(crate) struct Prepared {
+    /// The request.
+    pub(crate) v: Validated,
+    /// The fixed parts of its answer.
+    pub(crate) shape: Shape,
+    /// Its metrics and accounting.
+    pub(crate) tracker: RequestTracker,
+    arrived: Instant,
+}
+
+/// Checks a parsed request against the served models (tools need a model
+/// that has a tool format) and starts tracking it. On failure the error
+/// is counted and returned.
+pub(crate) fn prepare<B: InferenceBackend>(
     s: &AppState<B>,
     model: Option<String>,
     parsed: Result<Validated, ApiError>,
     endpoint: Endpoint,
     account: Account,
-) -> Response {
+) -> Result<Prepared, ApiError> {
     let arrived = Instant::now();
     // Only served models become label values, so clients cannot grow the series.
     let label = match model {
@@ -315,35 +341,81 @@ async fn serve<B: InferenceBackend>(
         Ok(prepared) => prepared,
         Err(e) => {
             tracker.failed(&e);
-            return e.into_response();
+            return Err(e);
         }
     };
     let shape = Shape::new(endpoint, v.request.model.clone(), v.include_usage)
         .with_tools(tool_format)
         .with_logprobs(v.request.logprobs.is_some());
-    let n = v.n;
-    let total_deadline = arrived + s.config.total_timeout;
-    let route_deadline = total_deadline.min(arrived + s.config.route_timeout);
-    // Streams wait for their first token as long as the replica keeps
-    // saying it holds the request; whole answers are bounded in total too.
-    let first_wait = dispatch::FirstWait {
-        idle: s.config.idle_timeout,
-        deadline: (!v.stream).then_some(total_deadline),
+    Ok(Prepared {
+        v,
+        shape,
+        tracker,
+        arrived,
+    })
+}
+
+impl Prepared {
+    /// When to give up: on the whole answer, on routing, on the first token.
+    pub(crate) fn deadlines<B>(&self, s: &AppState<B>) -> (Instant, Instant, dispatch::FirstWait) {
+        let total_deadline = self.arrived + s.config.total_timeout;
+        let route_deadline = total_deadline.min(self.arrived + s.config.route_timeout);
+        // Streams wait for their first token as long as the replica keeps
+        // saying it holds the request; whole answers are bounded in total too.
+        let first_wait = dispatch::FirstWait {
+            idle: s.config.idle_timeout,
+            deadline: (!self.v.stream).then_some(total_deadline),
+        };
+        (total_deadline, route_deadline, first_wait)
+    }
+}
+
+/// Routes a validated request for `model` and answers it, streaming or whole.
+async fn serve<B: InferenceBackend>(
+    s: &AppState<B>,
+    model: Option<String>,
+    parsed: Result<Validated, ApiError>,
+    endpoint: Endpoint,
+    account: Account,
+) -> Response {
+    let mut p = match prepare(s, model, parsed, endpoint, account) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
     };
-    if v.stream {
-        return match dispatch::start_choices(&*s.backend, v.request, n, route_deadline, first_wait)
-            .await
+    if p.v.stream {
+        let (_, route_deadline, first_wait) = p.deadlines(s);
+        let n = p.v.n;
+        return match dispatch::start_choices(
+            &*s.backend,
+            p.v.request,
+            n,
+            route_deadline,
+            first_wait,
+        )
+        .await
         {
-            Ok(started) => stream::respond(started, shape, tracker, s.config.idle_timeout),
+            Ok(started) => stream::respond(started, p.shape, p.tracker, s.config.idle_timeout),
             Err(e) => {
-                tracker.failed(&e);
+                p.tracker.failed(&e);
                 e.into_response()
             }
         };
     }
-    // Nothing has reached the client yet: a replica that fails mid-way
-    // (node killed, model restarting) gets the whole request retried once
-    // on another replica.
+    match whole(s, &mut p).await {
+        Ok(body) => (StatusCode::OK, Json(body)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The whole answer of a prepared non-streaming request. Nothing has
+/// reached the client yet, so a replica that fails mid-way (node killed,
+/// model restarting) gets the whole request retried once on another
+/// replica. A failure is counted before it is returned.
+pub(crate) async fn whole<B: InferenceBackend>(
+    s: &AppState<B>,
+    p: &mut Prepared,
+) -> Result<Body, ApiError> {
+    let (total_deadline, route_deadline, first_wait) = p.deadlines(s);
     let mut result = Err(ApiError::unavailable("not attempted"));
     for attempt in 0..NON_STREAMING_ATTEMPTS {
         let route_deadline = if attempt == 0 {
@@ -353,15 +425,15 @@ async fn serve<B: InferenceBackend>(
         };
         result = match dispatch::start_choices(
             &*s.backend,
-            v.request.clone(),
-            n,
+            p.v.request.clone(),
+            p.v.n,
             route_deadline,
             first_wait,
         )
         .await
         {
             Ok(started) => {
-                collect::respond(started, shape.clone(), &mut tracker, total_deadline).await
+                collect::respond(started, p.shape.clone(), &mut p.tracker, total_deadline).await
             }
             Err(e) => Err(e),
         };
@@ -372,13 +444,10 @@ async fn serve<B: InferenceBackend>(
             _ => break,
         }
     }
-    match result {
-        Ok(response) => response,
-        Err(e) => {
-            tracker.failed(&e);
-            e.into_response()
-        }
+    if let Err(e) = &result {
+        p.tracker.failed(e);
     }
+    result
 }
 
 /// Tries of a non-streaming request whose replica fails (503).

@@ -28,6 +28,7 @@ mod logprobs;
 mod metrics;
 mod request;
 mod response;
+pub mod responses;
 mod stream;
 mod tokenize;
 mod tools;

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod nodes;
 pub mod peers;
 pub mod raft_loop;
+pub mod responses_store;
 pub mod router;
 pub mod tenants;
 pub mod wire;
@@ -146,6 +147,12 @@ pub async fn run(
     let (view_tx, view_rx) = watch::channel(raft_loop::LocalView::default());
     let registry = Arc::new(nodes::NodeRegistry::new());
     let blobs = Arc::new(crate::fl::BlobStore::new(cfg.data_dir.join("blobs")));
+    let responses = Arc::new(responses_store::ReplicatedResponses::new(
+        crate::openai::responses::StoreLimits::default(),
+        peers.clone(),
+        cfg.peers.iter().map(|p| p.id).collect(),
+        timeout,
+    ));
     tasks.push(tokio::spawn(peers::serve_peers(
         server.clone(),
         peers::PeerServices {
@@ -156,6 +163,7 @@ pub async fn run(
             view: view_rx.clone(),
             timeout,
             blobs: blobs.clone(),
+            responses: responses.clone(),
         },
     )));
     let control = controller::ControlConfig {
@@ -268,7 +276,7 @@ pub async fn run(
                 crate::audit::observe,
             ))
     };
-    let inference = inference_routes(router, metrics);
+    let inference = inference_routes(router, responses, metrics);
     let app = match admin_http {
         None => guarded(admin::router(admin).merge(inference)),
         Some(listener) => {
@@ -325,10 +333,14 @@ pub async fn run(
 /// gauges refreshed from the node heartbeats.
 fn inference_routes(
     router: Arc<router::Router>,
+    responses: Arc<responses_store::ReplicatedResponses>,
     metrics: Arc<crate::openai::Metrics>,
 ) -> axum::Router {
     tokio::spawn(refresh_gauges(router.clone(), metrics.clone()));
-    crate::openai::router(Arc::new(router::RouterBackend(router)), metrics)
+    crate::openai::router(
+        Arc::new(router::RouterBackend { router, responses }),
+        metrics,
+    )
 }
 
 /// Copies the routing queue depth and the nodes' running and waiting

@@ -194,6 +194,8 @@ pub struct PeerServices {
     pub timeout: Duration,
     /// Checkpoint blobs.
     pub blobs: Arc<crate::fl::BlobStore>,
+    /// Stored Responses API answers.
+    pub responses: Arc<super::responses_store::ReplicatedResponses>,
 }
 
 /// Accepts connections on `endpoint` until it is closed: coordinators
@@ -424,6 +426,21 @@ async fn handle(peer_id: u64, req: PeerRequest, services: PeerServices) -> PeerR
             }
         }
         PeerRequest::GetBlob { hash } => PeerResponse::Blob(services.blobs.get(&hash)),
+        PeerRequest::PutResponse {
+            id,
+            record,
+            expires_at,
+        } => match services.responses.put_local(&id, record, expires_at) {
+            Ok(()) => PeerResponse::Ack,
+            Err(e) => PeerResponse::Refused(e.to_string()),
+        },
+        PeerRequest::GetResponse { id } => {
+            PeerResponse::Blob(services.responses.get_local(&id).map(|(r, _)| r))
+        }
+        PeerRequest::DeleteResponse { id } => {
+            services.responses.delete_local(&id);
+            PeerResponse::Ack
+        }
         PeerRequest::AuditHash { seq } => {
             let view = services.view.borrow();
             let audit = view.state.audit();

@@ -521,13 +521,19 @@ impl Router {
     }
 }
 
-/// The OpenAI layer's view of the [`Router`].
+/// The OpenAI layer's view of the cluster: the [`Router`] and the
+/// replicated store of Responses API answers.
 #[derive(Debug, Clone)]
-pub struct RouterBackend(pub Arc<Router>);
+pub struct RouterBackend {
+    /// Routes requests to replicas.
+    pub router: Arc<Router>,
+    /// Stored responses.
+    pub responses: Arc<super::responses_store::ReplicatedResponses>,
+}
 
 impl InferenceBackend for RouterBackend {
     fn models(&self) -> Vec<ModelEntry> {
-        self.0.model_entries()
+        self.router.model_entries()
     }
 
     fn generate(
@@ -535,12 +541,12 @@ impl InferenceBackend for RouterBackend {
         req: InferenceRequest,
         prefer: Option<String>,
     ) -> impl std::future::Future<Output = Result<Routed, RouteError>> + Send {
-        let router = self.0.clone();
+        let router = self.router.clone();
         async move { router.generate(req, prefer).await }
     }
 
     fn ready(&self) -> impl std::future::Future<Output = Result<(), RouteError>> + Send {
-        let router = self.0.clone();
+        let router = self.router.clone();
         async move { router.round_trip().await }
     }
 
@@ -548,7 +554,32 @@ impl InferenceBackend for RouterBackend {
         &self,
         req: TokenizeRequest,
     ) -> impl std::future::Future<Output = Result<TokenizeOutput, RouteError>> + Send {
-        let router = self.0.clone();
+        let router = self.router.clone();
         async move { router.tokenize(req).await }
+    }
+
+    fn save_response(
+        &self,
+        id: String,
+        record: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), RouteError>> + Send {
+        let store = self.responses.clone();
+        async move { store.save(&id, record).await }
+    }
+
+    fn load_response(
+        &self,
+        id: String,
+    ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>, RouteError>> + Send {
+        let store = self.responses.clone();
+        async move { store.load(&id).await }
+    }
+
+    fn delete_response(
+        &self,
+        id: String,
+    ) -> impl std::future::Future<Output = Result<bool, RouteError>> + Send {
+        let store = self.responses.clone();
+        async move { store.delete(&id).await }
     }
 }

@@ -41,6 +41,25 @@ pub enum PeerRequest {
         /// Its SHA-256.
         hash: String,
     },
+    /// Keep a stored Responses API answer (replicated to a majority).
+    PutResponse {
+        /// The response id (`resp_...`).
+        id: String,
+        /// The opaque record.
+        record: Vec<u8>,
+        /// When it expires (Unix seconds; the receiver caps it at its TTL).
+        expires_at: u64,
+    },
+    /// Fetch a stored response; answered with [`PeerResponse::Blob`].
+    GetResponse {
+        /// The response id.
+        id: String,
+    },
+    /// Forget a stored response.
+    DeleteResponse {
+        /// The response id.
+        id: String,
+    },
     /// The hash of one entry of the receiver's audit chain (to compare
     /// chains across coordinators).
     AuditHash {
