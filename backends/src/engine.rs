@@ -207,6 +207,14 @@ impl EventSink {
         self.done = true;
     }
 
+    /// Ends the stream with `Unavailable` naming `error` (the step or
+    /// the grammar failed; the request was not completed).
+    fn fail_unavailable(&mut self, error: &dyn std::fmt::Display) {
+        self.finish(GenerateEvent::Failed(GenerateError::Unavailable(
+            error.to_string(),
+        )));
+    }
+
     fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
@@ -648,10 +656,7 @@ impl Engine {
             for it in &plan.items {
                 self.sched.discard(it.id);
                 if let Some(mut seq) = self.seqs.remove(&it.id) {
-                    seq.sink
-                        .finish(GenerateEvent::Failed(GenerateError::Unavailable(
-                            e.to_string(),
-                        )));
+                    seq.sink.fail_unavailable(&e);
                 }
             }
             self.publish_load();
@@ -665,10 +670,7 @@ impl Engine {
             };
             let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
             if let Some(Err(e)) = seq.constraint.as_mut().map(|c| c.apply(logits)) {
-                seq.sink
-                    .finish(GenerateEvent::Failed(GenerateError::Unavailable(
-                        e.to_string(),
-                    )));
+                seq.sink.fail_unavailable(&e);
                 finished.push(it.id);
                 continue;
             }
@@ -816,10 +818,7 @@ fn emit_token(
     let mut complete = false;
     if let Some(c) = seq.constraint.as_mut() {
         if let Err(e) = c.consume(token) {
-            seq.sink
-                .finish(GenerateEvent::Failed(GenerateError::Unavailable(
-                    e.to_string(),
-                )));
+            seq.sink.fail_unavailable(&e);
             return true;
         }
         complete = c.is_complete();

@@ -21,6 +21,19 @@ fn metrics(api: SocketAddr, key: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
+/// Prompt tokens served from the prefix cache since `before` (the
+/// cluster's total), once the metrics show at least `at_least` of them
+/// (node heartbeats carry them; waits up to 10 s for `what`).
+fn wait_for_hits(up: &LocalUp, before: f64, at_least: f64, what: &str) -> f64 {
+    wait_until(what, Duration::from_secs(10), || {
+        let h = metric_sum(
+            &metrics(up.api, up.key()),
+            "inferno_prefix_cache_hit_tokens_total",
+        ) - before;
+        (h >= at_least).then_some(h)
+    })
+}
+
 /// About 1,100 tokens of plain English.
 fn long_system_prompt() -> String {
     let words = [
@@ -136,17 +149,7 @@ fn shared_prefixes_are_reused_across_coordinators_and_open_ended_streams_all_run
         &system,
         "When does the ship leave?",
     );
-    let hits = wait_until(
-        "the prefix-cache hits to show in the metrics",
-        Duration::from_secs(10),
-        || {
-            let h = metric_sum(
-                &metrics(up.api, up.key()),
-                "inferno_prefix_cache_hit_tokens_total",
-            ) - hits_before;
-            (h >= 900.0).then_some(h)
-        },
-    );
+    let hits = wait_for_hits(&up, hits_before, 900.0, "the prefix-cache hits");
     eprintln!("cold {cold:?}, warm {warm:?}, {hits} prompt tokens from the cache");
     assert!(warm * 3 < cold, "warm request took {warm:?}, cold {cold:?}");
 
@@ -201,16 +204,11 @@ fn shared_prefixes_are_reused_across_coordinators_and_open_ended_streams_all_run
     assert_eq!(v["choices"].as_array().map(Vec::len), Some(4), "{v}");
     let prompt = v["usage"]["prompt_tokens"].as_f64().unwrap_or(0.0);
     assert!(prompt > 1000.0, "{v}");
-    let hits = wait_until(
-        "three choices' prompts to come from the cache",
-        Duration::from_secs(10),
-        || {
-            let h = metric_sum(
-                &metrics(up.api, up.key()),
-                "inferno_prefix_cache_hit_tokens_total",
-            ) - hits_before;
-            (h >= 3.0 * (prompt - 32.0)).then_some(h)
-        },
+    let hits = wait_for_hits(
+        &up,
+        hits_before,
+        3.0 * (prompt - 32.0),
+        "three choices' prompts from the cache",
     );
     eprintln!("n=4 over a {prompt}-token prompt: {hits} prompt tokens from the cache");
 }
