@@ -176,13 +176,10 @@ async fn tokenize<B: InferenceBackend>(
     State(s): State<Arc<AppState<B>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let answer = match read_body(body, s.config.max_body_bytes)
-        .and_then(|b| validate::parse_body::<TokenizeBody>(&b))
-    {
-        Ok(body) => bounded(&s, super::tokenize::tokenize(&*s.backend, body)).await,
-        Err(e) => Err(e),
-    };
-    json_or_error(answer)
+    json_call(&s, body, |b: TokenizeBody| {
+        super::tokenize::tokenize(&*s.backend, b)
+    })
+    .await
 }
 
 /// `POST /detokenize` ([`super::tokenize`]).
@@ -190,10 +187,28 @@ async fn detokenize<B: InferenceBackend>(
     State(s): State<Arc<AppState<B>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    json_call(&s, body, |b: DetokenizeBody| {
+        super::tokenize::detokenize(&*s.backend, b)
+    })
+    .await
+}
+
+/// Parses a JSON body into `T` and answers `work(body)` (bounded by the
+/// route timeout) as JSON, or the error.
+async fn json_call<B, T, F, Fut>(
+    s: &AppState<B>,
+    body: Result<Bytes, BytesRejection>,
+    work: F,
+) -> Response
+where
+    T: serde::de::DeserializeOwned,
+    F: FnOnce(T) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
+{
     let answer = match read_body(body, s.config.max_body_bytes)
-        .and_then(|b| validate::parse_body::<DetokenizeBody>(&b))
+        .and_then(|b| validate::parse_body::<T>(&b))
     {
-        Ok(body) => bounded(&s, super::tokenize::detokenize(&*s.backend, body)).await,
+        Ok(body) => bounded(s, work(body)).await,
         Err(e) => Err(e),
     };
     json_or_error(answer)
