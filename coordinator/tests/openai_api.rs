@@ -718,6 +718,10 @@ async fn openai_wrong_types_and_ranges_name_the_parameter() {
         (json!({"messages": []}), "messages"),
         (json!({"model": null}), "model"),
         (json!({"model": 7}), "model"),
+        (json!({"logit_bias": {"15": 5}}), "logit_bias"),
+        (json!({"store": true}), "store"),
+        (json!({"reasoning_effort": "high"}), "reasoning_effort"),
+        (json!({"max_token": 5}), "max_token"),
     ];
     for (extra, param) in cases {
         let a = post(
@@ -1729,6 +1733,32 @@ async fn bad_responses_requests_name_the_field() {
             "background",
         ),
         (
+            json!({"model": MODEL, "input": "x", "reasoning": {"effort": "high"}}),
+            StatusCode::BAD_REQUEST,
+            "reasoning.effort",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "truncation": "auto"}),
+            StatusCode::BAD_REQUEST,
+            "truncation",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "include": ["file_search_call.results"]}),
+            StatusCode::BAD_REQUEST,
+            "include[0]",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "text": {"verbosity": "low"}}),
+            StatusCode::BAD_REQUEST,
+            "text.verbosity",
+        ),
+        (
+            json!({"model": MODEL, "input": "x", "previous_response_id": "resp_nothere",
+                   "frobnicate": true}),
+            StatusCode::BAD_REQUEST,
+            "frobnicate",
+        ),
+        (
             json!({"model": MODEL, "input": "x", "previous_response_id": "resp_nothere"}),
             StatusCode::NOT_FOUND,
             "previous_response_id",
@@ -1743,6 +1773,20 @@ async fn bad_responses_requests_name_the_field() {
         a.assert_error(status, Some(param));
     }
     assert!(fake.requests.lock().unwrap().is_empty());
-    let a = post(app, "/v1/responses", json!({"model": "nope", "input": "x"})).await;
+    let a = post(
+        app.clone(),
+        "/v1/responses",
+        json!({"model": "nope", "input": "x"}),
+    )
+    .await;
     a.assert_error(StatusCode::NOT_FOUND, Some("model"));
+    // What the Codex CLI sends besides the basics asks for nothing that
+    // is not done: no reasoning, no encrypted reasoning to include.
+    let codex_like = json!({
+        "model": MODEL, "input": "x", "store": false, "reasoning": null,
+        "include": ["reasoning.encrypted_content"], "prompt_cache_key": "session-1",
+        "text": {"verbosity": "medium"}, "service_tier": "auto",
+    });
+    let a = post(app, "/v1/responses", codex_like).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
 }

@@ -23,6 +23,7 @@ mod collect;
 mod constraint;
 mod dispatch;
 mod errors;
+mod extra_params;
 mod handlers;
 mod logprobs;
 mod metrics;

@@ -1,9 +1,9 @@
 //! OpenAI request bodies as clients send them, before validation. Every
 //! field is optional here so that [`validate`](super::validate) can name
-//! what is missing; unknown fields are ignored.
+//! what is missing; fields they do not name are kept in `extra`.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Body of `POST /v1/chat/completions`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -16,6 +16,9 @@ pub struct ChatCompletionRequest {
     /// Sampling and output options.
     #[serde(flatten)]
     pub params: GenerationParams,
+    /// Every other field, for [`extra_params`](super::extra_params).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// Body of `POST /v1/completions`.
@@ -32,6 +35,9 @@ pub struct CompletionRequest {
     /// Sampling and output options.
     #[serde(flatten)]
     pub params: GenerationParams,
+    /// Every other field, for [`extra_params`](super::extra_params).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// Options shared by chat and text completions, including the extensions

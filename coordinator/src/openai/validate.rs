@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::errors::ApiError;
+use super::extra_params::{self, Route};
 use super::request::{
     ChatCompletionRequest, ChatMessageIn, CompletionRequest, GenerationParams, MessageContent,
     PromptIn, StopIn, ToolCallIn,
@@ -52,13 +53,18 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             None,
         )
     })?;
+    parse_value(&value)
+}
+
+/// Deserializes a JSON value into `T`, as [`parse_body`] does.
+pub fn parse_value<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     let Some(object) = value.as_object() else {
         return Err(ApiError::invalid(
             "The request body must be a JSON object.",
             None,
         ));
     };
-    T::deserialize(&value).map_err(|e| match bad_param::<T>(object) {
+    T::deserialize(value).map_err(|e| match bad_param::<T>(object) {
         Some(param) => {
             let detail = expectation(&param).map_or_else(|| e.to_string(), str::to_string);
             ApiError::invalid(
@@ -97,6 +103,7 @@ fn expectation(param: &str) -> Option<&'static str> {
 /// Validates a chat completion request.
 pub fn chat(mut req: ChatCompletionRequest) -> Result<Validated, ApiError> {
     let model = model(req.model)?;
+    extra_params::check(Route::Chat, &req.extra)?;
     let plan = tools::spec::parse(
         req.params.tools.take(),
         req.params.tool_choice.take(),
@@ -140,6 +147,7 @@ pub fn chat(mut req: ChatCompletionRequest) -> Result<Validated, ApiError> {
 /// Validates a text completion request.
 pub fn completion(mut req: CompletionRequest) -> Result<Validated, ApiError> {
     let model = model(req.model)?;
+    extra_params::check(Route::Completions, &req.extra)?;
     let logprobs = super::logprobs::completion_param(
         req.params.logprobs.take(),
         req.params.top_logprobs.take(),

@@ -30,6 +30,7 @@ pub use store::{valid_id, ResponseStore, StoreError, StoreLimits};
 use super::backend::InferenceBackend;
 use super::chunks::Endpoint;
 use super::errors::ApiError;
+use super::extra_params::{self, Route};
 use super::handlers::{self, AppState};
 use super::request::ChatCompletionRequest;
 use super::validate;
@@ -103,6 +104,7 @@ async fn create_inner<B: InferenceBackend>(
 ) -> Result<Response, ApiError> {
     let bytes = handlers::read_body(body, s.config.max_body_bytes)?;
     let mut body: ResponsesBody = validate::parse_body(&bytes)?;
+    extra_params::check(Route::Responses, &body.extra)?;
     let owner = owner(principal.as_ref());
     let history = match &body.previous_response_id {
         Some(id) => {
@@ -119,7 +121,7 @@ async fn create_inner<B: InferenceBackend>(
     }
     messages.extend(conversation.iter().cloned());
     let chat = translate::chat_body(&body, messages)?;
-    let chat: ChatCompletionRequest = validate::parse_body(chat.to_string().as_bytes())?;
+    let chat: ChatCompletionRequest = validate::parse_value(&chat)?;
     let model = chat.model.clone();
     let validated =
         validate::chat(chat).map(|v| handlers::keyed(v, principal.as_ref().map(|p| &p.0), headers));

@@ -43,6 +43,9 @@ pub struct ResponsesBody {
     pub metadata: Option<Value>,
     /// Run in the background (not supported).
     pub background: Option<bool>,
+    /// Every other field, for [`extra_params`](crate::openai::extra_params).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// Most metadata pairs, and the longest key and value.
@@ -197,8 +200,14 @@ pub fn chat_body(body: &ResponsesBody, messages: Vec<Value>) -> Result<Value, Ap
     if let Some(p) = body.parallel_tool_calls {
         chat.insert("parallel_tool_calls".into(), json!(p));
     }
-    if let Some(format) = body.text.as_ref().and_then(|t| t.get("format")) {
-        if let Some(rf) = response_format(format)? {
+    if let Some(text) = &body.text {
+        text_options(text)?;
+        if let Some(rf) = text
+            .get("format")
+            .map(response_format)
+            .transpose()?
+            .flatten()
+        {
             chat.insert("response_format".into(), rf);
         }
     }
@@ -233,6 +242,29 @@ fn function_tool(i: usize, tool: &Value) -> Result<Value, ApiError> {
         }
     }
     Ok(json!({"type": "function", "function": function}))
+}
+
+/// `text`'s fields besides `format`: only the default verbosity can be
+/// honoured (the model's answer is as long as it is).
+fn text_options(text: &Value) -> Result<(), ApiError> {
+    let Some(object) = text.as_object() else {
+        return Err(ApiError::invalid("'text' must be an object.", Some("text")));
+    };
+    for (key, value) in object {
+        let ok = match key.as_str() {
+            "format" => true,
+            "verbosity" => value.is_null() || value == "medium",
+            _ => value.is_null(),
+        };
+        if !ok {
+            let param = format!("text.{key}");
+            return Err(ApiError::invalid(
+                format!("'{param}' is not supported by this server."),
+                Some(&param),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `text.format` as chat's `response_format` (`None` for plain text).
