@@ -682,7 +682,9 @@ impl Engine {
             seq.sampler.accept(token);
             seq.generated += 1;
             self.sched.append_token(it.id, token);
-            if emit_token(seq, token, logprob, &self.frontend) {
+            if emit_token(seq, token, logprob, &self.frontend)
+                || fast_forward(seq, it.id, &mut self.sched, &self.frontend)
+            {
                 finished.push(it.id);
             }
         }
@@ -795,6 +797,46 @@ fn token_logprob(
             })
             .collect(),
     }
+}
+
+/// Most tokens a grammar may force into one step: they are computed in the
+/// next forward pass like a short prefill.
+const MAX_FORCED_PER_STEP: usize = 64;
+
+/// Appends the tokens a sequence's grammar forces (the only valid
+/// continuation) as if sampled, so that the next step computes them all
+/// at once instead of one step each; returns whether the sequence is
+/// finished. A forced token has probability 1 under the mask.
+fn fast_forward(
+    seq: &mut Sequence,
+    id: SeqId,
+    sched: &mut Scheduler,
+    frontend: &ModelFrontend,
+) -> bool {
+    let Some(forced) = seq.constraint.as_mut().map(TokenConstraint::forced_tokens) else {
+        return false;
+    };
+    for token in forced.into_iter().take(MAX_FORCED_PER_STEP) {
+        let logprob = seq.logprobs.map(|k| protocol::TokenLogprob {
+            bytes: frontend.tokenizer.token_bytes(token).unwrap_or_default(),
+            logprob: 0.0,
+            top: (k > 0)
+                .then(|| protocol::TopLogprob {
+                    token_id: token,
+                    bytes: frontend.tokenizer.token_bytes(token).unwrap_or_default(),
+                    logprob: 0.0,
+                })
+                .into_iter()
+                .collect(),
+        });
+        seq.sampler.accept(token);
+        seq.generated += 1;
+        sched.append_token(id, token);
+        if emit_token(seq, token, logprob, frontend) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Streams one sampled token (with its log-probabilities, if asked for) to

@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use llguidance::api::TopLevelGrammar;
-use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
+use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 use protocol::OutputConstraint;
 
@@ -90,7 +90,14 @@ impl GrammarCompiler {
         let mut info = TokRxInfo::new(vocab, eos);
         info.tok_bos = tokenizer.bos_id();
         let trie = TokTrie::from(&info, &words);
-        let env: TokEnv = Arc::new(ApproximateTokEnv::new(trie));
+        let env: TokEnv = if tokenizer.is_byte_level() {
+            Arc::new(ModelTokEnv {
+                trie,
+                tokenizer: tokenizer.clone(),
+            })
+        } else {
+            Arc::new(ApproximateTokEnv::new(trie))
+        };
         let mut factory = ParserFactory::new_simple(&env).map_err(engine)?;
         factory.quiet();
         Ok(Self {
@@ -238,6 +245,61 @@ impl TokenConstraint {
     /// Whether the output is complete and nothing more may follow.
     pub fn is_complete(&self) -> bool {
         self.matcher.is_stopped()
+    }
+
+    /// The tokens the grammar allows as the only continuation from here
+    /// (e.g. the keys and punctuation of a schema between two values), in
+    /// the model's own tokenization. They can be appended without a step
+    /// each. Empty when nothing is forced, and always for tokenizers whose
+    /// tokenization llguidance cannot reproduce (SentencePiece).
+    pub fn forced_tokens(&mut self) -> Vec<u32> {
+        if self.matcher.is_stopped() {
+            return Vec::new();
+        }
+        self.matcher.compute_ff_tokens()
+    }
+}
+
+/// The model's own tokenizer for llguidance, so that the tokens it forces
+/// are the ones the model would have produced (byte-level BPE only: it
+/// tokenizes any text the same way wherever it is cut at a pre-token).
+struct ModelTokEnv {
+    trie: TokTrie,
+    tokenizer: GgufTokenizer,
+}
+
+impl TokenizerEnv for ModelTokEnv {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
+        let Ok(text) = std::str::from_utf8(s) else {
+            return self.trie.greedy_tokenize(s);
+        };
+        // All of the text is literal: special-token text in a grammar's
+        // output is text, never a control token.
+        let whole = 0..text.len();
+        match self
+            .tokenizer
+            .encode_with_literals(text, std::slice::from_ref(&whole))
+        {
+            Ok(mut ids) => {
+                if self.tokenizer.adds_bos() {
+                    if let (Some(bos), Some(&first)) = (self.tokenizer.bos_id(), ids.first()) {
+                        if first == bos {
+                            ids.remove(0);
+                        }
+                    }
+                }
+                ids
+            }
+            Err(_) => self.trie.greedy_tokenize(s),
+        }
+    }
+
+    fn tokenize_is_canonical(&self) -> bool {
+        true
     }
 }
 

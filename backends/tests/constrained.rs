@@ -220,3 +220,62 @@ fn constrained_outputs_survive_preemption_unchanged() {
         assert_eq!(alone, batched);
     }
 }
+
+#[test]
+fn tokens_the_grammar_forces_are_appended_without_a_step_each() {
+    use std::sync::atomic::Ordering;
+    // Long keys and a one-value enum: most of the output is forced.
+    let schema = r#"{
+      "type": "object",
+      "properties": {
+        "the_name_of_the_person_described": {"type": "string", "maxLength": 12},
+        "their_favourite_colour_in_english": {"enum": ["a shade of deep ocean blue"]},
+        "how_many_years_old_they_are_today": {"type": "integer", "minimum": 0, "maximum": 99}
+      },
+      "required": ["the_name_of_the_person_described",
+                   "their_favourite_colour_in_english",
+                   "how_many_years_old_they_are_today"],
+      "additionalProperties": false
+    }"#;
+    let h = engine();
+    let mut req = constrained(
+        &h,
+        "Describe a person as JSON.",
+        OutputConstraint::JsonSchema(schema.into()),
+        SamplingParams::greedy(),
+    );
+    req.logprobs = Some(1);
+    let before = h.stats().steps.load(Ordering::Relaxed);
+    let out = collect(h.submit(req).expect("admitted"));
+    let steps = h.stats().steps.load(Ordering::Relaxed) - before;
+    assert_eq!(out.error, None);
+    assert_eq!(out.finish, Some(FinishReason::Stop), "{:?}", out.text);
+    let v: Value = serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {}", out.text));
+    assert_eq!(
+        v["their_favourite_colour_in_english"],
+        "a shade of deep ocean blue"
+    );
+    assert!(
+        v["how_many_years_old_they_are_today"].is_u64(),
+        "{}",
+        out.text
+    );
+    // The prompt takes a step or two; each sampled token one more.
+    assert!(
+        (steps as usize) * 2 < out.tokens.len(),
+        "{steps} steps for {} tokens: {}",
+        out.tokens.len(),
+        out.text
+    );
+    // Every token has its log-probability, forced ones 0 (probability 1).
+    assert_eq!(out.logprobs.len(), out.tokens.len());
+    let forced = out.logprobs.iter().filter(|l| l.logprob == 0.0).count();
+    assert!(
+        forced * 2 > out.tokens.len(),
+        "{forced} of {}",
+        out.tokens.len()
+    );
+    // Forced text is what the model's tokenizer makes of it.
+    let tokenizer = &h.frontend().tokenizer;
+    assert_eq!(tokenizer.decode(&out.tokens).expect("decodes"), out.text);
+}

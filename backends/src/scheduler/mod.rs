@@ -445,8 +445,10 @@ impl Scheduler {
                 len: e.tokens.len() - e.computed,
                 want_logits: true,
             });
+            let len = e.tokens.len() - e.computed;
             e.computed = e.tokens.len();
-            *budget -= 1;
+            // Tokens a grammar forced make a decode longer than one.
+            *budget = budget.saturating_sub(len.max(1));
             i += 1;
         }
     }

@@ -696,6 +696,18 @@ impl GgufTokenizer {
         self.bytes.get(id as usize).map(Vec::as_slice)
     }
 
+    /// Whether [`encode`](Self::encode) puts a BOS token first.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Whether this is a byte-level BPE vocabulary (`gpt2`), which splits
+    /// text into pre-tokens before merging, so that a text's tokens can be
+    /// reproduced from the text alone.
+    pub fn is_byte_level(&self) -> bool {
+        matches!(self.inner, Inner::Bpe(_))
+    }
+
     /// Beginning-of-sequence token id, if the GGUF names one.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
