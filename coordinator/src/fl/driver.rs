@@ -162,25 +162,20 @@ impl FlContext {
             .blobs
             .put(bytes)
             .map_err(|e| format!("cannot store the checkpoint: {e}"))?;
-        let members = self.peer_ids.len() + 1;
-        let mut holders = 1;
-        let sends = self.peer_ids.iter().map(|id| {
-            let req = PeerRequest::PutBlob {
-                hash: hash.clone(),
-                bytes: bytes.to_vec(),
-            };
-            async move { self.peers.request(*id, &req, self.timeout).await }
-        });
-        for r in futures_util::future::join_all(sends).await {
-            if matches!(r, Ok(PeerResponse::Ack)) {
-                holders += 1;
-            }
-        }
-        if holders * 2 > members {
+        let req = PeerRequest::PutBlob {
+            hash: hash.clone(),
+            bytes: bytes.to_vec(),
+        };
+        let held = self
+            .peers
+            .replicate(&self.peer_ids, &req, self.timeout)
+            .await;
+        if held.is_majority() {
             Ok(hash)
         } else {
             Err(format!(
-                "checkpoint stored on {holders} of {members} coordinators"
+                "checkpoint stored on {} of {} coordinators",
+                held.holders, held.members
             ))
         }
     }

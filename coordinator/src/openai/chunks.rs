@@ -323,7 +323,7 @@ impl Shape {
 }
 
 /// An answer that made calls and stopped on its own finished to call them.
-fn calls_finish(reason: FinishReason, called: bool) -> FinishReason {
+pub(crate) fn calls_finish(reason: FinishReason, called: bool) -> FinishReason {
     if called && reason == FinishReason::Stop {
         FinishReason::ToolCalls
     } else {

@@ -92,18 +92,9 @@ pub(crate) fn respond(
             if state.done {
                 return None;
             }
-            let next = tokio::time::timeout(state.idle_timeout, state.events.next()).await;
-            match next {
-                Ok(Some((i, event))) => state.handle(i, event),
-                Ok(None) => state.fail(ApiError::unavailable(
-                    "The replica ended the stream before finishing.",
-                )),
-                Err(_) => {
-                    let secs = state.idle_timeout.as_secs();
-                    state.fail(ApiError::timeout(format!(
-                        "No token from the replica for {secs} s."
-                    )))
-                }
+            match next_event(state.idle_timeout, state.events.next()).await {
+                Ok((i, event)) => state.handle(i, event),
+                Err(e) => state.fail(e),
             }
         }
     });
@@ -154,9 +145,7 @@ impl State {
             // event starts again.
             Some(GenerateEvent::KeepAlive) => {}
             None if self.choices[i].finished => {}
-            None => self.fail(ApiError::unavailable(
-                "The replica ended the stream before finishing.",
-            )),
+            None => self.fail(ended_early()),
         }
     }
 
@@ -197,6 +186,27 @@ impl State {
             .push_back(Event::default().data(error.body().to_string()));
         self.done = true;
     }
+}
+
+/// The next event of a stream, waiting at most `idle` for it: a stream
+/// that ends or goes quiet that long is an error to end the answer with.
+pub(crate) async fn next_event<T>(
+    idle: Duration,
+    next: impl std::future::Future<Output = Option<T>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(idle, next).await {
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => Err(ended_early()),
+        Err(_) => Err(ApiError::timeout(format!(
+            "No token from the replica for {} s.",
+            idle.as_secs()
+        ))),
+    }
+}
+
+/// A replica's events ended before the request finished.
+fn ended_early() -> ApiError {
+    ApiError::unavailable("The replica ended the stream before finishing.")
 }
 
 fn json_event(body: &Body) -> Event {

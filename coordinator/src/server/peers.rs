@@ -123,6 +123,44 @@ impl Peers {
             }
         }
     }
+
+    /// Sends a write to every peer in `peer_ids` at once; how many of the
+    /// coordinators (this one, which already holds it, and the peers that
+    /// acknowledged) hold it now.
+    pub async fn replicate(
+        &self,
+        peer_ids: &[u64],
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Holders {
+        let sends = peer_ids.iter().map(|&id| self.request(id, req, timeout));
+        let acks = futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(PeerResponse::Ack)))
+            .count();
+        Holders {
+            holders: acks + 1,
+            members: peer_ids.len() + 1,
+        }
+    }
+}
+
+/// How many coordinators hold a replicated record, of how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holders {
+    /// Coordinators holding it, this one included.
+    pub holders: usize,
+    /// Coordinators in the cluster.
+    pub members: usize,
+}
+
+impl Holders {
+    /// Whether the holders are a majority, so that any other majority
+    /// (every quorum that can answer a read) contains one of them.
+    pub fn is_majority(self) -> bool {
+        self.holders * 2 > self.members
+    }
 }
 
 /// Runs the raft sender of peer `to`: batches queued messages into one
@@ -630,6 +668,16 @@ pub async fn submit_write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_is_safe_once_more_than_half_the_coordinators_hold_it() {
+        let held = |holders, members| Holders { holders, members }.is_majority();
+        assert!(held(1, 1));
+        assert!(!held(1, 2) && held(2, 2));
+        assert!(!held(1, 3) && held(2, 3));
+        assert!(!held(2, 4) && held(3, 4));
+        assert!(!held(2, 5) && held(3, 5));
+    }
 
     #[test]
     fn the_certificate_role_decides_what_a_connection_may_carry() {

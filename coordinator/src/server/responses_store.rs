@@ -70,21 +70,16 @@ impl ReplicatedResponses {
             record,
             expires_at,
         };
-        let sends = self
-            .peer_ids
-            .iter()
-            .map(|&peer| self.peers.request(peer, &req, self.timeout));
-        let acks = futures_util::future::join_all(sends)
-            .await
-            .into_iter()
-            .filter(|r| matches!(r, Ok(PeerResponse::Ack)))
-            .count();
-        let (holders, members) = (acks + 1, self.peer_ids.len() + 1);
-        if holders * 2 > members {
+        let held = self
+            .peers
+            .replicate(&self.peer_ids, &req, self.timeout)
+            .await;
+        if held.is_majority() {
             Ok(())
         } else {
             Err(RouteError::Unavailable(format!(
-                "the response was stored on {holders} of {members} coordinators, not a majority"
+                "the response was stored on {} of {} coordinators, not a majority",
+                held.holders, held.members
             )))
         }
     }

@@ -17,11 +17,12 @@ use tokio::sync::mpsc;
 use super::output::{self, Call, Outcome, Pending};
 use super::Keep;
 use crate::openai::backend::InferenceBackend;
-use crate::openai::dispatch;
 use crate::openai::errors::ApiError;
 use crate::openai::handlers::{AppState, Prepared};
+use crate::openai::stream::next_event;
 use crate::openai::tools::{ToolCallParser, ToolEvent};
 use crate::openai::tracker::RequestTracker;
+use crate::openai::{chunks, dispatch};
 
 /// A stream's state between two polls.
 struct State<B> {
@@ -102,15 +103,9 @@ pub(super) async fn respond<B: InferenceBackend>(
                 if state.done {
                     return None;
                 }
-                match tokio::time::timeout(idle, state.events.recv()).await {
-                    Ok(Some(event)) => state.handle(event).await,
-                    Ok(None) => state.fail(ApiError::unavailable(
-                        "The replica ended the stream before finishing.",
-                    )),
-                    Err(_) => state.fail(ApiError::timeout(format!(
-                        "No token from the replica for {} s.",
-                        idle.as_secs()
-                    ))),
+                match next_event(idle, state.events.recv()).await {
+                    Ok(event) => state.handle(event).await,
+                    Err(e) => state.fail(e),
                 }
             }
         }
@@ -158,11 +153,7 @@ impl<B: InferenceBackend> State<B> {
                     }
                 }
                 let called = !self.outcome.calls.is_empty();
-                self.outcome.reason = Some(if called && reason == FinishReason::Stop {
-                    FinishReason::ToolCalls
-                } else {
-                    reason
-                });
+                self.outcome.reason = Some(chunks::calls_finish(reason, called));
                 self.outcome.usage = usage;
                 self.complete().await;
             }
