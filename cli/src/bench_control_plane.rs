@@ -64,14 +64,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Runs the benchmark (blocking; call it off the async runtime).
 pub fn run(a: ControlPlaneBenchArgs) -> anyhow::Result<()> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "inferno-bench-control-plane-{}-{nanos}",
-        std::process::id()
-    ));
+    let dir = crate::scratch::unique_temp_dir("inferno-bench-control-plane");
     // The directory (logs included) is kept when the benchmark fails.
     let report = bench(&a, &dir)?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -190,10 +190,7 @@ pub fn run(a: FlBenchArgs) -> anyhow::Result<()> {
     let id = format!("bench-fl-{}", std::process::id());
     let spec = job_spec(&a, &id, &data_dir)?;
 
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!("inferno-bench-fl-{}-{nanos}", std::process::id()));
+    let dir = crate::scratch::unique_temp_dir("inferno-bench-fl");
     let result = bench(&a, &spec, &data_dir, &dir, started);
     if a.keep_dir || result.is_err() {
         eprintln!("cluster directory (configs, logs): {}", dir.display());

@@ -21,6 +21,7 @@ mod models;
 mod node_cmd;
 mod perplexity;
 mod pull;
+mod scratch;
 mod signals;
 mod status;
 mod tenants;

@@ -94,10 +94,7 @@ struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     fn new(prefix: &str) -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        let dir = crate::scratch::unique_temp_dir(prefix);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(ScratchDir(dir))
