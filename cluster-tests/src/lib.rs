@@ -1,5 +1,6 @@
 //! Helpers for tests that run the real `inferno` binary as separate processes.
 
+pub mod coordinators;
 pub mod http;
 pub mod local_up;
 pub mod udp_proxy;

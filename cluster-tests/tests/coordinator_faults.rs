@@ -5,74 +5,26 @@
 //! and every process is SIGKILLed on drop.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use inferno_cluster_tests::{inferno, poll_until, udp_proxy::UdpProxy};
+use inferno_cluster_tests::coordinators::{
+    self, free_udp, json_call, CoordinatorConfig, CoordinatorProc, NoAnswer, REQUEST_TIMEOUT_MS,
+};
+use inferno_cluster_tests::local_up::free_tcp;
+use inferno_cluster_tests::{poll_until, udp_proxy::UdpProxy};
 use lincheck::{Input, Operation, Output};
 use protocol::tls::{CertRole, ClusterCa};
 use serde_json::{json, Value};
 
 const N: usize = 3;
-const REQUEST_TIMEOUT_MS: u64 = 3000;
 /// The admin key every coordinator bootstraps from (a throwaway cluster).
 const ADMIN_KEY: &str = "inf-coordinator-faults-test-admin-key";
 
-/// A coordinator process, SIGKILLed when dropped.
-struct Proc {
-    child: Option<Child>,
-    config: PathBuf,
-    log: PathBuf,
-    http: SocketAddr,
-    id: u64,
-}
-
-impl Proc {
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "coordinator {} already runs", self.id);
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open log");
-        let child = inferno()
-            .arg("coordinator")
-            .arg("--config")
-            .arg(&self.config)
-            .env(
-                "INFERNO_LOG",
-                std::env::var("INFERNO_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn inferno coordinator");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn alive(&self) -> bool {
-        self.child.is_some()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+type Proc = CoordinatorProc;
 
 /// Three coordinators in a temp dir. `peer_addr(i, j, real)` is the raft
 /// address coordinator `i` uses for peer `j` (`real` without a proxy).
@@ -94,16 +46,16 @@ impl Cluster {
                 .save(&certs, false)
                 .expect("save member");
         }
-        std::fs::write(dir.path().join("admin.key"), ADMIN_KEY).expect("write the admin key");
         let raft: Vec<SocketAddr> = (0..N).map(|_| free_udp()).collect();
         let http: Vec<SocketAddr> = (0..N).map(|_| free_tcp()).collect();
         let procs = (0..N)
-            .map(|i| Proc {
-                child: None,
-                config: write_config(dir.path(), i, &raft, &http, &peer_addr),
-                log: dir.path().join(format!("coordinator-{}.log", i + 1)),
-                http: http[i],
-                id: i as u64 + 1,
+            .map(|i| {
+                Proc::new(
+                    write_config(dir.path(), i, &raft, &http, &peer_addr),
+                    dir.path().join(format!("coordinator-{}.log", i + 1)),
+                    http[i],
+                    i as u64 + 1,
+                )
             })
             .collect();
         Cluster { procs, raft, dir }
@@ -176,16 +128,6 @@ impl Cluster {
     }
 }
 
-fn free_udp() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    s.local_addr().expect("udp addr")
-}
-
-fn free_tcp() -> SocketAddr {
-    let s = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-    s.local_addr().expect("tcp addr")
-}
-
 fn write_config(
     dir: &Path,
     i: usize,
@@ -193,80 +135,31 @@ fn write_config(
     http: &[SocketAddr],
     peer_addr: &impl Fn(usize, usize, SocketAddr) -> SocketAddr,
 ) -> PathBuf {
-    let mut text = format!(
-        "id = {id}\ndata_dir = {data:?}\nraft_addr = \"{raft}\"\nhttp_addr = \"{http}\"\n\
-         certs_dir = {certs:?}\nname = \"coordinator-{id}\"\ntick_ms = 50\nelection_ticks = 10\n\
-         heartbeat_ticks = 2\nrequest_timeout_ms = {REQUEST_TIMEOUT_MS}\nbootstrap = true\n\
-         admin_key_file = {key:?}\n",
-        id = i + 1,
-        data = dir.join(format!("data-{}", i + 1)),
-        raft = raft[i],
-        http = http[i],
-        certs = dir.join("certs"),
-        key = dir.join("admin.key"),
-    );
-    for j in (0..N).filter(|&j| j != i) {
-        text.push_str(&format!(
-            "\n[[peers]]\nid = {}\nraft_addr = \"{}\"\nname = \"coordinator-{}\"\n",
-            j + 1,
-            peer_addr(i, j, raft[j]),
-            j + 1
-        ));
-    }
-    let path = dir.join(format!("coordinator-{}.toml", i + 1));
-    std::fs::write(&path, text).expect("write config");
-    path
+    let peers: Vec<(usize, SocketAddr)> = (0..N)
+        .filter(|&j| j != i)
+        .map(|j| (j, peer_addr(i, j, raft[j])))
+        .collect();
+    coordinators::write_config(
+        &CoordinatorConfig {
+            dir,
+            index: i,
+            raft: raft[i],
+            http: http[i],
+            admin_key: ADMIN_KEY,
+            extra: "",
+        },
+        &peers,
+    )
 }
 
-/// Why a request got no HTTP answer: `refused` means it never reached a
-/// server (so it certainly had no effect).
-struct NoAnswer {
-    refused: bool,
-    detail: String,
-}
-
-impl std::fmt::Debug for NoAnswer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (refused: {})", self.detail, self.refused)
-    }
-}
-
-/// One HTTP/1.1 request, bounded by timeouts.
+/// One admin call, bounded by timeouts.
 fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> Result<(u16, Value), NoAnswer> {
-    let fail = |refused: bool, detail: String| NoAnswer { refused, detail };
-    let io = |e: std::io::Error| fail(false, e.to_string());
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| {
-        let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
-        fail(refused, e.to_string())
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(8)))
-        .map_err(io)?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(io)?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(io)?;
-    let text = String::from_utf8(resp).map_err(|e| fail(false, e.to_string()))?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| fail(false, format!("no headers end: {text:?}")))?;
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| fail(false, format!("bad status: {head:?}")))?;
-    let value = serde_json::from_str(body).map_err(|e| fail(false, format!("{e}: {body:?}")))?;
-    Ok((status, value))
+    json_call(addr, ADMIN_KEY, method, path, body)
 }
 
 fn model(name: &str, source: &str) -> Value {

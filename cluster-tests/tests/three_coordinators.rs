@@ -3,80 +3,25 @@
 //! leader, and catch-up of a restarted coordinator. Every wait is bounded.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use inferno_cluster_tests::coordinators::{
+    self, free_udp, json_call, CoordinatorConfig, CoordinatorProc as Proc,
+};
+use inferno_cluster_tests::local_up::free_tcp;
+use inferno_cluster_tests::{inferno, wait_until};
 use protocol::tls::{CertRole, ClusterCa};
 use serde_json::{json, Value};
 
 const N: usize = 3;
 
-fn inferno_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("INFERNO_BIN") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(env!("CARGO_BIN_EXE_inferno"))
-}
-
-/// A coordinator process, SIGKILLed when dropped.
-struct Proc {
-    child: Option<Child>,
-    config: PathBuf,
-    http: SocketAddr,
-    id: u64,
-}
-
-impl Proc {
-    fn start(&mut self) {
-        let child = Command::new(inferno_binary())
-            .arg("coordinator")
-            .arg("--config")
-            .arg(&self.config)
-            .env(
-                "INFERNO_LOG",
-                std::env::var("INFERNO_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn inferno coordinator");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn alive(&self) -> bool {
-        self.child.is_some()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_udp() -> SocketAddr {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    s.local_addr().expect("udp addr")
-}
-
-fn free_tcp() -> SocketAddr {
-    let s = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-    s.local_addr().expect("tcp addr")
-}
-
-/// One HTTP/1.1 request; `None` on any transport error.
 /// The admin key every coordinator bootstraps from (a throwaway group).
 const ADMIN_KEY: &str = "inf-three-coordinators-test-admin-key";
 
+/// One admin call; `None` on any transport error.
 fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
     http_with_key(addr, ADMIN_KEY, method, path, body)
 }
@@ -89,33 +34,12 @@ fn http_with_key(
     path: &str,
     body: Option<&Value>,
 ) -> Option<(u16, Value)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).ok()?;
-    let text = String::from_utf8(resp).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-    let value = serde_json::from_str(body).ok()?;
-    Some((status, value))
+    json_call(addr, key, method, path, body).ok()
 }
 
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// A coordinator of the group in `dir`, not started.
+fn proc(dir: &Path, config: PathBuf, http: SocketAddr, id: u64) -> Proc {
+    Proc::new(config, dir.join(format!("coordinator-{id}.log")), http, id)
 }
 
 /// The leader id as seen by any live coordinator (linearizable read).
@@ -164,33 +88,23 @@ fn write_member_config(
     members: usize,
     join: bool,
 ) -> PathBuf {
-    let mut text = format!(
-        "id = {id}\ndata_dir = {data:?}\nraft_addr = \"{raft}\"\nhttp_addr = \"{http}\"\n\
-         certs_dir = {certs:?}\nname = \"coordinator-{id}\"\ntick_ms = 50\nelection_ticks = 10\n\
-         heartbeat_ticks = 2\nrequest_timeout_ms = 3000\nbootstrap = true\nadmin_key_file = {key:?}\n\
-         audit = {{ window_secs = 1 }}\n",
-        id = i + 1,
-        data = dir.join(format!("data-{}", i + 1)),
-        raft = raft[i],
-        http = http[i],
-        certs = dir.join("certs"),
-        key = dir.join("admin.key"),
-    );
-    std::fs::write(dir.join("admin.key"), ADMIN_KEY).expect("write the admin key");
-    if join {
-        text.push_str("join = true\n");
-    }
-    for j in (0..members).filter(|&j| j != i) {
-        text.push_str(&format!(
-            "\n[[peers]]\nid = {}\nraft_addr = \"{}\"\nname = \"coordinator-{}\"\n",
-            j + 1,
-            raft[j],
-            j + 1
-        ));
-    }
-    let path = dir.join(format!("coordinator-{}.toml", i + 1));
-    std::fs::write(&path, text).expect("write config");
-    path
+    let join = if join { "join = true\n" } else { "" };
+    let peers: Vec<(usize, SocketAddr)> = (0..members)
+        .filter(|&j| j != i)
+        .map(|j| (j, raft[j]))
+        .collect();
+    let extra = format!("audit = {{ window_secs = 1 }}\n{join}");
+    coordinators::write_config(
+        &CoordinatorConfig {
+            dir,
+            index: i,
+            raft: raft[i],
+            http: http[i],
+            admin_key: ADMIN_KEY,
+            extra: &extra,
+        },
+        &peers,
+    )
 }
 
 /// A new group of `N` coordinators in a temporary directory, started.
@@ -207,11 +121,13 @@ fn start_group() -> (tempfile::TempDir, Vec<Proc>) {
     let raft: Vec<SocketAddr> = (0..N).map(|_| free_udp()).collect();
     let http_addrs: Vec<SocketAddr> = (0..N).map(|_| free_tcp()).collect();
     let mut procs: Vec<Proc> = (0..N)
-        .map(|i| Proc {
-            child: None,
-            config: write_config(dir.path(), i, &raft, &http_addrs),
-            http: http_addrs[i],
-            id: i as u64 + 1,
+        .map(|i| {
+            proc(
+                dir.path(),
+                write_config(dir.path(), i, &raft, &http_addrs),
+                http_addrs[i],
+                i as u64 + 1,
+            )
         })
         .collect();
     for p in &mut procs {
@@ -248,11 +164,13 @@ fn coordinators_are_added_and_removed_at_runtime_including_the_leader() {
     let raft: Vec<SocketAddr> = (0..=N).map(|_| free_udp()).collect();
     let http_addrs: Vec<SocketAddr> = (0..=N).map(|_| free_tcp()).collect();
     let mut procs: Vec<Proc> = (0..=N)
-        .map(|i| Proc {
-            child: None,
-            config: write_member_config(dir.path(), i, &raft, &http_addrs, N, false),
-            http: http_addrs[i],
-            id: i as u64 + 1,
+        .map(|i| {
+            proc(
+                dir.path(),
+                write_member_config(dir.path(), i, &raft, &http_addrs, N, false),
+                http_addrs[i],
+                i as u64 + 1,
+            )
         })
         .collect();
     // The fourth knows the others and joins; they learn its address
@@ -462,17 +380,8 @@ fn three_coordinators_elect_replicate_fail_over_and_catch_up() {
     assert!(started.elapsed() < Duration::from_secs(15));
 
     // SIGTERM stops a coordinator cleanly.
-    let mut child = procs[old].child.take().expect("running");
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    let exit = wait_until("exit after SIGTERM", Duration::from_secs(10), || {
-        child.try_wait().ok().flatten()
-    });
-    assert!(exit.success(), "exit status {exit:?}");
+    let exit = procs[old].terminate(Duration::from_secs(10));
+    assert!(exit.is_some_and(|e| e.success()), "exit status {exit:?}");
 }
 
 /// With `admin_http` set, the admin API answers only on that listener
@@ -490,12 +399,7 @@ fn the_admin_api_can_have_its_own_listener() {
     let mut text = std::fs::read_to_string(&config).expect("config");
     text.push_str(&format!("admin_http = \"{admin}\"\n"));
     std::fs::write(&config, text).expect("config");
-    let mut p = Proc {
-        child: None,
-        config,
-        http: admin,
-        id: 1,
-    };
+    let mut p = proc(dir.path(), config, admin, 1);
     p.start();
     wait_until("the admin listener", Duration::from_secs(15), || {
         http(admin, "GET", "/admin/v1/cluster", None).filter(|(s, _)| *s == 200)
@@ -520,7 +424,7 @@ fn the_admin_api_can_have_its_own_listener() {
 /// Runs `inferno audit --url http://ADDR ARGS` with the admin key;
 /// (success, stdout, stderr).
 fn audit_cli(dir: &Path, addr: SocketAddr, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(inferno_binary())
+    let out = inferno()
         .arg("audit")
         .arg("--url")
         .arg(format!("http://{addr}"))
@@ -724,11 +628,13 @@ fn a_node_certificate_cannot_join_raft() {
     let raft = [free_udp(), free_udp()];
     let http_addrs = [free_tcp(), free_tcp()];
     let mut procs: Vec<Proc> = (0..2)
-        .map(|i| Proc {
-            child: None,
-            config: write_member_config(dir.path(), i, &raft, &http_addrs, 1, i == 1),
-            http: http_addrs[i],
-            id: i as u64 + 1,
+        .map(|i| {
+            proc(
+                dir.path(),
+                write_member_config(dir.path(), i, &raft, &http_addrs, 1, i == 1),
+                http_addrs[i],
+                i as u64 + 1,
+            )
         })
         .collect();
     procs[0].start();
@@ -768,12 +674,12 @@ fn sighup_rotates_a_coordinators_certificate() {
     first.save(&certs, false).expect("save member");
     let client_id = ca.issue("node-9", CertRole::Node).expect("issue");
     let (raft, http_addr) = (free_udp(), free_tcp());
-    let mut p = Proc {
-        child: None,
-        config: write_member_config(dir.path(), 0, &[raft], &[http_addr], 1, false),
-        http: http_addr,
-        id: 1,
-    };
+    let mut p = proc(
+        dir.path(),
+        write_member_config(dir.path(), 0, &[raft], &[http_addr], 1, false),
+        http_addr,
+        1,
+    );
     p.start();
     wait_until("the coordinator", Duration::from_secs(15), || {
         http(http_addr, "GET", "/admin/v1/cluster", None).filter(|(s, _)| *s == 200)
@@ -811,7 +717,7 @@ fn sighup_rotates_a_coordinators_certificate() {
             .ok(),
         Some(cert_fingerprint(second.cert_der()))
     );
-    let pid = p.child.as_ref().map(|c| c.id()).expect("pid");
+    let pid = p.pid().expect("pid");
     let status = Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
