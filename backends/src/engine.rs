@@ -270,6 +270,23 @@ impl EngineHandle {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
+        let bias = &request.sampling.logit_bias;
+        if let Some((bad, _)) = bias.iter().find(|(t, _)| *t as usize >= vocab) {
+            return Err(GenerateError::InvalidRequest(format!(
+                "logit_bias names token {bad}, outside the vocabulary of {vocab}"
+            )));
+        }
+        if bias.len() > protocol::MAX_LOGIT_BIAS_TOKENS
+            || bias
+                .iter()
+                .any(|(_, b)| b.is_nan() || b.abs() > protocol::MAX_LOGIT_BIAS)
+        {
+            return Err(GenerateError::InvalidRequest(format!(
+                "logit_bias takes at most {} tokens, each biased by at most {}",
+                protocol::MAX_LOGIT_BIAS_TOKENS,
+                protocol::MAX_LOGIT_BIAS
+            )));
+        }
         let constraint = match &request.constraint {
             None => None,
             Some(c) => Some(

@@ -83,6 +83,11 @@ impl Sampler {
     /// the tokens passed to [`Sampler::accept`] so far; this call does not
     /// record the chosen token. Returns 0 when `logits` is empty.
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        for &(token, bias) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l += bias;
+            }
+        }
         self.apply_penalties(logits);
         if self.is_greedy() {
             return argmax(logits);
@@ -306,6 +311,7 @@ mod tests {
             frequency_penalty: 0.0,
             penalty_last_n: 64,
             seed: Some(42),
+            logit_bias: Vec::new(),
         }
     }
 
@@ -706,5 +712,29 @@ mod tests {
         }
         assert_eq!(s.candidates.capacity(), cap);
         assert_eq!(s.candidates.as_ptr(), ptr);
+    }
+
+    #[test]
+    fn logit_bias_bans_and_forces_tokens_before_everything_else() {
+        let logits = [1.0, 3.0, 2.0, 0.5];
+        let ban = SamplingParams {
+            logit_bias: vec![(1, -100.0)],
+            ..greedy()
+        };
+        let mut s = Sampler::new(&ban, 0, &[]);
+        assert_eq!(s.sample(&mut logits.clone()), 2);
+        let force = SamplingParams {
+            logit_bias: vec![(3, 100.0), (99, 5.0)],
+            ..params()
+        };
+        let mut s = Sampler::new(&force, 0, &[]);
+        assert_eq!(histogram(&mut s, &logits, 200)[3], 200);
+        // A masked token stays masked.
+        let mut masked = [f32::NEG_INFINITY, 3.0, 2.0, 0.5];
+        let up = SamplingParams {
+            logit_bias: vec![(0, 100.0)],
+            ..greedy()
+        };
+        assert_eq!(Sampler::new(&up, 0, &[]).sample(&mut masked), 1);
     }
 }

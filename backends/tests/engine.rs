@@ -209,6 +209,30 @@ fn same_seed_same_text_and_other_seed_differs() {
 }
 
 #[test]
+fn logit_bias_bans_the_greedy_token_and_names_ids_outside_the_vocabulary() {
+    let h = engine(EngineConfig::default());
+    let prompt = chat(&h, "Name a colour.");
+    let run = |logit_bias: Vec<(u32, f32)>| {
+        let sampling = SamplingParams {
+            logit_bias,
+            ..SamplingParams::greedy()
+        };
+        h.submit(request(prompt.clone(), 4, sampling))
+    };
+    let plain = collect(run(Vec::new()).expect("admitted")).tokens;
+    let banned = collect(run(vec![(plain[0], -100.0)]).expect("admitted")).tokens;
+    assert_ne!(
+        banned[0], plain[0],
+        "a token biased by -100 is never the greedy pick"
+    );
+    let vocab = h.frontend().config.vocab_size as u32;
+    match run(vec![(vocab, 1.0)]) {
+        Err(GenerateError::InvalidRequest(m)) => assert!(m.contains("logit_bias"), "{m}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
 fn stop_string_ends_generation_and_is_not_emitted() {
     let h = engine(EngineConfig::default());
     let prompt = h

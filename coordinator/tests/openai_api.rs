@@ -440,7 +440,7 @@ async fn openai_stop_string_and_array_and_params_reach_the_backend() {
         "stop": ["END", "###"], "temperature": 0, "top_p": 0.5, "seed": 42,
         "presence_penalty": 0.5, "frequency_penalty": -0.5, "max_tokens": 9,
         "max_completion_tokens": 12, "ignore_eos": true, "top_k": 20, "min_p": 0.1,
-        "repetition_penalty": 1.1, "n": 1, "user": "someone", "logit_bias": {},
+        "repetition_penalty": 1.1, "n": 1, "user": "someone", "logit_bias": {"15": -100, "7": 2.5},
     });
     let a = post(app, "/v1/chat/completions", chat_body(extra)).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
@@ -455,6 +455,9 @@ async fn openai_stop_string_and_array_and_params_reach_the_backend() {
     assert_eq!(req.sampling.min_p, 0.1);
     assert_eq!(req.sampling.repetition_penalty, 1.1);
     assert_eq!(req.max_tokens, Some(12), "max_completion_tokens wins");
+    let mut bias = req.sampling.logit_bias.clone();
+    bias.sort_by_key(|b| b.0);
+    assert_eq!(bias, [(7, 2.5), (15, -100.0)]);
     assert!(req.ignore_eos);
 }
 
@@ -718,7 +721,9 @@ async fn openai_wrong_types_and_ranges_name_the_parameter() {
         (json!({"messages": []}), "messages"),
         (json!({"model": null}), "model"),
         (json!({"model": 7}), "model"),
-        (json!({"logit_bias": {"15": 5}}), "logit_bias"),
+        (json!({"logit_bias": {"15": 101}}), "logit_bias"),
+        (json!({"logit_bias": {"x": 1}}), "logit_bias"),
+        (json!({"logit_bias": [1]}), "logit_bias"),
         (json!({"store": true}), "store"),
         (json!({"reasoning_effort": "high"}), "reasoning_effort"),
         (json!({"max_token": 5}), "max_token"),

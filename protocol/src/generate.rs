@@ -67,7 +67,17 @@ pub struct SamplingParams {
     /// Seed of the random generator: the same seed and request give the same output.
     /// `None` picks a fresh seed per request.
     pub seed: Option<u64>,
+    /// Added to the logits of these tokens before anything else (OpenAI's
+    /// `logit_bias`, each within ±[`MAX_LOGIT_BIAS`]; -100 bans a token,
+    /// 100 all but forces it); at most [`MAX_LOGIT_BIAS_TOKENS`] tokens.
+    pub logit_bias: Vec<(u32, f32)>,
 }
+
+/// The largest bias `logit_bias` may add or subtract.
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
+
+/// The most tokens one request may bias.
+pub const MAX_LOGIT_BIAS_TOKENS: usize = 1024;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -81,6 +91,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             penalty_last_n: 64,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }

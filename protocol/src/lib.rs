@@ -39,5 +39,5 @@ pub use tls::{ClusterCa, MemberIdentity, TlsError};
 pub use generate::{
     ChatMessage, FinishReason, GenerateError, GenerateEvent, GenerateRequest, OutputConstraint,
     PrefixSpan, Priority, SamplingParams, TokenLogprob, ToolCall, TopLogprob, Usage,
-    KEEPALIVE_AFTER, MAX_TOP_LOGPROBS,
+    KEEPALIVE_AFTER, MAX_LOGIT_BIAS, MAX_LOGIT_BIAS_TOKENS, MAX_TOP_LOGPROBS,
 };

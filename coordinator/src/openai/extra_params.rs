@@ -53,10 +53,6 @@ fn field(route: Route, key: &str, value: &Value) -> Result<(), ApiError> {
             Value::Bool(_) => Ok(()),
             _ => refuse("must be a boolean."),
         },
-        (Chat | Completions, "logit_bias") => match value.as_object() {
-            Some(bias) if bias.is_empty() => Ok(()),
-            _ => refuse("is not supported by this server."),
-        },
         (Chat, "metadata") => match value {
             Value::Object(_) => Ok(()),
             _ => refuse("must be an object of string pairs."),
@@ -177,7 +173,7 @@ mod tests {
     fn harmless_fields_and_nulls_are_accepted() {
         let ok = json!({
             "user": "u1", "prompt_cache_key": "k", "service_tier": "auto",
-            "logit_bias": {}, "metadata": {"a": "b"}, "store": false,
+            "metadata": {"a": "b"}, "store": false,
             "modalities": ["text"], "audio": null, "cache_prompt": true,
         });
         assert_eq!(run(Route::Chat, ok), Ok(()));
@@ -194,11 +190,6 @@ mod tests {
     #[test]
     fn fields_asking_for_what_is_not_done_are_refused_by_name() {
         for (route, body, param) in [
-            (
-                Route::Chat,
-                json!({"logit_bias": {"50256": -100}}),
-                "logit_bias",
-            ),
             (Route::Chat, json!({"store": true}), "store"),
             (Route::Chat, json!({"functions": []}), "functions"),
             (

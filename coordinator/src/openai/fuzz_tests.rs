@@ -49,6 +49,7 @@ const FIELDS: &[&str] = &[
     "min_p",
     "stop",
     "seed",
+    "logit_bias",
     "stream",
     "stream_options",
     "presence_penalty",

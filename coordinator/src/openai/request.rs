@@ -96,6 +96,8 @@ pub struct GenerationParams {
     pub logprobs: Option<Value>,
     /// Alternatives per token on chat, 0..=20 (needs `logprobs: true`).
     pub top_logprobs: Option<Value>,
+    /// Token id (as a string) to a bias of -100..=100 added to its logit.
+    pub logit_bias: Option<Value>,
 }
 
 /// `stream_options`.

@@ -144,6 +144,42 @@ pub fn chat(mut req: ChatCompletionRequest) -> Result<Validated, ApiError> {
     Ok(v)
 }
 
+/// `logit_bias`: an object from token ids (decimal strings) to biases
+/// within ±100, as OpenAI takes it. Ids past the model's vocabulary are
+/// refused by the node.
+fn logit_bias(value: Option<Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let bad = |why: String| {
+        ApiError::invalid(format!("Invalid 'logit_bias': {why}."), Some("logit_bias"))
+    };
+    let map = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(bad("expected an object from token ids to numbers".into())),
+    };
+    if map.len() > protocol::MAX_LOGIT_BIAS_TOKENS {
+        return Err(bad(format!(
+            "at most {} tokens may be biased",
+            protocol::MAX_LOGIT_BIAS_TOKENS
+        )));
+    }
+    map.iter()
+        .map(|(key, v)| {
+            let token: u32 = key
+                .parse()
+                .map_err(|_| bad(format!("key {key:?} is not a token id")))?;
+            let bias = v
+                .as_f64()
+                .filter(|b| b.abs() <= f64::from(protocol::MAX_LOGIT_BIAS))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "the bias of token {token} must be a number from -100 to 100"
+                    ))
+                })?;
+            Ok((token, bias as f32))
+        })
+        .collect()
+}
+
 /// Validates a text completion request.
 pub fn completion(mut req: CompletionRequest) -> Result<Validated, ApiError> {
     let model = model(req.model)?;
@@ -415,6 +451,7 @@ fn finish(model: String, prompt: Prompt, p: GenerationParams) -> Result<Validate
         frequency_penalty,
         // Reinterpreting the bits keeps negative seeds distinct and reproducible.
         seed: p.seed.map(|s| s as u64),
+        logit_bias: logit_bias(p.logit_bias)?,
         ..SamplingParams::default()
     };
     let cache_salt = p.cache_salt.unwrap_or_default();
