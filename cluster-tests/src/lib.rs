@@ -85,6 +85,37 @@ pub fn gemma_model() -> PathBuf {
     )
 }
 
+/// ONNX Runtime's library (`INFERNO_ONNXRUNTIME`, or where `inferno pull
+/// onnxruntime` puts it).
+pub fn onnx_runtime() -> PathBuf {
+    pulled_model(
+        "INFERNO_ONNXRUNTIME",
+        "libonnxruntime.so.1.32.0",
+        "onnxruntime",
+    )
+}
+
+/// Writes the ONNX test model (y = Relu(x W + b), x FP32 [batch, 4]) to
+/// `dir/affine_relu.onnx` with `scripts/make-onnx-test-model.py`, which
+/// needs the PyPI `onnx` package (the test script installs it).
+pub fn onnx_test_model(dir: &std::path::Path) -> PathBuf {
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-onnx-test-model.py");
+    let out = dir.join("affine_relu.onnx");
+    let run = Command::new("python3")
+        .arg(&script)
+        .arg(&out)
+        .output()
+        .expect("run python3");
+    assert!(
+        run.status.success(),
+        "{} failed (pip install onnx?):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
 /// The datasets directory for federated tests (`INFERNO_DATA_DIR` or
 /// `~/.inferno/data`), checked to hold MNIST (`inferno fl data mnist`;
 /// the test script fetches it).

@@ -14,6 +14,7 @@
 //! - [`inference`]: coordinator-to-node inference requests and the node's
 //!   heartbeats.
 //! - [`prefix`]: prompt prefixes as hashed text spans, for cache-aware routing.
+//! - [`tensor`]: named tensors for ONNX models, with the v2 protocol's types.
 
 pub mod fl;
 pub mod frame;
@@ -24,6 +25,7 @@ pub mod inference;
 pub mod prefix;
 pub mod quic;
 pub mod rotation;
+pub mod tensor;
 pub mod tls;
 
 pub use frame::{FrameError, MAX_FRAME_BYTES};
@@ -34,6 +36,7 @@ pub use inference::{
     TokenizeOutput, TokenizeRequest, ToolFormat, MAX_NODE_FRAME_BYTES,
 };
 pub use quic::QuicError;
+pub use tensor::{DType, NamedTensor, Signature, TensorData, TensorSpec, MAX_TENSOR_ELEMENTS};
 pub use tls::{ClusterCa, MemberIdentity, TlsError};
 
 pub use generate::{
