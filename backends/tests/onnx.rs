@@ -117,7 +117,7 @@ fn concurrent_requests_share_runs_and_each_gets_its_own_rows() {
         max_queue_delay: Duration::from_millis(20),
         max_queue: 64,
     };
-    let server = std::sync::Arc::new(OnnxServer::start(load(&dir), policy).unwrap());
+    let server = std::sync::Arc::new(OnnxServer::start(load(&dir), policy, |_| {}).unwrap());
     let answers = runtime().block_on(async {
         let tasks: Vec<_> = (0..32)
             .map(|i| {
@@ -160,7 +160,7 @@ fn a_full_queue_refuses_at_once_and_a_withdrawn_request_is_never_run() {
         max_queue_delay: Duration::from_millis(400),
         max_queue: 2,
     };
-    let server = std::sync::Arc::new(OnnxServer::start(load(&dir), policy).unwrap());
+    let server = std::sync::Arc::new(OnnxServer::start(load(&dir), policy, |_| {}).unwrap());
     runtime().block_on(async {
         // A caller that gives up before the delay runs out leaves the queue.
         let gone =

@@ -13,9 +13,69 @@ pub struct NodeConfig {
     /// Engine limits applied to every model.
     #[serde(default)]
     pub engine: EngineSection,
+    /// How ONNX models (`.onnx` files) are served.
+    #[serde(default)]
+    pub onnx: OnnxSection,
     /// Cluster membership of `inferno node` (required by that command only).
     #[serde(default)]
     pub node: Option<NodeSection>,
+}
+
+/// The `[onnx]` table; absent fields take the defaults.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnnxSection {
+    /// ONNX Runtime's shared library; default: where `inferno pull
+    /// onnxruntime` puts it in the models directory (pulled if missing
+    /// when a model needs it).
+    pub runtime: Option<PathBuf>,
+    /// Intra-op threads of each ONNX session (default: the engine's).
+    pub threads: Option<usize>,
+    /// Most rows one run of a model takes (Triton's `max_batch_size`).
+    pub max_batch_size: usize,
+    /// Longest a request waits for others to join its batch, in µs.
+    pub max_queue_delay_us: u64,
+    /// Requests that may wait per model; more are refused (429).
+    pub max_queue: usize,
+}
+
+impl Default for OnnxSection {
+    fn default() -> Self {
+        let d = backends::onnx::BatchPolicy::default();
+        OnnxSection {
+            runtime: None,
+            threads: None,
+            max_batch_size: d.max_batch_size,
+            max_queue_delay_us: u64::try_from(d.max_queue_delay.as_micros()).unwrap_or(u64::MAX),
+            max_queue: d.max_queue,
+        }
+    }
+}
+
+impl OnnxSection {
+    /// The batching policy, checked to be within sane bounds.
+    pub fn batch_policy(&self) -> anyhow::Result<backends::onnx::BatchPolicy> {
+        anyhow::ensure!(
+            (1..=65_536).contains(&self.max_batch_size),
+            "[onnx] max_batch_size must be from 1 to 65536, not {}",
+            self.max_batch_size
+        );
+        anyhow::ensure!(
+            self.max_queue_delay_us <= 1_000_000,
+            "[onnx] max_queue_delay_us must be at most 1000000 (1 s), not {}",
+            self.max_queue_delay_us
+        );
+        anyhow::ensure!(
+            (1..=65_536).contains(&self.max_queue),
+            "[onnx] max_queue must be from 1 to 65536, not {}",
+            self.max_queue
+        );
+        Ok(backends::onnx::BatchPolicy {
+            max_batch_size: self.max_batch_size,
+            max_queue_delay: std::time::Duration::from_micros(self.max_queue_delay_us),
+            max_queue: self.max_queue,
+        })
+    }
 }
 
 /// The `[node]` table: how `inferno node` joins a cluster.
@@ -82,7 +142,8 @@ pub struct CoordinatorEntry {
 pub struct ModelEntry {
     /// Model name as registered in the cluster.
     pub name: String,
-    /// GGUF file, or the name of a model `inferno pull` knows (pulled if missing).
+    /// GGUF or ONNX file, or the name of a model `inferno pull` knows
+    /// (pulled if missing).
     pub path: String,
 }
 

@@ -10,7 +10,7 @@ use node::service::{CoordinatorAddr, NodeService, ServableFile, ServiceConfig};
 use node::RestartBudget;
 use protocol::tls::MemberIdentity;
 
-use crate::config::{NodeConfig, NodeSection};
+use crate::config::{NodeConfig, NodeSection, OnnxSection};
 
 /// Arguments of `inferno node`.
 #[derive(Args, Debug)]
@@ -29,7 +29,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             args.config.display()
         )
     })?;
-    let service_cfg = service_config(section, cfg.engine.to_engine_config())
+    let service_cfg = service_config(section, cfg.engine.to_engine_config(), &cfg.onnx)
         .await
         .with_context(|| format!("node {} ({})", section.name, args.config.display()))?;
     let service = NodeService::start(service_cfg)
@@ -50,6 +50,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 async fn service_config(
     n: &NodeSection,
     engine: backends::engine::EngineConfig,
+    onnx: &OnnxSection,
 ) -> anyhow::Result<ServiceConfig> {
     let identity = MemberIdentity::load(&n.certs_dir, &n.name).with_context(|| {
         format!(
@@ -87,6 +88,28 @@ async fn service_config(
             path,
         });
     }
+    let runtime = match &onnx.runtime {
+        Some(path) => path.clone(),
+        None if models
+            .iter()
+            .any(|m| node::onnx_worker::is_onnx_file(&m.path)) =>
+        {
+            let dir = models_dir.clone();
+            let index = crate::pull::DEFAULT_INDEX.to_string();
+            tokio::task::spawn_blocking(move || {
+                crate::pull::ensure_model(&crate::models::ONNX_RUNTIME, &dir, &index, false)
+            })
+            .await
+            .context("pull task failed")?
+            .context("cannot fetch ONNX Runtime for the ONNX models")?
+        }
+        None => crate::models::ONNX_RUNTIME.path_in(&models_dir),
+    };
+    let onnx = node::OnnxSettings {
+        runtime,
+        threads: onnx.threads.unwrap_or(engine.threads).max(1),
+        batching: onnx.batch_policy()?,
+    };
     let memory_bytes = match n.memory_mib {
         Some(mib) => mib.saturating_mul(1 << 20),
         None => crate::config::physical_memory_bytes().unwrap_or_else(|| {
@@ -110,6 +133,7 @@ async fn service_config(
         coordinators,
         models,
         engine,
+        onnx,
         restart_budget: RestartBudget::default(),
         fl: node::service::FlConfig {
             client: n.fl_client,

@@ -6,6 +6,7 @@
 //! ├── BatchScheduler "model-a"   admission: validates, refuses when full, routes to the live worker
 //! │   └── (engine handle) ──► ModelWorker "model-a"   owns the weights; computes on its own thread
 //! ├── BatchScheduler "model-b" …
+//! ├── OnnxWorker "classifier"    an ONNX model's session and its dynamic-batching thread
 //! └── FlWorker "job-1"           trains a federated job's rounds on this node's data
 //! ```
 //!
@@ -19,6 +20,7 @@
 
 pub mod fl_worker;
 pub mod node;
+pub mod onnx_worker;
 pub mod restart;
 pub mod scheduler;
 pub mod service;
@@ -27,4 +29,5 @@ pub mod worker;
 
 pub use fl_worker::{FlConfig, FlShared};
 pub use node::{ModelSpec, ModelState, ModelStatus, Node, NodeError};
+pub use onnx_worker::{OnnxSettings, OnnxSpec};
 pub use restart::RestartBudget;

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::fl_worker::{FlMsg, FlShared};
+use crate::onnx_worker::{OnnxSlot, OnnxSpec};
 use crate::restart::RestartBudget;
 use crate::scheduler::SchedulerMsg;
 use crate::supervisor::{NodeArgs, NodeMsg, NodeSupervisor};
@@ -132,6 +133,8 @@ pub struct Node {
     supervisor: ActorRef<NodeMsg>,
     /// Scheduler of every model, by name. Never held across an await.
     schedulers: RwLock<HashMap<String, ActorRef<SchedulerMsg>>>,
+    /// Slot of every ONNX model, by name. Never held across an await.
+    onnx: RwLock<HashMap<String, Arc<OnnxSlot>>>,
     join: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -166,6 +169,7 @@ impl Node {
         Ok(Node {
             supervisor,
             schedulers: RwLock::new(schedulers),
+            onnx: RwLock::new(HashMap::new()),
             join: Mutex::new(Some(join)),
         })
     }
@@ -182,12 +186,77 @@ impl Node {
             .ok_or_else(|| GenerateError::UnknownModel(model.to_string()))
     }
 
-    /// Names of the models present (loading, ready, restarting or failed), sorted.
+    fn onnx_slot(&self, model: &str) -> Option<Arc<OnnxSlot>> {
+        let map = self.onnx.read().unwrap_or_else(|p| p.into_inner());
+        map.get(model).cloned()
+    }
+
+    /// Names of the models present (loading, ready, restarting or failed),
+    /// LLMs and ONNX models, sorted.
     pub fn models(&self) -> Vec<String> {
-        let map = self.schedulers.read().unwrap_or_else(|p| p.into_inner());
-        let mut names: Vec<String> = map.keys().cloned().collect();
+        let mut names: Vec<String> = {
+            let map = self.schedulers.read().unwrap_or_else(|p| p.into_inner());
+            map.keys().cloned().collect()
+        };
+        let onnx = self.onnx.read().unwrap_or_else(|p| p.into_inner());
+        names.extend(onnx.keys().cloned());
         names.sort();
         names
+    }
+
+    /// Starts serving an ONNX model: its worker starts and the session
+    /// loads in the background (the model reports `Loading` until then).
+    /// Loading a name already present is a no-op.
+    pub async fn load_onnx(&self, spec: OnnxSpec) -> Result<(), NodeError> {
+        if self.onnx_slot(&spec.name).is_some() || self.lookup(&spec.name).is_some() {
+            return Ok(());
+        }
+        let name = spec.name.clone();
+        let slot = call(&self.supervisor, |r| NodeMsg::LoadOnnx(spec, r))
+            .await?
+            .map_err(|reason| NodeError::Model {
+                name: name.clone(),
+                reason,
+            })?;
+        let mut map = self.onnx.write().unwrap_or_else(|p| p.into_inner());
+        map.insert(name, slot);
+        Ok(())
+    }
+
+    /// Runs an ONNX model on `inputs` (queued in its dynamic batcher).
+    /// Dropping the future withdraws the request if its batch has not
+    /// started.
+    pub async fn infer(
+        &self,
+        model: &str,
+        inputs: Vec<protocol::NamedTensor>,
+    ) -> Result<Vec<protocol::NamedTensor>, GenerateError> {
+        use backends::onnx::{OnnxError, Refused};
+        let Some(slot) = self.onnx_slot(model) else {
+            return Err(if self.lookup(model).is_some() {
+                GenerateError::InvalidRequest(format!(
+                    "model {model} is a language model, not an ONNX model"
+                ))
+            } else {
+                GenerateError::UnknownModel(model.to_string())
+            });
+        };
+        let server = slot
+            .server()
+            .map_err(|state| GenerateError::Unavailable(format!("model {model} is {state}")))?;
+        server.infer(inputs).await.map_err(|e| match e {
+            OnnxError::Input(e) => GenerateError::InvalidRequest(e.to_string()),
+            OnnxError::Refused(r @ Refused::QueueFull(_)) => {
+                GenerateError::Overloaded(r.to_string())
+            }
+            OnnxError::Refused(r @ Refused::TooManyRows { .. }) => {
+                GenerateError::InvalidRequest(r.to_string())
+            }
+            OnnxError::Run(m) => {
+                GenerateError::InvalidRequest(format!("the model failed on these inputs: {m}"))
+            }
+            other => GenerateError::Unavailable(other.to_string()),
+        })
     }
 
     /// Starts serving a new model: its scheduler and worker start and the
@@ -216,9 +285,12 @@ impl Node {
     pub async fn unload(&self, name: &str) -> Result<(), NodeError> {
         let removed = {
             let mut map = self.schedulers.write().unwrap_or_else(|p| p.into_inner());
-            map.remove(name)
+            map.remove(name).is_some()
+        } || {
+            let mut map = self.onnx.write().unwrap_or_else(|p| p.into_inner());
+            map.remove(name).is_some()
         };
-        if removed.is_none() {
+        if !removed {
             return Err(NodeError::UnknownModel(name.to_string()));
         }
         let name_owned = name.to_string();
@@ -257,22 +329,29 @@ impl Node {
 
     /// State and load of every model, in name order.
     pub async fn status(&self) -> Vec<ModelStatus> {
-        let mut scheds: Vec<(String, ActorRef<SchedulerMsg>)> = {
+        let scheds: Vec<(String, ActorRef<SchedulerMsg>)> = {
             let map = self.schedulers.read().unwrap_or_else(|p| p.into_inner());
             map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
-        scheds.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = Vec::with_capacity(scheds.len());
         for (_, sched) in scheds {
             if let Ok(s) = call(&sched, SchedulerMsg::Status).await {
                 out.push(s);
             }
         }
+        {
+            let onnx = self.onnx.read().unwrap_or_else(|p| p.into_inner());
+            out.extend(onnx.values().map(|slot| slot.status()));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
     /// State of one model.
     pub async fn model_status(&self, model: &str) -> Result<ModelStatus, NodeError> {
+        if let Some(slot) = self.onnx_slot(model) {
+            return Ok(slot.status());
+        }
         let sched = self
             .lookup(model)
             .ok_or_else(|| NodeError::UnknownModel(model.to_string()))?;
@@ -355,8 +434,12 @@ impl Node {
         .map_err(NodeError::NoAnswer)
     }
 
-    /// Fault hook for tests: the model's engine thread panics at its next step.
+    /// Fault hook for tests: the model's engine thread (or an ONNX model's
+    /// batching thread) panics at its next step.
     pub fn inject_worker_panic(&self, model: &str) -> bool {
+        if let Some(slot) = self.onnx_slot(model) {
+            return slot.server().map(|s| s.inject_panic()).is_ok();
+        }
         self.lookup(model)
             .is_some_and(|s| s.cast(SchedulerMsg::InjectPanic).is_ok())
     }

@@ -1,6 +1,7 @@
 //! NodeSupervisor: the root of a node's actor tree. It starts a scheduler and
-//! a worker per model, and a federated-learning worker per job, and restarts
-//! a failed worker within its restart budget.
+//! a worker per language model, a worker per ONNX model, and a
+//! federated-learning worker per job, and restarts a failed worker within
+//! its restart budget.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use ractor::{
 
 use crate::fl_worker::{FlMsg, FlShared, FlWorker, FlWorkerArgs};
 use crate::node::ModelSpec;
+use crate::onnx_worker::{OnnxMsg, OnnxSlot, OnnxSpec, OnnxWorker, OnnxWorkerArgs};
 use crate::restart::RestartBudget;
 use crate::scheduler::{BatchScheduler, SchedulerArgs, SchedulerMsg};
 use crate::worker::{ModelWorker, WorkerArgs, WorkerMsg};
@@ -32,6 +34,10 @@ pub enum NodeMsg {
         ModelSpec,
         RpcReplyPort<Result<ActorRef<SchedulerMsg>, String>>,
     ),
+    /// Start the worker of an ONNX model and answer with its slot at once
+    /// (the session loads afterwards; the slot reports `Loading`
+    /// meanwhile). A name already present answers with its existing slot.
+    LoadOnnx(OnnxSpec, RpcReplyPort<Result<Arc<OnnxSlot>, String>>),
     /// Stop a model's worker and scheduler, failing its in-flight requests;
     /// answers whether the model was present.
     Unload(String, RpcReplyPort<bool>),
@@ -79,9 +85,37 @@ struct Managed {
     budget: RestartBudget,
 }
 
+/// One ONNX model's worker.
+struct OnnxManaged {
+    spec: OnnxSpec,
+    slot: Arc<OnnxSlot>,
+    actor: Option<ActorRef<OnnxMsg>>,
+    budget: RestartBudget,
+}
+
+async fn start_onnx_worker(m: &mut OnnxManaged, supervisor: ActorCell) {
+    let args = OnnxWorkerArgs {
+        spec: m.spec.clone(),
+        slot: m.slot.clone(),
+    };
+    match Actor::spawn_linked(None, OnnxWorker, args, supervisor).await {
+        Ok((actor, _)) => m.actor = Some(actor),
+        Err(e) => {
+            m.actor = None;
+            let reason = match e {
+                SpawnErr::StartupFailed(inner) => inner.to_string(),
+                other => other.to_string(),
+            };
+            tracing::warn!(model = %m.spec.name, "cannot load the ONNX model: {reason}");
+            m.slot.failed(format!("cannot load: {reason}"));
+        }
+    }
+}
+
 /// The supervisor's state.
 pub struct SupervisorState {
     models: Vec<Managed>,
+    onnx: Vec<OnnxManaged>,
     fl: HashMap<String, FlManaged>,
     budget: RestartBudget,
     stopping: bool,
@@ -182,6 +216,7 @@ impl Actor for NodeSupervisor {
         }
         Ok(SupervisorState {
             models,
+            onnx: Vec::new(),
             fl: HashMap::new(),
             budget: args.budget,
             stopping: false,
@@ -224,7 +259,37 @@ impl Actor for NodeSupervisor {
                     }
                 }
             }
+            NodeMsg::LoadOnnx(spec, reply) => {
+                if let Some(m) = st.onnx.iter().find(|m| m.spec.name == spec.name) {
+                    let _ = reply.send(Ok(m.slot.clone()));
+                    return Ok(());
+                }
+                if st.stopping {
+                    let _ = reply.send(Err("the node is shutting down".into()));
+                    return Ok(());
+                }
+                let mut m = OnnxManaged {
+                    slot: OnnxSlot::new(&spec.name),
+                    spec,
+                    actor: None,
+                    budget: st.budget.clone(),
+                };
+                let _ = reply.send(Ok(m.slot.clone()));
+                tracing::info!(model = %m.spec.name, "loading ONNX model");
+                start_onnx_worker(&mut m, myself.get_cell()).await;
+                st.onnx.push(m);
+            }
             NodeMsg::Unload(name, reply) => {
+                if let Some(pos) = st.onnx.iter().position(|m| m.spec.name == name) {
+                    let m = st.onnx.remove(pos);
+                    m.slot.close();
+                    if let Some(a) = &m.actor {
+                        a.stop(Some("unloaded".into()));
+                    }
+                    tracing::info!(model = %name, "ONNX model unloaded");
+                    let _ = reply.send(true);
+                    return Ok(());
+                }
                 let Some(pos) = st.models.iter().position(|m| m.spec.name == name) else {
                     let _ = reply.send(false);
                     return Ok(());
@@ -286,6 +351,12 @@ impl Actor for NodeSupervisor {
                     }
                     m.scheduler.stop(None);
                 }
+                for m in &st.onnx {
+                    m.slot.close();
+                    if let Some(a) = &m.actor {
+                        a.stop(None);
+                    }
+                }
                 myself.stop(None);
             }
         }
@@ -322,6 +393,23 @@ impl Actor for NodeSupervisor {
             } else {
                 tracing::error!(job = %m.args.job, %reason,
                     "federated worker failed too often; its job gets no more updates here");
+            }
+            return Ok(());
+        }
+        if let Some(m) = st
+            .onnx
+            .iter_mut()
+            .find(|m| m.actor.as_ref().is_some_and(|a| a.get_id() == id))
+        {
+            m.actor = None;
+            if m.budget.try_restart(Instant::now()) {
+                tracing::warn!(model = %m.spec.name, %reason, restarts = m.budget.used(),
+                    "restarting ONNX model worker");
+                m.slot.restarting();
+                start_onnx_worker(m, myself.get_cell()).await;
+            } else {
+                m.slot
+                    .failed(format!("restart budget exhausted; last failure: {reason}"));
             }
             return Ok(());
         }

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use backends::engine::EngineConfig;
 use node::service::{CoordinatorAddr, NodeService, ServableFile, ServiceConfig};
-use node::RestartBudget;
+use node::{OnnxSettings, RestartBudget};
 use protocol::frame;
 use protocol::quic;
 use protocol::tls::{CertRole, ClusterCa};
 use protocol::{
     ChatMessage, FinishReason, GenerateError, GenerateEvent, HeartbeatReply, InferenceRequest,
-    NodeHeartbeat, NodeRequest, NodeResponse, NodeStreamRequest, Prompt, ReplicaState,
-    SamplingParams, MAX_NODE_FRAME_BYTES,
+    NamedTensor, NodeHeartbeat, NodeRequest, NodeResponse, NodeStreamRequest, Prompt, ReplicaState,
+    SamplingParams, TensorData, TensorInferRequest, MAX_NODE_FRAME_BYTES,
 };
 use quinn::{Connection, VarInt};
 
@@ -145,6 +145,147 @@ async fn infer(conn: &Connection, req: &InferenceRequest) -> Vec<GenerateEvent> 
     events
 }
 
+fn onnx_settings() -> OnnxSettings {
+    OnnxSettings {
+        runtime: inferno_cluster_tests::onnx_runtime(),
+        threads: 1,
+        batching: Default::default(),
+    }
+}
+
+/// Runs an ONNX model over a new stream: one request frame, one answer.
+async fn run_onnx(
+    conn: &Connection,
+    model: &str,
+    inputs: Vec<NamedTensor>,
+) -> Result<Vec<NamedTensor>, GenerateError> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let req = NodeStreamRequest::Infer(TensorInferRequest {
+        model: model.into(),
+        inputs,
+    });
+    frame::write_frame(&mut send, &req, MAX_NODE_FRAME_BYTES, T)
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    frame::read_frame(&mut recv, MAX_NODE_FRAME_BYTES, T)
+        .await
+        .unwrap()
+}
+
+fn relu_input(rows: i64) -> NamedTensor {
+    NamedTensor {
+        name: "x".into(),
+        shape: vec![rows, 4],
+        data: TensorData::Fp32(vec![1.0; rows as usize * 4]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assigned_onnx_model_serves_tensors_and_comes_back_after_a_crash() {
+    let ca = ClusterCa::generate("test-ca").unwrap();
+    let state: Shared = Arc::new(Mutex::new(CoordinatorState {
+        assigned: Some(vec!["relu".to_string()]),
+        ..Default::default()
+    }));
+    let (coord_addr, coord_endpoint) = fake_coordinator(&ca, state.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let service = NodeService::start(ServiceConfig {
+        identity: ca.issue("node-1", CertRole::Node).unwrap(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise_addr: None,
+        cores: 2,
+        memory_bytes: 4 << 30,
+        heartbeat_interval: Duration::from_millis(100),
+        coordinators: vec![CoordinatorAddr {
+            name: "coordinator-1".into(),
+            addr: coord_addr,
+        }],
+        models: vec![ServableFile {
+            name: "relu".into(),
+            path: inferno_cluster_tests::onnx_test_model(dir.path()),
+        }],
+        engine: EngineConfig::default(),
+        onnx: onnx_settings(),
+        restart_budget: RestartBudget::default(),
+        fl: node::service::FlConfig::default(),
+        certs_dir: None,
+    })
+    .await
+    .unwrap();
+    wait_heartbeat(&state, "the ONNX model is ready", |hb| {
+        hb.replicas
+            .iter()
+            .any(|r| r.model == "relu" && r.state == ReplicaState::Ready)
+    })
+    .await;
+    {
+        let s = state.lock().unwrap();
+        let hb = s.last.as_ref().unwrap();
+        let sig = hb.servable[0]
+            .signature
+            .as_ref()
+            .expect("its signature is announced");
+        assert_eq!(sig.inputs[0].name, "x");
+        assert_eq!(sig.outputs[0].dims, vec![-1, 3]);
+        assert!(hb.servable[0].card.is_none());
+    }
+    let router_id = ca.issue("coordinator-1", CertRole::Coordinator).unwrap();
+    let router = quic::client_endpoint(&router_id, ca.cert_der()).unwrap();
+    let conn = quic::connect(&router, service.local_addr(), "node-1", CertRole::Node, T)
+        .await
+        .unwrap();
+
+    // Relu(x W + b) for x = 1: column j is sum_i (i - j) / 4 + j / 10 - 0.1.
+    let want = [1.4f32, 0.5, 0.0];
+    let out = run_onnx(&conn, "relu", vec![relu_input(2)]).await.unwrap();
+    assert_eq!(out[0].shape, vec![2, 3]);
+    let TensorData::Fp32(y) = &out[0].data else {
+        panic!("{out:?}")
+    };
+    for (got, want) in y.iter().zip(want.iter().cycle()) {
+        assert!((got - want).abs() < 1e-5, "{y:?}");
+    }
+
+    let mut bad = relu_input(1);
+    bad.shape = vec![2, 2];
+    match run_onnx(&conn, "relu", vec![bad]).await {
+        Err(GenerateError::InvalidRequest(m)) => assert!(m.contains("'x'"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        run_onnx(&conn, "nope", vec![relu_input(1)]).await,
+        Err(GenerateError::UnknownModel(_))
+    ));
+
+    // A crash of the batching thread restarts the worker; it serves again.
+    assert!(service.node().inject_worker_panic("relu"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = service.node().model_status("relu").await.unwrap();
+        if s.restarts == 1 && s.state == node::ModelState::Ready {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never restarted: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(run_onnx(&conn, "relu", vec![relu_input(1)]).await.is_ok());
+
+    state.lock().unwrap().assigned = Some(Vec::new());
+    wait_heartbeat(&state, "no replica is left", |hb| hb.replicas.is_empty()).await;
+    assert!(service.node().models().is_empty());
+
+    conn.close(quic::CLOSE_NORMAL, b"done");
+    router.close(quic::CLOSE_NORMAL, b"done");
+    tokio::time::timeout(Duration::from_secs(20), service.shutdown())
+        .await
+        .expect("shutdown is bounded");
+    coord_endpoint.close(quic::CLOSE_NORMAL, b"done");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_service_follows_assignments_and_serves_streams() {
     let ca = ClusterCa::generate("test-ca").unwrap();
@@ -172,6 +313,7 @@ async fn node_service_follows_assignments_and_serves_streams() {
             path: model_path,
         }],
         engine: EngineConfig::default(),
+        onnx: onnx_settings(),
         restart_budget: RestartBudget::default(),
         fl: node::service::FlConfig::default(),
         certs_dir: None,

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::frame::{self, FrameError};
 
 /// The wire protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// The largest [`Hello`] frame accepted.
 pub const MAX_HELLO_BYTES: usize = 4096;

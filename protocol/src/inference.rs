@@ -119,6 +119,10 @@ pub struct ServableModel {
     /// What the file's header says about the model; `None` when the node
     /// could not read it (the model still loads, or fails, when assigned).
     pub card: Option<ModelCard>,
+    /// For an ONNX model, its declared inputs and outputs (what the v2
+    /// metadata route reports); `None` for other models, or when the node
+    /// could not read it.
+    pub signature: Option<crate::tensor::Signature>,
 }
 
 /// A model's description, read from its file's header by the node that
@@ -205,6 +209,18 @@ pub enum NodeStreamRequest {
     /// Tokenize or detokenize with a model's tokenizer: answered with one
     /// `Result<TokenizeOutput, GenerateError>` frame.
     Tokenize(TokenizeRequest),
+    /// Run an ONNX model on tensors: answered with one
+    /// `Result<Vec<NamedTensor>, GenerateError>` frame (the outputs).
+    Infer(TensorInferRequest),
+}
+
+/// One run of an ONNX model (the v2 protocol's `infer`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorInferRequest {
+    /// The model name as registered in the cluster.
+    pub model: String,
+    /// Its inputs, by name.
+    pub inputs: Vec<crate::tensor::NamedTensor>,
 }
 
 /// A tokenizer round trip (`/tokenize`, `/detokenize`): no generation.

@@ -33,7 +33,7 @@ pub use handshake::{HandshakeError, Hello, PROTOCOL_VERSION};
 pub use inference::{
     HeartbeatReply, InferenceRequest, KvCacheReport, ModelCard, NodeHeartbeat, NodeRequest,
     NodeResponse, NodeStreamRequest, Prompt, ReplicaReport, ReplicaState, ServableModel,
-    TokenizeOutput, TokenizeRequest, ToolFormat, MAX_NODE_FRAME_BYTES,
+    TensorInferRequest, TokenizeOutput, TokenizeRequest, ToolFormat, MAX_NODE_FRAME_BYTES,
 };
 pub use quic::QuicError;
 pub use tensor::{DType, NamedTensor, Signature, TensorData, TensorSpec, MAX_TENSOR_ELEMENTS};

@@ -3,6 +3,7 @@
 //! batches from it, runs them and answers each caller. A caller that stops
 //! waiting leaves the queue before its batch runs.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -27,6 +28,8 @@ struct Job {
 struct Queue {
     batcher: Batcher<Job>,
     closed: bool,
+    /// Fault hook for tests: the worker thread panics when it next wakes.
+    panic_next: bool,
 }
 
 struct Shared {
@@ -60,13 +63,21 @@ pub struct OnnxServer {
 }
 
 impl OnnxServer {
-    /// Starts the worker thread for `model`.
-    pub fn start(model: OnnxModel, policy: BatchPolicy) -> std::io::Result<Self> {
+    /// Starts the worker thread for `model`. `on_exit` is called when the
+    /// thread ends: with `None` after the server was dropped and its queue
+    /// answered, with the panic message if it panicked (every waiting
+    /// caller then gets [`OnnxError::Stopped`]).
+    pub fn start(
+        model: OnnxModel,
+        policy: BatchPolicy,
+        on_exit: impl FnOnce(Option<String>) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let signature = model.signature().clone();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 batcher: Batcher::new(policy),
                 closed: false,
+                panic_next: false,
             }),
             wake: Condvar::new(),
         });
@@ -80,7 +91,19 @@ impl OnnxServer {
         };
         std::thread::Builder::new()
             .name("onnx-worker".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                let shared = worker.shared.clone();
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run()));
+                let reason = outcome.err().map(|p| panic_message(p.as_ref()));
+                if reason.is_some() {
+                    // Nobody will take these: fail them rather than leave
+                    // their callers waiting.
+                    let mut q = shared.lock();
+                    q.closed = true;
+                    q.batcher.retain(|_| false);
+                }
+                on_exit(reason);
+            })?;
         Ok(OnnxServer {
             shared,
             signature,
@@ -91,6 +114,17 @@ impl OnnxServer {
     /// What the model takes and returns.
     pub fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    /// Requests waiting for their batch.
+    pub fn queued(&self) -> usize {
+        self.shared.lock().batcher.len()
+    }
+
+    /// Fault hook for tests: the worker thread panics when it next wakes.
+    pub fn inject_panic(&self) {
+        self.shared.lock().panic_next = true;
+        self.shared.wake.notify_all();
     }
 
     /// What the worker has run so far.
@@ -156,6 +190,10 @@ impl Worker {
     fn next_batch(&self) -> Option<Vec<Job>> {
         let mut q = self.shared.lock();
         loop {
+            if q.panic_next {
+                drop(q);
+                panic!("injected fault: the ONNX worker thread panicked");
+            }
             q.batcher.retain(|job| !job.reply.is_closed());
             let now = Instant::now();
             if q.batcher.ready(now) || (q.closed && !q.batcher.is_empty()) {
@@ -219,5 +257,15 @@ impl Worker {
             s.runs += 1;
             s.requests += requests;
         }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
     }
 }

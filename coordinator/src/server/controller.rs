@@ -224,6 +224,7 @@ mod tests {
                 name: "m".into(),
                 size_bytes: GIB / 10,
                 card: None,
+                signature: None,
             }],
             replicas: replicas
                 .iter()

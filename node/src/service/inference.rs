@@ -143,6 +143,24 @@ pub(crate) async fn serve_stream(
             }
             return;
         }
+        NodeStreamRequest::Infer(req) => {
+            let answer = tokio::select! {
+                a = node.infer(&req.model, req.inputs) => a,
+                _ = peer_reset(&mut recv) => {
+                    // The coordinator gave up: the request left the queue
+                    // when its future was dropped.
+                    let _ = send.reset(STREAM_CANCELLED);
+                    return;
+                }
+                _ = shutdown.changed() => {
+                    let _ = send.reset(STREAM_CANCELLED);
+                    let _ = recv.stop(STREAM_CANCELLED);
+                    return;
+                }
+            };
+            write_answer(&mut send, &answer).await;
+            return;
+        }
         NodeStreamRequest::FlTrain(req) => {
             let answer = node.train_round(&fl, req).await;
             match frame::write_frame(&mut send, &answer, MAX_FL_FRAME_BYTES, REQUEST_READ_TIMEOUT)
@@ -216,6 +234,44 @@ pub(crate) async fn serve_stream(
                 return;
             }
         }
+    }
+}
+
+/// Resolves once the peer resets its side of the stream; never if it
+/// finishes it normally.
+async fn peer_reset(recv: &mut RecvStream) {
+    let mut buf = [0u8; 64];
+    loop {
+        match recv.read(&mut buf).await {
+            Ok(Some(_)) => {}
+            Ok(None) => std::future::pending::<()>().await,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes an ONNX model's answer; outputs too large for one frame are
+/// answered with an error instead.
+async fn write_answer(
+    send: &mut SendStream,
+    answer: &Result<Vec<protocol::NamedTensor>, GenerateError>,
+) {
+    let mut written =
+        frame::write_frame(send, answer, MAX_NODE_FRAME_BYTES, EVENT_WRITE_TIMEOUT).await;
+    if let Err(FrameError::TooLarge { .. }) = written {
+        let too_large: Result<Vec<protocol::NamedTensor>, GenerateError> =
+            Err(GenerateError::InvalidRequest(format!(
+                "the outputs are larger than the {MAX_NODE_FRAME_BYTES}-byte frame limit; \
+                 send fewer rows per request"
+            )));
+        written =
+            frame::write_frame(send, &too_large, MAX_NODE_FRAME_BYTES, EVENT_WRITE_TIMEOUT).await;
+    }
+    match written {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(e) => tracing::debug!("cannot send the model's outputs: {e}"),
     }
 }
 

@@ -38,6 +38,7 @@ use crate::fl_worker::FlShared;
 pub use heartbeat::CoordinatorAddr;
 
 use crate::node::{Node, NodeError};
+use crate::onnx_worker::{is_onnx_file, OnnxSettings};
 use crate::restart::RestartBudget;
 
 /// Default interval between heartbeats.
@@ -80,6 +81,8 @@ pub struct ServiceConfig {
     pub models: Vec<ServableFile>,
     /// Engine limits applied to every loaded model.
     pub engine: EngineConfig,
+    /// How ONNX models (`.onnx` files) are served.
+    pub onnx: OnnxSettings,
     /// Restart budget of each model's worker.
     pub restart_budget: RestartBudget,
     /// Federated learning: client index and data directory.
@@ -120,6 +123,23 @@ pub enum ServiceError {
     LocalAddr(std::io::Error),
 }
 
+/// The declared inputs and outputs of an ONNX model file, read with a
+/// session that is dropped at once (the coordinators report them); `None`
+/// (and a warning) when the file or the runtime cannot be loaded.
+fn onnx_signature(
+    name: &str,
+    path: &std::path::Path,
+    settings: &OnnxSettings,
+) -> Option<protocol::Signature> {
+    match backends::onnx::OnnxModel::load(&settings.runtime, path, 1) {
+        Ok(model) => Some(model.signature().clone()),
+        Err(e) => {
+            tracing::warn!(model = %name, "could not read the ONNX model's signature: {e}");
+            None
+        }
+    }
+}
+
 /// A running node service. Dropping it without [`NodeService::shutdown`]
 /// leaves its tasks running until the runtime ends.
 pub struct NodeService {
@@ -148,17 +168,22 @@ impl NodeService {
             if files.insert(m.name.clone(), m.path.clone()).is_some() {
                 return Err(ServiceError::DuplicateModel(m.name.clone()));
             }
-            let card = match backends::card::read(&m.path) {
-                Ok(card) => Some(card),
-                Err(e) => {
-                    tracing::warn!(model = %m.name, "could not read the model's header: {e}");
-                    None
+            let (card, signature) = if is_onnx_file(&m.path) {
+                (None, onnx_signature(&m.name, &m.path, &cfg.onnx))
+            } else {
+                match backends::card::read(&m.path) {
+                    Ok(card) => (Some(card), None),
+                    Err(e) => {
+                        tracing::warn!(model = %m.name, "could not read the model's header: {e}");
+                        (None, None)
+                    }
                 }
             };
             servable.push(ServableModel {
                 name: m.name.clone(),
                 size_bytes: meta.len(),
                 card,
+                signature,
             });
         }
         let ca = cfg.identity.ca_cert_der()?;
@@ -227,6 +252,7 @@ impl NodeService {
             node.clone(),
             files,
             cfg.engine,
+            cfg.onnx,
             replies_rx,
             shutdown_rx,
         )));

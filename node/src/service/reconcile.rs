@@ -16,6 +16,7 @@ use protocol::HeartbeatReply;
 use tokio::sync::{mpsc, watch};
 
 use crate::node::{ModelSpec, Node};
+use crate::onnx_worker::{is_onnx_file, OnnxSettings, OnnxSpec};
 
 /// What the node should change to match an assignment.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -111,6 +112,7 @@ pub(crate) async fn run(
     node: Arc<Node>,
     files: HashMap<String, PathBuf>,
     engine: EngineConfig,
+    onnx: OnnxSettings,
     mut replies: mpsc::Receiver<Reply>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -158,6 +160,17 @@ pub(crate) async fn run(
             let Some(path) = files.get(&name) else {
                 continue;
             };
+            if is_onnx_file(path) {
+                let spec = OnnxSpec {
+                    name: name.clone(),
+                    path: path.clone(),
+                    settings: onnx.clone(),
+                };
+                if let Err(e) = node.load_onnx(spec).await {
+                    tracing::warn!(model = %name, "load failed: {e}");
+                }
+                continue;
+            }
             let spec = ModelSpec {
                 name: name.clone(),
                 path: path.clone(),
