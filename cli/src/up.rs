@@ -34,10 +34,11 @@ pub struct UpArgs {
     /// Coordinators to start (3 or 5 survive the loss of 1 or 2).
     #[arg(long, default_value_t = 3)]
     pub coordinators: usize,
-    /// GGUF file, or a known model name fetched if missing.
+    /// GGUF or ONNX file, or a known model name fetched if missing; give
+    /// it more than once to deploy several models.
     #[arg(long, default_value = crate::models::DEFAULT_MODEL)]
-    pub model: String,
-    /// Replicas of the model (default: one per node, at most 2).
+    pub model: Vec<String>,
+    /// Replicas of each model (default: one per node, at most 2).
     #[arg(long)]
     pub replicas: Option<u32>,
     /// Compute threads of each node.
@@ -147,8 +148,38 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .models_dir
         .clone()
         .unwrap_or_else(crate::default_models_dir);
-    let model_path = crate::models::resolve(&args.model, &models_dir).await?;
-    let cluster = tokio::task::spawn_blocking(move || start(&args, &model_path))
+    let mut models = Vec::with_capacity(args.model.len());
+    for arg in &args.model {
+        let path = crate::models::resolve(arg, &models_dir).await?;
+        let name = crate::models::model_name(arg);
+        anyhow::ensure!(
+            models.iter().all(|m: &Deployed| m.name != name),
+            "--model {arg} is given twice"
+        );
+        models.push(Deployed {
+            onnx: node::onnx_worker::is_onnx_file(&path),
+            name,
+            path,
+        });
+    }
+    let runtime = if models.iter().any(|m| m.onnx) {
+        let dir = models_dir.clone();
+        Some(
+            tokio::task::spawn_blocking(move || {
+                crate::pull::ensure_model(
+                    &crate::models::ONNX_RUNTIME,
+                    &dir,
+                    crate::pull::DEFAULT_INDEX,
+                    true,
+                )
+            })
+            .await
+            .context("pull task failed")??,
+        )
+    } else {
+        None
+    };
+    let cluster = tokio::task::spawn_blocking(move || start(&args, &models, runtime.as_deref()))
         .await
         .context("start task failed")??;
     crate::signals::shutdown_signal().await;
@@ -160,16 +191,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
+/// A model `inferno up` deploys.
+struct Deployed {
+    name: String,
+    path: PathBuf,
+    /// Served by the ONNX backend (v2 API) rather than as a language model.
+    onnx: bool,
+}
+
+fn start(
+    args: &UpArgs,
+    models: &[Deployed],
+    onnx_runtime: Option<&Path>,
+) -> anyhow::Result<LocalCluster> {
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", dir.display()))?;
-    let size_bytes = std::fs::metadata(model_path)
-        .with_context(|| format!("cannot read {}", model_path.display()))?
-        .len();
-    let name = crate::models::model_name(&args.model);
 
     let spec = LocalCoordinatorsSpec {
         n: args.coordinators,
@@ -201,6 +240,13 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
                 .unwrap_or_default(),
             certs = coordinators.certs_dir(),
         );
+        if let Some(rt) = onnx_runtime {
+            // Before [node]: a table header ends the one above it.
+            text = format!(
+                "[onnx]\nruntime = {rt:?}\nthreads = {}\n\n{text}",
+                args.threads_per_node.max(1)
+            );
+        }
         if let Some(dir) = &args.fl_data_dir {
             let _ = write!(text, "fl_client = {}\nfl_data_dir = {:?}\n", i - 1, dir);
             if i + args.fl_byzantine_nodes > args.nodes {
@@ -215,11 +261,13 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
                 coordinators.raft_addr(c)
             );
         }
-        let _ = write!(
-            text,
-            "\n[[node.models]]\nname = \"{name}\"\npath = {:?}\n",
-            model_path
-        );
+        for m in models {
+            let _ = write!(
+                text,
+                "\n[[node.models]]\nname = \"{}\"\npath = {:?}\n",
+                m.name, m.path
+            );
+        }
         let config = dir.join(format!("{node_name}.toml"));
         std::fs::write(&config, text)
             .with_context(|| format!("cannot write {}", config.display()))?;
@@ -272,33 +320,64 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
     let replicas = args
         .replicas
         .unwrap_or_else(|| u32::try_from(args.nodes.min(2)).unwrap_or(2));
-    let body = json!({
-        "name": name,
-        "source": model_path.display().to_string(),
-        "format": "gguf",
-        "size_bytes": size_bytes,
-        "desired_replicas": replicas,
-    });
     let api = cluster.coordinators.http_addr(0);
     let admin_key = cluster.coordinators.admin_key().to_string();
     let admin = Some(admin_key.as_str());
-    retry_until("deploying the model", timeout, || {
-        let (status, v) =
-            http_client::request(api, admin, "POST", "/admin/v1/models", Some(&body), TIMEOUT)
-                .ok()?;
-        (status == 200).then_some(v)
-    })?;
+    for m in models {
+        let size_bytes = std::fs::metadata(&m.path)
+            .with_context(|| format!("cannot read {}", m.path.display()))?
+            .len();
+        let body = json!({
+            "name": m.name,
+            "source": m.path.display().to_string(),
+            "format": if m.onnx { "onnx" } else { "gguf" },
+            "size_bytes": size_bytes,
+            "desired_replicas": replicas,
+        });
+        retry_until(&format!("deploying {}", m.name), timeout, || {
+            let (status, v) =
+                http_client::request(api, admin, "POST", "/admin/v1/models", Some(&body), TIMEOUT)
+                    .ok()?;
+            (status == 200).then_some(v)
+        })?;
+    }
     let api_key = inference_key(&dir, api, &admin_key, timeout)?;
-    eprintln!("deployed {name} with {replicas} replica(s); waiting for a replica to load...");
-    retry_until("the first ready replica", timeout, || {
-        let (status, _) =
-            http_client::request(api, Some(&api_key), "GET", "/ready", None, TIMEOUT).ok()?;
-        (status == 200).then_some(())
-    })?;
+    let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    eprintln!(
+        "deployed {} with {replicas} replica(s) each; waiting for replicas to load...",
+        names.join(", ")
+    );
+    if models.iter().any(|m| !m.onnx) {
+        retry_until("the first ready replica", timeout, || {
+            let (status, _) =
+                http_client::request(api, Some(&api_key), "GET", "/ready", None, TIMEOUT).ok()?;
+            (status == 200).then_some(())
+        })?;
+    }
+    for m in models.iter().filter(|m| m.onnx) {
+        let path = format!("/v2/models/{}/ready", m.name);
+        retry_until(&format!("a ready replica of {}", m.name), timeout, || {
+            let (status, _) =
+                http_client::request(api, Some(&api_key), "GET", &path, None, TIMEOUT).ok()?;
+            (status == 200).then_some(())
+        })?;
+    }
     let urls: Vec<String> = (0..args.coordinators)
         .map(|i| format!("http://{}", cluster.coordinators.http_addr(i)))
         .collect();
-    println!("Inferno cluster ready: OpenAI API at http://{api}/v1 (model \"{name}\")");
+    let llm = models.iter().find(|m| !m.onnx).map(|m| m.name.as_str());
+    match llm {
+        Some(name) => {
+            println!("Inferno cluster ready: OpenAI API at http://{api}/v1 (model \"{name}\")")
+        }
+        None => println!("Inferno cluster ready at http://{api}"),
+    }
+    for m in models.iter().filter(|m| m.onnx) {
+        println!(
+            "  ONNX model \"{}\": KServe v2 API at http://{api}/v2/models/{}/infer",
+            m.name, m.name
+        );
+    }
     println!("  every coordinator serves it: {}", urls.join(" "));
     let key_file = dir.join(API_KEY_FILE);
     println!(
@@ -306,20 +385,29 @@ fn start(args: &UpArgs, model_path: &Path) -> anyhow::Result<LocalCluster> {
         key_file.display(),
         dir.join("admin.key").display()
     );
-    println!(
-        "  try: curl http://{api}/v1/chat/completions -H \"Authorization: Bearer $(cat {kf})\" \
-         -H 'Content-Type: application/json' \
-         -d '{{\"model\":\"{name}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'",
-        kf = key_file.display()
-    );
-    println!(
-        "  or:  inferno chat --url http://{api} --api-key-file {}",
-        key_file.display()
-    );
-    println!(
-        "  or, with the OpenAI client: OpenAI(base_url=\"http://{api}/v1\", api_key=open(\"{}\").read().strip())",
-        key_file.display()
-    );
+    if let Some(name) = llm {
+        println!(
+            "  try: curl http://{api}/v1/chat/completions -H \"Authorization: Bearer $(cat {kf})\" \
+             -H 'Content-Type: application/json' \
+             -d '{{\"model\":\"{name}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'",
+            kf = key_file.display()
+        );
+        println!(
+            "  or:  inferno chat --url http://{api} --api-key-file {}",
+            key_file.display()
+        );
+        println!(
+            "  or, with the OpenAI client: OpenAI(base_url=\"http://{api}/v1\", api_key=open(\"{}\").read().strip())",
+            key_file.display()
+        );
+    }
+    if let Some(m) = models.iter().find(|m| m.onnx) {
+        println!(
+            "  try: curl http://{api}/v2/models/{} -H \"Authorization: Bearer $(cat {kf})\" (its inputs and outputs)",
+            m.name,
+            kf = key_file.display()
+        );
+    }
     println!(
         "  processes: {}; Ctrl-C stops everything",
         dir.join("cluster.json").display()

@@ -27,3 +27,4 @@ pub mod quota;
 pub mod raft;
 pub mod server;
 pub mod state;
+pub mod v2;

@@ -23,9 +23,19 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 fn accepted_types(path: &str) -> &'static [&'static str] {
     if path == "/admin/v1/fl/jobs" {
         &["application/json", "application/toml"]
+    } else if takes_untyped_body(path) {
+        &["application/json", "application/octet-stream"]
     } else {
         &["application/json"]
     }
+}
+
+/// Whether `path` takes a body without a media type: the v2 `infer`
+/// route, which `tritonclient` calls with none (a JSON header and binary
+/// tensors). A web page cannot abuse this cross-origin: the route needs an
+/// API key, and no page can send the key's header without a preflight.
+fn takes_untyped_body(path: &str) -> bool {
+    path.starts_with("/v2/models/") && path.ends_with("/infer")
 }
 
 /// Whether `content_type` (parameters such as `charset` ignored) is one of
@@ -54,7 +64,8 @@ pub async fn guard_body(State(max_bytes): State<usize>, req: Request, next: Next
         .headers()
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("(not text)"));
-    if !type_ok(content_type, accepted) {
+    let untyped_ok = content_type.is_none() && takes_untyped_body(&path);
+    if !untyped_ok && !type_ok(content_type, accepted) {
         return ApiError::unsupported_media_type(
             content_type.unwrap_or("none"),
             &accepted.join(" or "),
@@ -93,5 +104,11 @@ mod tests {
         let fl = accepted_types("/admin/v1/fl/jobs");
         assert!(type_ok(Some("application/toml"), fl));
         assert!(!type_ok(Some("application/toml"), json));
+        let v2 = accepted_types("/v2/models/relu/infer");
+        assert!(type_ok(Some("application/octet-stream"), v2));
+        assert!(!type_ok(Some("text/plain"), v2));
+        assert!(takes_untyped_body("/v2/models/relu/infer"));
+        assert!(!takes_untyped_body("/v1/chat/completions"));
+        assert!(!takes_untyped_body("/v2/models/relu"));
     }
 }

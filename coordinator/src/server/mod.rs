@@ -337,10 +337,8 @@ fn inference_routes(
     metrics: Arc<crate::openai::Metrics>,
 ) -> axum::Router {
     tokio::spawn(refresh_gauges(router.clone(), metrics.clone()));
-    crate::openai::router(
-        Arc::new(router::RouterBackend { router, responses }),
-        metrics,
-    )
+    let backend = Arc::new(router::RouterBackend { router, responses });
+    crate::openai::router(backend.clone(), metrics).merge(crate::v2::router(backend))
 }
 
 /// Copies the routing queue depth and the nodes' running and waiting

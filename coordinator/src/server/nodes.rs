@@ -173,6 +173,23 @@ impl NodeRegistry {
         })
     }
 
+    /// The declared inputs and outputs of ONNX model `model`, as the first
+    /// node that has a file for it reports them.
+    pub fn signature(&self, model: &str) -> Option<protocol::Signature> {
+        let nodes = self.lock();
+        let mut ids: Vec<&String> = nodes.keys().collect();
+        ids.sort();
+        ids.into_iter().find_map(|id| {
+            nodes
+                .get(id)?
+                .1
+                .heartbeat
+                .servable
+                .iter()
+                .find_map(|m| (m.name == model).then(|| m.signature.clone()).flatten())
+        })
+    }
+
     /// Every node heard from, by id.
     pub fn snapshot(&self) -> BTreeMap<String, SeenNode> {
         self.lock()

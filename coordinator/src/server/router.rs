@@ -19,7 +19,7 @@ use protocol::quic::{self, STREAM_ERROR_BAD_FRAME};
 use protocol::tls::CertRole;
 use protocol::{
     frame, GenerateError, GenerateEvent, InferenceRequest, NodeHeartbeat, NodeStreamRequest,
-    TokenizeOutput, TokenizeRequest, MAX_NODE_FRAME_BYTES,
+    TensorInferRequest, TokenizeOutput, TokenizeRequest, MAX_NODE_FRAME_BYTES,
 };
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::{mpsc, watch};
@@ -30,9 +30,12 @@ use super::raft_loop::LocalView;
 use crate::openai::{InferenceBackend, ModelEntry, RouteError, Routed};
 use crate::state::{NodeStatus, PlacementState};
 
-/// The model format nodes serve; other registered models (federated
-/// results) are catalog entries only.
-const SERVABLE_FORMAT: &str = "gguf";
+/// The format of the language models nodes serve (the OpenAI routes).
+const LLM_FORMAT: &str = "gguf";
+
+/// The format of the ONNX models nodes serve (the v2 routes). Other
+/// registered models (federated results) are catalog entries only.
+pub const ONNX_FORMAT: &str = "onnx";
 
 /// Capacity of the event channel of one routed request.
 const EVENT_QUEUE: usize = 64;
@@ -136,13 +139,13 @@ impl Router {
             .state
             .models()
             .iter()
-            .filter(|(_, m)| m.format == SERVABLE_FORMAT)
+            .filter(|(_, m)| m.format == LLM_FORMAT)
             .map(|(name, _)| name.clone())
             .collect();
         names
             .into_iter()
             .map(|id| {
-                let ready = self.replicas(&id).map_or(0, |r| r.len());
+                let ready = self.replicas(&id, LLM_FORMAT).map_or(0, |r| r.len());
                 ModelEntry {
                     ready_replicas: u32::try_from(ready).unwrap_or(u32::MAX),
                     card: self.registry.card(&id),
@@ -196,18 +199,42 @@ impl Router {
             .collect()
     }
 
-    /// Ready replicas of `model` with the prefixes they hold, or why there is none.
-    fn replicas(&self, model: &str) -> Result<Vec<Candidate>, RouteError> {
+    /// The registered ONNX models: name, ready replicas and the signature
+    /// the nodes report (`None` until one has).
+    pub fn onnx_models(&self) -> Vec<(String, usize, Option<protocol::Signature>)> {
+        let names: Vec<String> = self
+            .view
+            .borrow()
+            .state
+            .models()
+            .iter()
+            .filter(|(_, m)| m.format == ONNX_FORMAT)
+            .map(|(name, _)| name.clone())
+            .collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let ready = self.replicas(&name, ONNX_FORMAT).map_or(0, |r| r.len());
+                let signature = self.registry.signature(&name);
+                (name, ready, signature)
+            })
+            .collect()
+    }
+
+    /// Ready replicas of `model`, which must be of `format`, with the
+    /// prefixes they hold, or why there is none.
+    fn replicas(&self, model: &str, format: &str) -> Result<Vec<Candidate>, RouteError> {
         let view = self.view.borrow();
         let state = &view.state;
         match state.model(model) {
             None => return Err(RouteError::UnknownModel(model.to_string())),
-            Some(m) if m.format != SERVABLE_FORMAT => {
-                return Err(RouteError::Invalid(format!(
-                    "model {model} is a {} artifact (e.g. a federated job's result), not a \
-                     language model the nodes serve",
-                    m.format
-                )))
+            Some(m) if m.format != format => {
+                let what = match m.format.as_str() {
+                    LLM_FORMAT => "a language model (use /v1/chat/completions or /v1/completions)",
+                    ONNX_FORMAT => "an ONNX model (use /v2/models/NAME/infer)",
+                    _ => "a stored artifact (e.g. a federated job's result), not a model the nodes serve",
+                };
+                return Err(RouteError::Invalid(format!("model {model} is {what}")));
             }
             Some(_) => {}
         }
@@ -271,7 +298,7 @@ impl Router {
             Vec::new()
         };
         for _attempt in 0..2 {
-            let candidates: Vec<_> = match self.replicas(&req.model) {
+            let candidates: Vec<_> = match self.replicas(&req.model, LLM_FORMAT) {
                 Ok(c) => c.into_iter().filter(|c| !tried.contains(&c.node)).collect(),
                 Err(e) if errors.is_empty() => return Err(e),
                 Err(_) => break,
@@ -330,15 +357,15 @@ impl Router {
     /// dropped and the next one tried.
     pub async fn tokenize(&self, req: TokenizeRequest) -> Result<TokenizeOutput, RouteError> {
         let mut errors = Vec::new();
-        for Candidate { node, addr, .. } in self.replicas(req.model())?.into_iter().take(2) {
-            match self.tokenize_on(&node, &addr, &req).await {
-                Ok(Ok(out)) => return Ok(out),
-                Ok(Err(GenerateError::Unavailable(m))) => errors.push(format!("{node}: {m}")),
-                Ok(Err(GenerateError::InvalidRequest(m))) => return Err(RouteError::Invalid(m)),
-                Ok(Err(GenerateError::UnknownModel(m))) => return Err(RouteError::UnknownModel(m)),
-                Ok(Err(GenerateError::Overloaded(_))) => {
-                    return Err(RouteError::Overloaded { retry_after_s: 1 })
-                }
+        for Candidate { node, addr, .. } in
+            self.replicas(req.model(), LLM_FORMAT)?.into_iter().take(2)
+        {
+            let first = NodeStreamRequest::Tokenize(req.clone());
+            match self.one_answer(&node, &addr, &first).await {
+                Ok(answer) => match answered(answer) {
+                    Err(RouteError::Unavailable(m)) => errors.push(format!("{node}: {m}")),
+                    done => return done,
+                },
                 Err(e) => {
                     self.forget(&node);
                     errors.push(format!("{node}: {e}"));
@@ -351,18 +378,75 @@ impl Router {
         )))
     }
 
-    async fn tokenize_on(
+    /// Runs an ONNX model on a ready replica, chosen by power of two
+    /// choices over this coordinator's outstanding requests; a replica
+    /// that cannot answer (down, restarting) is dropped and another tried.
+    pub async fn infer(
+        self: &Arc<Self>,
+        req: TensorInferRequest,
+    ) -> Result<Vec<protocol::NamedTensor>, RouteError> {
+        let taken = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if taken >= self.cfg.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(RouteError::Overloaded { retry_after_s: 1 });
+        }
+        let mut slot = Slot {
+            router: self.clone(),
+            node: String::new(),
+        };
+        let model = req.model.clone();
+        let first = NodeStreamRequest::Infer(req);
+        let mut tried: Vec<String> = Vec::new();
+        let mut errors = Vec::new();
+        for _attempt in 0..2 {
+            let candidates: Vec<_> = match self.replicas(&model, ONNX_FORMAT) {
+                Ok(c) => c.into_iter().filter(|c| !tried.contains(&c.node)).collect(),
+                Err(e) if errors.is_empty() => return Err(e),
+                Err(_) => break,
+            };
+            let Some(Candidate { node, addr, .. }) = self.choose(candidates, &[]) else {
+                break;
+            };
+            tried.push(node.clone());
+            *self.outstanding().entry(node.clone()).or_insert(0) += 1;
+            slot.node = node.clone();
+            match self.one_answer(&node, &addr, &first).await {
+                Ok(answer) => match answered(answer) {
+                    Err(RouteError::Unavailable(m)) => errors.push(format!("{node}: {m}")),
+                    done => return done,
+                },
+                Err(e) => {
+                    tracing::warn!(node = %node, "ONNX inference failed: {e}");
+                    self.forget(&node);
+                    errors.push(format!("{node}: {e}"));
+                }
+            }
+            self.release_node(&mut slot);
+        }
+        Err(RouteError::Unavailable(format!(
+            "replicas failed: {}",
+            errors.join("; ")
+        )))
+    }
+
+    /// Sends `first` on a new stream to `node` and reads its one answer
+    /// frame; a node that goes silent (stale heartbeats) fails it early.
+    async fn one_answer<T: serde::de::DeserializeOwned>(
         &self,
         node: &str,
         addr: &str,
-        req: &TokenizeRequest,
-    ) -> Result<Result<TokenizeOutput, GenerateError>, String> {
-        let first = NodeStreamRequest::Tokenize(req.clone());
-        let (mut send, mut recv) = self.send_first(node, addr, &first).await?;
+        first: &NodeStreamRequest,
+    ) -> Result<Result<T, GenerateError>, String> {
+        let (mut send, mut recv) = self.send_first(node, addr, first).await?;
         let _ = send.finish();
-        frame::read_frame(&mut recv, MAX_NODE_FRAME_BYTES, self.cfg.event_timeout)
-            .await
-            .map_err(|e| e.to_string())
+        let stale = self.cfg.node_stale_after;
+        let read = frame::read_frame(&mut recv, MAX_NODE_FRAME_BYTES, self.cfg.event_timeout);
+        tokio::select! {
+            r = read => r.map_err(|e| e.to_string()),
+            _ = self.registry.went_silent(node, stale, stale / 4) => {
+                Err(format!("node {node} stopped sending heartbeats"))
+            }
+        }
     }
 
     fn release_node(&self, slot: &mut Slot) {
@@ -521,6 +605,18 @@ impl Router {
     }
 }
 
+/// A node's one-frame answer as the API's result: a node that is
+/// restarting or unloading the model (`Unavailable`) is for the caller to
+/// retry elsewhere.
+fn answered<T>(answer: Result<T, GenerateError>) -> Result<T, RouteError> {
+    answer.map_err(|e| match e {
+        GenerateError::Unavailable(m) => RouteError::Unavailable(m),
+        GenerateError::InvalidRequest(m) => RouteError::Invalid(m),
+        GenerateError::UnknownModel(m) => RouteError::UnknownModel(m),
+        GenerateError::Overloaded(_) => RouteError::Overloaded { retry_after_s: 1 },
+    })
+}
+
 /// The OpenAI layer's view of the cluster: the [`Router`] and the
 /// replicated store of Responses API answers.
 #[derive(Debug, Clone)]
@@ -529,6 +625,31 @@ pub struct RouterBackend {
     pub router: Arc<Router>,
     /// Stored responses.
     pub responses: Arc<super::responses_store::ReplicatedResponses>,
+}
+
+impl crate::v2::TensorBackend for RouterBackend {
+    fn onnx_models(&self) -> Vec<crate::v2::OnnxModelEntry> {
+        self.router
+            .onnx_models()
+            .into_iter()
+            .map(
+                |(name, ready_replicas, signature)| crate::v2::OnnxModelEntry {
+                    name,
+                    ready_replicas,
+                    signature,
+                },
+            )
+            .collect()
+    }
+
+    fn infer(
+        &self,
+        req: TensorInferRequest,
+    ) -> impl std::future::Future<Output = Result<Vec<protocol::NamedTensor>, RouteError>> + Send
+    {
+        let router = self.router.clone();
+        async move { router.infer(req).await }
+    }
 }
 
 impl InferenceBackend for RouterBackend {

@@ -1,0 +1,167 @@
+//! The v2 routes: `GET /v2`, `GET /v2/health/live`, `GET /v2/health/ready`,
+//! `GET /v2/models/{name}`, `GET /v2/models/{name}/ready` and
+//! `POST /v2/models/{name}/infer`. Errors are the protocol's
+//! `{"error": "..."}` objects.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use protocol::TensorInferRequest;
+use serde_json::json;
+
+use super::tensors::{self, BadRequest};
+use super::{OnnxModelEntry, TensorBackend};
+use crate::openai::RouteError;
+
+/// The header giving the JSON part's length when binary tensors follow.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// The v2 routes over `backend`.
+pub fn router<B: TensorBackend>(backend: Arc<B>) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(live))
+        .route("/v2/models/{name}", get(model_metadata::<B>))
+        .route("/v2/models/{name}/ready", get(model_ready::<B>))
+        .route("/v2/models/{name}/infer", post(infer::<B>))
+        .with_state(backend)
+}
+
+/// An error in the protocol's shape.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn route_error(e: RouteError) -> Response {
+    let status = match &e {
+        RouteError::UnknownModel(_) => StatusCode::NOT_FOUND,
+        RouteError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RouteError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+        RouteError::NoReplica(_) | RouteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        RouteError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+    };
+    let mut r = error(status, e.to_string());
+    if let RouteError::Overloaded { retry_after_s } = e {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+    }
+    r
+}
+
+/// The registered ONNX model `name`.
+fn find<B: TensorBackend>(backend: &B, name: &str) -> Option<OnnxModelEntry> {
+    backend.onnx_models().into_iter().find(|m| m.name == name)
+}
+
+/// The 404 of a name that is no registered ONNX model.
+fn not_found(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no ONNX model named '{name}' is registered"),
+    )
+}
+
+async fn server_metadata() -> Response {
+    Json(json!({
+        "name": "inferno",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+    .into_response()
+}
+
+/// The coordinator answers: it is live and ready to route.
+async fn live() -> Response {
+    StatusCode::OK.into_response()
+}
+
+async fn model_metadata<B: TensorBackend>(
+    State(backend): State<Arc<B>>,
+    Path(name): Path<String>,
+) -> Response {
+    match find(backend.as_ref(), &name) {
+        Some(OnnxModelEntry {
+            signature: Some(sig),
+            ..
+        }) => Json(tensors::metadata(&name, &sig)).into_response(),
+        Some(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no node serving '{name}' has reported its inputs and outputs yet"),
+        ),
+        None => not_found(&name),
+    }
+}
+
+async fn model_ready<B: TensorBackend>(
+    State(backend): State<Arc<B>>,
+    Path(name): Path<String>,
+) -> Response {
+    match find(backend.as_ref(), &name) {
+        Some(m) if m.ready_replicas > 0 => StatusCode::OK.into_response(),
+        Some(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no replica of '{name}' is ready"),
+        ),
+        None => not_found(&name),
+    }
+}
+
+async fn infer<B: TensorBackend>(
+    State(backend): State<Arc<B>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(entry) = find(backend.as_ref(), &name) else {
+        return not_found(&name);
+    };
+    let Some(signature) = entry.signature else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no replica of '{name}' is ready"),
+        );
+    };
+    let header_len = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+            Some(n) => Some(n),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Inference-Header-Content-Length must be a byte count",
+                )
+            }
+        },
+    };
+    let call = match tensors::parse_infer(&body, header_len, &signature) {
+        Ok(c) => c,
+        Err(BadRequest(m)) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    let req = TensorInferRequest {
+        model: name.clone(),
+        inputs: call.inputs.clone(),
+    };
+    let outputs = match backend.infer(req).await {
+        Ok(o) => o,
+        Err(e) => return route_error(e),
+    };
+    let answer = tensors::answer(&name, &call, &outputs);
+    let mut r = answer.body.into_response();
+    let content_type = if answer.header_len.is_some() {
+        "application/octet-stream"
+    } else {
+        "application/json"
+    };
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(n) = answer.header_len {
+        r.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(n));
+    }
+    r
+}
