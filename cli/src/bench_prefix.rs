@@ -467,7 +467,7 @@ fn print_table(r: &Report) {
 }
 
 /// Nearest-rank percentile of unsorted values.
-fn percentile(values: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {
         return 0.0;
     }

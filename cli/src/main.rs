@@ -7,6 +7,7 @@ mod bench;
 mod bench_control_plane;
 mod bench_fl;
 mod bench_kernels;
+mod bench_onnx;
 mod bench_prefix;
 mod certs;
 mod chat;
@@ -89,6 +90,8 @@ enum BenchCommand {
     Fl(bench_fl::FlBenchArgs),
     /// Shared-prefix chat traffic against any OpenAI-compatible server: cold and warm TTFT, prefix-cache hits.
     Prefix(bench_prefix::PrefixBenchArgs),
+    /// An ONNX model through the KServe v2 API: latency and throughput at several concurrencies.
+    Onnx(bench_onnx::OnnxBenchArgs),
 }
 
 /// Options shared by commands that compute on this machine.
@@ -185,6 +188,9 @@ fn run() -> anyhow::Result<()> {
             }
             Command::Bench(BenchCommand::Prefix(a)) => {
                 tokio::task::spawn_blocking(move || bench_prefix::run(a)).await?
+            }
+            Command::Bench(BenchCommand::Onnx(a)) => {
+                tokio::task::spawn_blocking(move || bench_onnx::run(a)).await?
             }
             Command::Bench(BenchCommand::ControlPlane(a)) => {
                 tokio::task::spawn_blocking(move || bench_control_plane::run(a)).await?

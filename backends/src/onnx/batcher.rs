@@ -17,10 +17,13 @@ pub struct BatchPolicy {
 }
 
 impl Default for BatchPolicy {
+    /// Triton's defaults: no added delay (a batch takes whatever waited
+    /// while the previous one ran, so batches form under load and a lone
+    /// request waits for nothing).
     fn default() -> Self {
         BatchPolicy {
             max_batch_size: 32,
-            max_queue_delay: Duration::from_micros(500),
+            max_queue_delay: Duration::ZERO,
             max_queue: 256,
         }
     }

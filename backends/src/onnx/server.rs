@@ -228,17 +228,31 @@ impl Worker {
             }
             return;
         }
-        let answers = self.run_stacked(&batch);
-        self.count(batch.len() as u64);
-        match answers {
-            Ok(answers) => {
-                for (job, answer) in batch.into_iter().zip(answers) {
-                    let _ = job.reply.send(Ok(answer));
+        let inputs: Vec<&[NamedTensor]> = batch.iter().map(|j| j.inputs.as_slice()).collect();
+        let groups = stack::compatible_groups(&inputs);
+        let mut jobs: Vec<Option<Job>> = batch.into_iter().map(Some).collect();
+        for group in groups {
+            let group: Vec<Job> = group.iter().filter_map(|&i| jobs[i].take()).collect();
+            if group.len() == 1 {
+                for job in group {
+                    let answer = self.model.run(&job.inputs);
+                    self.count(1);
+                    let _ = job.reply.send(answer);
                 }
+                continue;
             }
-            Err(e) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(e.clone()));
+            let answers = self.run_stacked(&group);
+            self.count(group.len() as u64);
+            match answers {
+                Ok(answers) => {
+                    for (job, answer) in group.into_iter().zip(answers) {
+                        let _ = job.reply.send(Ok(answer));
+                    }
+                }
+                Err(e) => {
+                    for job in group {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
                 }
             }
         }

@@ -22,6 +22,34 @@ pub fn rows_of(inputs: &[NamedTensor]) -> usize {
         .map_or(1, |&r| usize::try_from(r).unwrap_or(0))
 }
 
+/// Groups requests that can be stacked together: those whose inputs agree
+/// on every dimension but the first (a model with a free sequence length
+/// gets requests of several lengths). Indices into `requests`, each group
+/// in arrival order, groups in the order of their first request.
+pub fn compatible_groups(requests: &[&[NamedTensor]]) -> Vec<Vec<usize>> {
+    let trailing = |r: &[NamedTensor]| -> Vec<(String, Vec<i64>)> {
+        let mut v: Vec<(String, Vec<i64>)> = r
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.get(1..).unwrap_or(&[]).to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut keys: Vec<Vec<(String, Vec<i64>)>> = Vec::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        let key = trailing(r);
+        match keys.iter().position(|k| *k == key) {
+            Some(g) => groups[g].push(i),
+            None => {
+                keys.push(key);
+                groups.push(vec![i]);
+            }
+        }
+    }
+    groups
+}
+
 /// Stacks the requests' inputs (each already checked against the model, so
 /// names match) along dimension 0, in the order of `names`.
 pub fn stack(
@@ -113,6 +141,17 @@ mod tests {
         );
         let answers = split(batch, &[rows_of(&a), rows_of(&b)]).unwrap();
         assert_eq!(answers, vec![a, b]);
+    }
+
+    #[test]
+    fn requests_of_different_trailing_shapes_go_to_different_groups() {
+        let a = vec![t("x", &[1, 2], &[1.0, 2.0])];
+        let b = vec![t("x", &[1, 3], &[1.0, 2.0, 3.0])];
+        let c = vec![t("x", &[2, 2], &[1.0, 2.0, 3.0, 4.0])];
+        assert_eq!(
+            compatible_groups(&[&a, &b, &c, &b]),
+            vec![vec![0, 2], vec![1, 3]]
+        );
     }
 
     #[test]
