@@ -149,7 +149,14 @@ fn refuse(refusal: &Refusal, level: &str, st: &RateStatus) -> Response {
     resp
 }
 
-/// Enforces the limits of the request's key and tenant on `/v1/*`.
+/// Whether a path's requests count against the key and tenant limits: the
+/// OpenAI API (`/v1/*`) and the v2 `infer` route of ONNX models.
+fn metered(path: &str) -> bool {
+    path.starts_with("/v1/") || (path.starts_with("/v2/models/") && path.ends_with("/infer"))
+}
+
+/// Enforces the limits of the request's key and tenant on the metered
+/// routes (see [`metered`]).
 pub async fn enforce(
     State(q): State<Arc<QuotaLayerState>>,
     mut req: Request,
@@ -159,7 +166,7 @@ pub async fn enforce(
         return next.run(req).await;
     };
     let tenant_limits = p.tenant_settings.limits;
-    if !(p.limits.any() || tenant_limits.any()) || !req.uri().path().starts_with("/v1/") {
+    if !(p.limits.any() || tenant_limits.any()) || !metered(req.uri().path()) {
         return next.run(req).await;
     }
     let now = q.clock.elapsed().as_secs_f64();
@@ -213,6 +220,15 @@ pub async fn enforce(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inference_routes_are_metered_and_metadata_is_not() {
+        assert!(metered("/v1/chat/completions"));
+        assert!(metered("/v2/models/relu/infer"));
+        assert!(!metered("/v2/models/relu"));
+        assert!(!metered("/v2/health/ready"));
+        assert!(!metered("/admin/v1/models"));
+    }
 
     #[test]
     fn reset_durations_read_like_openai_s() {

@@ -21,6 +21,24 @@ use crate::openai::RouteError;
 /// The header giving the JSON part's length when binary tensors follow.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// Most input bytes one request carries to a node: the node frame, less
+/// room for names and shapes.
+const MAX_INPUT_BYTES: usize = protocol::MAX_NODE_FRAME_BYTES - (64 << 10);
+
+fn tensor_bytes(t: &protocol::NamedTensor) -> usize {
+    use protocol::TensorData;
+    // The frame's encoding: floats fixed, integers as varints (at most
+    // 5 and 10 bytes).
+    let width = match &t.data {
+        TensorData::Fp32(_) => 4,
+        TensorData::Int32(_) => 5,
+        TensorData::Fp64(_) => 8,
+        TensorData::Int64(_) => 10,
+        TensorData::Uint8(_) | TensorData::Bool(_) => 1,
+    };
+    t.data.len().saturating_mul(width)
+}
+
 /// The v2 routes over `backend`.
 pub fn router<B: TensorBackend>(backend: Arc<B>) -> Router {
     Router::new()
@@ -143,6 +161,15 @@ async fn infer<B: TensorBackend>(
         Ok(c) => c,
         Err(BadRequest(m)) => return error(StatusCode::BAD_REQUEST, m),
     };
+    let bytes: usize = call.inputs.iter().map(tensor_bytes).sum();
+    if bytes > MAX_INPUT_BYTES {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the inputs hold {bytes} bytes; at most {MAX_INPUT_BYTES} travel to a node in one request"
+            ),
+        );
+    }
     let req = TensorInferRequest {
         model: name.clone(),
         inputs: call.inputs.clone(),
