@@ -202,3 +202,74 @@ fn a_full_queue_refuses_at_once_and_a_withdrawn_request_is_never_run() {
     let stats = server.stats();
     assert_eq!(stats.requests, 2, "the withdrawn request never ran");
 }
+
+#[test]
+fn federated_models_exported_as_onnx_pass_the_checker_and_compute_what_training_computes() {
+    use backends::fl::model::{Model, ModelSpec};
+    use backends::fl::onnx_export::to_onnx;
+    use candle_core::{Device, Tensor};
+
+    let dir = tempfile::tempdir().unwrap();
+    let specs = [
+        ModelSpec::LogisticRegression {
+            inputs: 784,
+            classes: 10,
+        },
+        ModelSpec::anchor_mlp(),
+        ModelSpec::Mlp {
+            layers: vec![784, 64, 32, 10],
+        },
+        ModelSpec::Cnn { classes: 10 },
+    ];
+    for (k, spec) in specs.iter().enumerate() {
+        let params = spec.init(3 + k as u64).unwrap();
+        let path = dir.path().join(format!("fl{k}.onnx"));
+        std::fs::write(&path, to_onnx(spec, &params).unwrap()).unwrap();
+        let check = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import onnx, sys; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)",
+            ])
+            .arg(&path)
+            .output()
+            .expect("run python3");
+        assert!(
+            check.status.success(),
+            "{spec:?}: the onnx checker refused the file (pip install onnx?): {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+
+        let rows = 5;
+        let x: Vec<f32> = (0..rows * 784)
+            .map(|i| ((i * 37) % 101) as f32 / 101.0)
+            .collect();
+        let want = Model::from_params(spec, &params)
+            .unwrap()
+            .forward(&Tensor::from_slice(&x, (rows, 784), &Device::Cpu).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut model = OnnxModel::load(&onnx_runtime(), &path, 1).unwrap();
+        assert_eq!(model.signature().inputs[0].dims, vec![-1, 784]);
+        let out = model
+            .run(&[NamedTensor {
+                name: "x".into(),
+                shape: vec![rows as i64, 784],
+                data: TensorData::Fp32(x),
+            }])
+            .unwrap();
+        assert_eq!(out[0].name, "logits");
+        assert_eq!(out[0].shape, vec![rows as i64, 10]);
+        let TensorData::Fp32(got) = &out[0].data else {
+            panic!("{out:?}")
+        };
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{spec:?}: ONNX and candle differ by {worst}");
+    }
+}

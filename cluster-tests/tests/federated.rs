@@ -165,4 +165,78 @@ fn federated_job_survives_a_leader_kill_and_a_node_kill() {
     .expect("model");
     assert_eq!(r.status, 200);
     assert!(r.body.len() > 784 * 64, "{} bytes", r.body.len());
+
+    // Train, then serve: the job's model as ONNX (`inferno fl export`, a
+    // file `inferno up --model` serves) classifies the MNIST test rows with
+    // the accuracy the job reported for its last round.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let onnx = dir.path().join("mnist-test.onnx");
+    let out = inferno_cluster_tests::inferno()
+        .args(["fl", "export", "--url", &format!("http://{api}")])
+        .args([
+            "--api-key",
+            up.admin().expect("admin key"),
+            "mnist-test",
+            "--out",
+        ])
+        .arg(&onnx)
+        .output()
+        .expect("run inferno fl export");
+    assert!(
+        out.status.success(),
+        "fl export failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accuracy = onnx_accuracy(&onnx, &data);
+    let reported = metric(last, "accuracy");
+    eprintln!("ONNX accuracy {accuracy:.6}, reported {reported:.6}");
+    // Equal but for at most one near-tie of 10,000 rows that ONNX Runtime's
+    // and candle's float sums break differently.
+    assert!(
+        (accuracy - reported).abs() <= 1.0 / 10_000.0 + 1e-12,
+        "ONNX {accuracy} vs reported {reported}"
+    );
+}
+
+/// The accuracy of an ONNX classifier on the MNIST test rows (60,000 on),
+/// run in process with ONNX Runtime.
+fn onnx_accuracy(path: &std::path::Path, data_dir: &std::path::Path) -> f64 {
+    use backends::onnx::OnnxModel;
+    use protocol::{NamedTensor, TensorData};
+    let all = backends::fl::load_mnist_pickle(&data_dir.join("mnist/mnist.pkl.gz")).expect("mnist");
+    let rows: Vec<usize> = (backends::fl::job::TRAIN_ROWS..all.len()).collect();
+    let test = all.subset(&rows).expect("test rows");
+    let mut model = OnnxModel::load(&inferno_cluster_tests::onnx_runtime(), path, 1)
+        .expect("load the ONNX file");
+    let width = test.num_features();
+    let mut correct = 0usize;
+    for (chunk, labels) in test
+        .features()
+        .chunks(1000 * width)
+        .zip(test.labels().chunks(1000))
+    {
+        let out = model
+            .run(&[NamedTensor {
+                name: "x".into(),
+                shape: vec![labels.len() as i64, width as i64],
+                data: TensorData::Fp32(chunk.to_vec()),
+            }])
+            .expect("run");
+        let TensorData::Fp32(logits) = &out[0].data else {
+            panic!("FP32 logits expected")
+        };
+        let classes = logits.len() / labels.len();
+        for (row, &label) in logits.chunks(classes).zip(labels) {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0;
+            correct += usize::from(best as u32 == label);
+        }
+    }
+    correct as f64 / test.len() as f64
 }

@@ -29,6 +29,7 @@ pub mod error;
 pub mod job;
 pub mod limits;
 pub mod model;
+pub mod onnx_export;
 pub mod params;
 pub mod partition;
 pub mod train;

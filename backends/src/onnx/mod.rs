@@ -5,12 +5,14 @@
 //!
 //! - [`signature`]: the check of a request against the declared inputs.
 //! - [`batcher`]: the pure batching policy (delay, batch size, queue bound).
+//! - [`proto`]: writing ONNX model files (a subset of the protobuf schema).
 //! - [`stack`]: stacking requests into one batch and splitting its outputs.
 //! - [`runtime`]: the process's one ONNX Runtime environment.
 //! - [`session`]: a loaded model.
 //! - [`server`]: the worker thread that batches and runs requests.
 
 pub mod batcher;
+pub mod proto;
 pub mod runtime;
 pub mod server;
 pub mod session;

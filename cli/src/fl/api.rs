@@ -92,6 +92,24 @@ impl FlApi {
         Self::answer(&url, self.agent.get(&url).call())
     }
 
+    /// `GET /admin/v1/fl/jobs/{id}/model?format=FORMAT`: the latest
+    /// checkpoint's file.
+    pub fn model(&self, id: &str, format: &str) -> anyhow::Result<Vec<u8>> {
+        let url = self.url(&format!("/{id}/model?format={format}"));
+        match self.agent.get(&url).call() {
+            Ok(r) => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(r.into_reader(), 1 << 30),
+                    &mut bytes,
+                )
+                .with_context(|| format!("{url}: the download broke off"))?;
+                Ok(bytes)
+            }
+            Err(e) => Self::answer(&url, Err(e)).map(|_| Vec::new()),
+        }
+    }
+
     /// `POST /admin/v1/fl/jobs/{id}/stop`.
     pub fn stop(&self, id: &str) -> anyhow::Result<Value> {
         let url = self.url(&format!("/{id}/stop"));

@@ -29,6 +29,9 @@ pub enum FlCommand {
     Status(FlStatusArgs),
     /// Stop a job.
     Stop(StopArgs),
+    /// Download a job's model (its latest round) as ONNX (to serve it:
+    /// `inferno up --model FILE.onnx`) or safetensors.
+    Export(ExportArgs),
 }
 
 /// Arguments of `inferno fl data`.
@@ -148,6 +151,24 @@ pub struct StopArgs {
     pub job: String,
 }
 
+/// Arguments of `inferno fl export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Base URL of any coordinator.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[command(flatten)]
+    pub key: crate::api_key::ApiKeyArgs,
+    /// The job id.
+    pub job: String,
+    /// Where to write the file (default: JOB.onnx or JOB.safetensors).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// `onnx` or `safetensors`.
+    #[arg(long, default_value = "onnx", value_parser = ["onnx", "safetensors"])]
+    pub format: String,
+}
+
 /// Runs an `inferno fl` subcommand (blocking; call it off the async runtime).
 pub fn run(cmd: FlCommand) -> anyhow::Result<()> {
     match cmd {
@@ -160,6 +181,16 @@ pub fn run(cmd: FlCommand) -> anyhow::Result<()> {
         FlCommand::Partition(a) => partition(&a),
         FlCommand::Start(a) => start(&a),
         FlCommand::Status(a) => status(&a),
+        FlCommand::Export(a) => {
+            let bytes = FlApi::new(&a.url, a.key.resolve()?).model(&a.job, &a.format)?;
+            let out = a
+                .out
+                .unwrap_or_else(|| format!("{}.{}", a.job, a.format).into());
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{}", out.display());
+            Ok(())
+        }
         FlCommand::Stop(a) => {
             let v = FlApi::new(&a.url, a.key.resolve()?).stop(&a.job)?;
             if v.is_null() {

@@ -414,11 +414,31 @@ async fn stop_fl_job(
 
 /// The job's latest global model as safetensors (from this coordinator's
 /// checkpoint copy).
+/// Query of `GET /admin/v1/fl/jobs/{id}/model`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelQuery {
+    /// `safetensors` (the default) or `onnx`.
+    format: Option<String>,
+}
+
 async fn fl_model(
     State(admin): State<Arc<Admin>>,
     who: Option<Extension<Principal>>,
     Path(id): Path<String>,
+    query: Result<axum::extract::Query<ModelQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let query = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let onnx = match query.format.as_deref() {
+        None | Some("safetensors") => false,
+        Some("onnx") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("format {other:?} is not served (safetensors or onnx)"),
+            ))
+        }
+    };
     let v = read(&admin).await?;
     let job = visible_job(&v.state, who.as_deref(), &id)?;
     let round = job.rounds.last().ok_or_else(|| {
@@ -439,7 +459,13 @@ async fn fl_model(
         .map_err(|e| unavailable(e.to_string()))?
         .layout();
     let params = backends::fl::Params::from_raw_le(&bytes, &layout)
-        .and_then(|p| p.to_safetensors())
+        .and_then(|p| {
+            if onnx {
+                backends::fl::onnx_export::to_onnx(&spec.model, &p)
+            } else {
+                p.to_safetensors()
+            }
+        })
         .map_err(|e| unavailable(e.to_string()))?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
