@@ -20,3 +20,14 @@ pub mod sampling;
 pub mod scheduler;
 pub mod stop;
 pub mod tokenizer;
+
+/// The message of a caught panic (its `&str` or `String` payload).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}

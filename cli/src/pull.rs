@@ -69,8 +69,8 @@ fn catalog_table(dir: &Path) -> String {
         "{:<20} {:>9} {:>6} {:<20} {:<10} {}\n",
         "NAME", "SIZE", "PARTS", "LICENCE", "PULLED", "MODEL"
     );
-    for m in KNOWN_MODELS {
-        out.push_str(&format!(
+    let row = |m: &KnownModel| {
+        format!(
             "{:<20} {:>6} MB {:>6} {:<20} {:<10} {}\n",
             m.name,
             m.size / 1_000_000,
@@ -78,18 +78,13 @@ fn catalog_table(dir: &Path) -> String {
             m.licence,
             if m.is_present(dir) { "yes" } else { "no" },
             m.summary
-        ));
+        )
+    };
+    for m in KNOWN_MODELS {
+        out.push_str(&row(m));
     }
-    let rt = &ONNX_RUNTIME;
-    out.push_str(&format!(
-        "\n{:<20} {:>6} MB {:>6} {:<20} {:<10} {}\n",
-        rt.name,
-        rt.size / 1_000_000,
-        rt.parts.len(),
-        rt.licence,
-        if rt.is_present(dir) { "yes" } else { "no" },
-        rt.summary
-    ));
+    out.push('\n');
+    out.push_str(&row(&ONNX_RUNTIME));
     out
 }
 

@@ -51,7 +51,7 @@ impl Actor for ModelWorker {
             .name(format!("engine-{}", args.spec.name))
             .spawn(move || {
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| engine.run()));
-                let reason = outcome.err().map(|p| panic_message(p.as_ref()));
+                let reason = outcome.err().map(|p| backends::panic_message(p.as_ref()));
                 let _ = me.cast(WorkerMsg::EngineExited(reason));
             })?;
         tracing::info!(model = %args.spec.name, "model worker ready");
@@ -77,15 +77,5 @@ impl Actor for ModelWorker {
                 Err(format!("engine crashed: {reason}").into())
             }
         }
-    }
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
     }
 }

@@ -94,7 +94,7 @@ impl OnnxServer {
             .spawn(move || {
                 let shared = worker.shared.clone();
                 let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| worker.run()));
-                let reason = outcome.err().map(|p| panic_message(p.as_ref()));
+                let reason = outcome.err().map(|p| crate::panic_message(p.as_ref()));
                 if reason.is_some() {
                     // Nobody will take these: fail them rather than leave
                     // their callers waiting.
@@ -271,15 +271,5 @@ impl Worker {
             s.runs += 1;
             s.requests += requests;
         }
-    }
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
     }
 }

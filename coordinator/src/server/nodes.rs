@@ -156,38 +156,37 @@ impl NodeRegistry {
         }
     }
 
-    /// The card of `model` as the first node that has a file for it
-    /// describes it.
-    pub fn card(&self, model: &str) -> Option<protocol::ModelCard> {
+    /// What `read` finds in the file announcement of `model` of the
+    /// first node (by id) that has a file for it and an answer.
+    fn first_servable<T>(
+        &self,
+        model: &str,
+        read: impl Fn(&protocol::ServableModel) -> Option<T>,
+    ) -> Option<T> {
         let nodes = self.lock();
         let mut ids: Vec<&String> = nodes.keys().collect();
         ids.sort();
         ids.into_iter().find_map(|id| {
-            nodes
-                .get(id)?
-                .1
-                .heartbeat
-                .servable
-                .iter()
-                .find_map(|m| (m.name == model).then(|| m.card.clone()).flatten())
+            nodes.get(id)?.1.heartbeat.servable.iter().find_map(|m| {
+                if m.name == model {
+                    read(m)
+                } else {
+                    None
+                }
+            })
         })
+    }
+
+    /// The card of `model` as the first node that has a file for it
+    /// describes it.
+    pub fn card(&self, model: &str) -> Option<protocol::ModelCard> {
+        self.first_servable(model, |m| m.card.clone())
     }
 
     /// The declared inputs and outputs of ONNX model `model`, as the first
     /// node that has a file for it reports them.
     pub fn signature(&self, model: &str) -> Option<protocol::Signature> {
-        let nodes = self.lock();
-        let mut ids: Vec<&String> = nodes.keys().collect();
-        ids.sort();
-        ids.into_iter().find_map(|id| {
-            nodes
-                .get(id)?
-                .1
-                .heartbeat
-                .servable
-                .iter()
-                .find_map(|m| (m.name == model).then(|| m.signature.clone()).flatten())
-        })
+        self.first_servable(model, |m| m.signature.clone())
     }
 
     /// Every node heard from, by id.

@@ -131,18 +131,21 @@ impl Router {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// The registered models and how many replicas of each are ready.
-    pub fn model_entries(&self) -> Vec<ModelEntry> {
-        let names: Vec<String> = self
-            .view
+    /// The registered models of `format`, by name.
+    fn names_of_format(&self, format: &str) -> Vec<String> {
+        self.view
             .borrow()
             .state
             .models()
             .iter()
-            .filter(|(_, m)| m.format == LLM_FORMAT)
+            .filter(|(_, m)| m.format == format)
             .map(|(name, _)| name.clone())
-            .collect();
-        names
+            .collect()
+    }
+
+    /// The registered models and how many replicas of each are ready.
+    pub fn model_entries(&self) -> Vec<ModelEntry> {
+        self.names_of_format(LLM_FORMAT)
             .into_iter()
             .map(|id| {
                 let ready = self.replicas(&id, LLM_FORMAT).map_or(0, |r| r.len());
@@ -202,16 +205,7 @@ impl Router {
     /// The registered ONNX models: name, ready replicas and the signature
     /// the nodes report (`None` until one has).
     pub fn onnx_models(&self) -> Vec<(String, usize, Option<protocol::Signature>)> {
-        let names: Vec<String> = self
-            .view
-            .borrow()
-            .state
-            .models()
-            .iter()
-            .filter(|(_, m)| m.format == ONNX_FORMAT)
-            .map(|(name, _)| name.clone())
-            .collect();
-        names
+        self.names_of_format(ONNX_FORMAT)
             .into_iter()
             .map(|name| {
                 let ready = self.replicas(&name, ONNX_FORMAT).map_or(0, |r| r.len());
