@@ -76,6 +76,18 @@ fn an_onnx_model_serves_tritonclient_beside_the_llm_and_survives_a_node_kill() {
         ],
     );
 
+    // The calls are counted like the OpenAI API's.
+    let r = http::request(up.api, up.key(), "GET", "/metrics", None, T).expect("metrics");
+    let counted = format!("inferno_requests_total{{model=\"{MODEL}\",status=\"200\"}}");
+    assert!(r.body.contains(&counted), "{}", r.body);
+    assert!(
+        r.body.contains(&format!(
+            "inferno_requests_total{{model=\"{MODEL}\",status=\"400\"}}"
+        )),
+        "the refused input is counted: {}",
+        r.body
+    );
+
     // Each API refuses the other kind of model, saying which it is.
     let chat =
         format!(r#"{{"model": "{MODEL}", "messages": [{{"role": "user", "content": "hi"}}]}}"#);

@@ -338,7 +338,8 @@ fn inference_routes(
 ) -> axum::Router {
     tokio::spawn(refresh_gauges(router.clone(), metrics.clone()));
     let backend = Arc::new(router::RouterBackend { router, responses });
-    crate::openai::router(backend.clone(), metrics).merge(crate::v2::router(backend))
+    crate::openai::router(backend.clone(), metrics.clone())
+        .merge(crate::v2::router(backend, metrics))
 }
 
 /// Copies the routing queue depth and the nodes' running and waiting

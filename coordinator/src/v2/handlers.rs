@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::tensors::{self, BadRequest};
 use super::{OnnxModelEntry, TensorBackend};
-use crate::openai::RouteError;
+use crate::openai::{Metrics, RouteError};
 
 /// The header giving the JSON part's length when binary tensors follow.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -39,8 +39,16 @@ fn tensor_bytes(t: &protocol::NamedTensor) -> usize {
     t.data.len().saturating_mul(width)
 }
 
-/// The v2 routes over `backend`.
-pub fn router<B: TensorBackend>(backend: Arc<B>) -> Router {
+/// What the routes share: the cluster and the API's metrics.
+struct V2State<B> {
+    backend: Arc<B>,
+    metrics: Arc<Metrics>,
+}
+
+/// The v2 routes over `backend`; `infer` calls count in `metrics` like the
+/// OpenAI routes' (`inferno_requests_total{model,status}`,
+/// `inferno_requests_in_flight{model}`).
+pub fn router<B: TensorBackend>(backend: Arc<B>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -48,7 +56,20 @@ pub fn router<B: TensorBackend>(backend: Arc<B>) -> Router {
         .route("/v2/models/{name}", get(model_metadata::<B>))
         .route("/v2/models/{name}/ready", get(model_ready::<B>))
         .route("/v2/models/{name}/infer", post(infer::<B>))
-        .with_state(backend)
+        .with_state(Arc::new(V2State { backend, metrics }))
+}
+
+/// Counts one request in flight until dropped (also when the client
+/// leaves mid-request).
+struct InFlight<'a> {
+    metrics: &'a Metrics,
+    model: &'a str,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.metrics.add_in_flight(self.model, -1);
+    }
 }
 
 /// An error in the protocol's shape.
@@ -100,10 +121,10 @@ async fn live() -> Response {
 }
 
 async fn model_metadata<B: TensorBackend>(
-    State(backend): State<Arc<B>>,
+    State(st): State<Arc<V2State<B>>>,
     Path(name): Path<String>,
 ) -> Response {
-    match find(backend.as_ref(), &name) {
+    match find(st.backend.as_ref(), &name) {
         Some(OnnxModelEntry {
             signature: Some(sig),
             ..
@@ -117,10 +138,10 @@ async fn model_metadata<B: TensorBackend>(
 }
 
 async fn model_ready<B: TensorBackend>(
-    State(backend): State<Arc<B>>,
+    State(st): State<Arc<V2State<B>>>,
     Path(name): Path<String>,
 ) -> Response {
-    match find(backend.as_ref(), &name) {
+    match find(st.backend.as_ref(), &name) {
         Some(m) if m.ready_replicas > 0 => StatusCode::OK.into_response(),
         Some(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -131,14 +152,31 @@ async fn model_ready<B: TensorBackend>(
 }
 
 async fn infer<B: TensorBackend>(
-    State(backend): State<Arc<B>>,
+    State(st): State<Arc<V2State<B>>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(entry) = find(backend.as_ref(), &name) else {
+    let Some(entry) = find(st.backend.as_ref(), &name) else {
         return not_found(&name);
     };
+    st.metrics.add_in_flight(&name, 1);
+    let _in_flight = InFlight {
+        metrics: &st.metrics,
+        model: &name,
+    };
+    let r = run_infer(st.backend.as_ref(), &name, entry, &headers, &body).await;
+    st.metrics.record_request(&name, r.status().as_str());
+    r
+}
+
+async fn run_infer<B: TensorBackend>(
+    backend: &B,
+    name: &str,
+    entry: OnnxModelEntry,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let Some(signature) = entry.signature else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -157,7 +195,7 @@ async fn infer<B: TensorBackend>(
             }
         },
     };
-    let call = match tensors::parse_infer(&body, header_len, &signature) {
+    let call = match tensors::parse_infer(body, header_len, &signature) {
         Ok(c) => c,
         Err(BadRequest(m)) => return error(StatusCode::BAD_REQUEST, m),
     };
@@ -171,14 +209,14 @@ async fn infer<B: TensorBackend>(
         );
     }
     let req = TensorInferRequest {
-        model: name.clone(),
+        model: name.to_string(),
         inputs: call.inputs.clone(),
     };
     let outputs = match backend.infer(req).await {
         Ok(o) => o,
         Err(e) => return route_error(e),
     };
-    let answer = tensors::answer(&name, &call, &outputs);
+    let answer = tensors::answer(name, &call, &outputs);
     let mut r = answer.body.into_response();
     let content_type = if answer.header_len.is_some() {
         "application/octet-stream"
