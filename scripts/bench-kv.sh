@@ -27,7 +27,10 @@ PARTS=${PARTS:-ABC}
 PREFIX_ARGS="--system-tokens 1000 --prefixes 4 --requests 64 --concurrency 8 --max-tokens 32 --json"
 
 MODEL=$("$BIN" pull | tail -1)
-LLAMA_BIN=$(bash "$ANCHORS/llamacpp/build.sh" | tail -1)
+# llama.cpp is the anchor of parts A and C only (a ten-minute build).
+if [[ $PARTS == *A* || $PARTS == *C* ]]; then
+  LLAMA_BIN=$(bash "$ANCHORS/llamacpp/build.sh" | tail -1)
+fi
 # shellcheck source=bench-lib.sh
 source scripts/bench-lib.sh
 up() { # name, port, extra args...
