@@ -19,7 +19,7 @@ fn config() -> ProptestConfig {
 }
 
 /// Any JSON value, a few levels deep.
-fn json_value() -> impl Strategy<Value = Value> {
+pub(crate) fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),

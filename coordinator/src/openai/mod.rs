@@ -37,7 +37,7 @@ mod tracker;
 mod validate;
 
 #[cfg(test)]
-mod fuzz_tests;
+pub(crate) mod fuzz_tests;
 
 pub use backend::{InferenceBackend, ModelEntry, RouteError, Routed};
 pub(crate) use dispatch::unix_now;

@@ -9,6 +9,9 @@
 pub mod handlers;
 pub mod tensors;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::future::Future;
 
 use protocol::{NamedTensor, Signature, TensorInferRequest};
