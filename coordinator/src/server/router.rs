@@ -202,17 +202,35 @@ impl Router {
             .collect()
     }
 
-    /// The registered ONNX models: name, ready replicas and the signature
-    /// the nodes report (`None` until one has).
-    pub fn onnx_models(&self) -> Vec<(String, usize, Option<protocol::Signature>)> {
-        self.names_of_format(ONNX_FORMAT)
-            .into_iter()
-            .map(|name| {
-                let ready = self.replicas(&name, ONNX_FORMAT).map_or(0, |r| r.len());
-                let signature = self.registry.signature(&name);
-                (name, ready, signature)
-            })
-            .collect()
+    /// The registered ONNX model `name`: its ready replicas and the
+    /// signature the nodes report (`None` until one has); `None` when no
+    /// ONNX model has that name.
+    pub fn onnx_model(&self, name: &str) -> Option<(usize, Option<protocol::Signature>)> {
+        let onnx = self
+            .view
+            .borrow()
+            .state
+            .model(name)
+            .is_some_and(|m| m.format == ONNX_FORMAT);
+        onnx.then(|| {
+            let ready = self.replicas(name, ONNX_FORMAT).map_or(0, |r| r.len());
+            (ready, self.registry.signature(name))
+        })
+    }
+
+    /// Counts a request against this coordinator's in-flight limit (429
+    /// past it) until the returned slot is dropped; the slot names no node
+    /// until one is chosen.
+    fn admit(self: &Arc<Self>) -> Result<Slot, RouteError> {
+        let taken = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if taken >= self.cfg.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(RouteError::Overloaded { retry_after_s: 1 });
+        }
+        Ok(Slot {
+            router: self.clone(),
+            node: String::new(),
+        })
     }
 
     /// Ready replicas of `model`, which must be of `format`, with the
@@ -274,16 +292,7 @@ impl Router {
         req: InferenceRequest,
         prefer: Option<String>,
     ) -> Result<Routed, RouteError> {
-        let taken = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if taken >= self.cfg.max_in_flight {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(RouteError::Overloaded { retry_after_s: 1 });
-        }
-        // Until a node is chosen, the slot is this coordinator's only.
-        let mut slot = Slot {
-            router: self.clone(),
-            node: String::new(),
-        };
+        let mut slot = self.admit()?;
         let mut tried: Vec<String> = Vec::new();
         let mut errors = Vec::new();
         let spans = if self.cfg.cache_aware {
@@ -379,15 +388,7 @@ impl Router {
         self: &Arc<Self>,
         req: TensorInferRequest,
     ) -> Result<Vec<protocol::NamedTensor>, RouteError> {
-        let taken = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if taken >= self.cfg.max_in_flight {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(RouteError::Overloaded { retry_after_s: 1 });
-        }
-        let mut slot = Slot {
-            router: self.clone(),
-            node: String::new(),
-        };
+        let mut slot = self.admit()?;
         let model = req.model.clone();
         let first = NodeStreamRequest::Infer(req);
         let mut tried: Vec<String> = Vec::new();
@@ -622,18 +623,13 @@ pub struct RouterBackend {
 }
 
 impl crate::v2::TensorBackend for RouterBackend {
-    fn onnx_models(&self) -> Vec<crate::v2::OnnxModelEntry> {
-        self.router
-            .onnx_models()
-            .into_iter()
-            .map(
-                |(name, ready_replicas, signature)| crate::v2::OnnxModelEntry {
-                    name,
-                    ready_replicas,
-                    signature,
-                },
-            )
-            .collect()
+    fn onnx_model(&self, name: &str) -> Option<crate::v2::OnnxModelEntry> {
+        let (ready_replicas, signature) = self.router.onnx_model(name)?;
+        Some(crate::v2::OnnxModelEntry {
+            name: name.to_string(),
+            ready_replicas,
+            signature,
+        })
     }
 
     fn infer(

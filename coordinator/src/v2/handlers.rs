@@ -95,7 +95,7 @@ fn route_error(e: RouteError) -> Response {
 
 /// The registered ONNX model `name`.
 fn find<B: TensorBackend>(backend: &B, name: &str) -> Option<OnnxModelEntry> {
-    backend.onnx_models().into_iter().find(|m| m.name == name)
+    backend.onnx_model(name)
 }
 
 /// The 404 of a name that is no registered ONNX model.
@@ -195,7 +195,7 @@ async fn run_infer<B: TensorBackend>(
             }
         },
     };
-    let call = match tensors::parse_infer(body, header_len, &signature) {
+    let mut call = match tensors::parse_infer(body, header_len, &signature) {
         Ok(c) => c,
         Err(BadRequest(m)) => return error(StatusCode::BAD_REQUEST, m),
     };
@@ -210,7 +210,8 @@ async fn run_infer<B: TensorBackend>(
     }
     let req = TensorInferRequest {
         model: name.to_string(),
-        inputs: call.inputs.clone(),
+        // The answer needs only the call's id and outputs.
+        inputs: std::mem::take(&mut call.inputs),
     };
     let outputs = match backend.infer(req).await {
         Ok(o) => o,

@@ -34,8 +34,8 @@ pub struct OnnxModelEntry {
 /// What the v2 routes need from the cluster: the coordinator's router
 /// implements it.
 pub trait TensorBackend: Send + Sync + 'static {
-    /// The registered ONNX models.
-    fn onnx_models(&self) -> Vec<OnnxModelEntry>;
+    /// The registered ONNX model `name`, if there is one.
+    fn onnx_model(&self, name: &str) -> Option<OnnxModelEntry>;
 
     /// Runs a model on a ready replica; dropping the future cancels the
     /// request at the node.
